@@ -1,0 +1,3 @@
+"""nas: LGCNet latency-constrained architecture search for real-time semantic segmentation."""
+
+__version__ = "0.1.0"
