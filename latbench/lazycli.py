@@ -27,7 +27,11 @@ class LazyGroup(click.Group):
         # Short help without importing heavy modules: use the docstring's first line lazily.
         rows = []
         for name in self.list_commands(ctx):
-            cmd = self.get_command(ctx, name)
+            try:
+                cmd = self.get_command(ctx, name)
+            except ImportError as exc:  # a broken optional module must not break --help
+                rows.append((name, f"(unavailable: {exc})"))
+                continue
             if cmd is None or cmd.hidden:
                 continue
             rows.append((name, cmd.get_short_help_str(limit=formatter.width - 6 - len(name))))

@@ -1,0 +1,114 @@
+"""The LGCNet search-space configuration: one typed value passed explicitly everywhere.
+
+What the paper fixes (section III, IV-A) is the default; where it is silent we chose, and say so:
+
+- ``reduction_cells=(1, 8)``: the paper only says cells 0 / 7 / 13 feed the fusion cell at
+  strides 4 / 8 / 16 and that cell 0 is the only stride-4 cell (Table XI). A stride-4 stem plus
+  reductions at cells 1 and 8 gives exactly that: cell 0 at stride 4, cells 1–7 at 8, 8–13 at 16.
+- Stem: three 3×3 convs (stride 2, 1, 2) with ``2C, 2C, 4C`` channels (paper: "three conv layers").
+- Cell widths: ``C`` channels per node at stride 4, doubled at each reduction (DARTS); a cell
+  outputs the concatenation of its ``steps`` nodes.
+- Head: 3×3 conv (``head_channels``) → BN → ReLU → 1×1 conv to the classes, then bilinear
+  upsampling to the input size.
+- ``fusion``: ``"dcfc"`` (the dense-connected fusion cell, default), or the paper's Table X
+  ablations ``"aspp"``, ``"ppm"``, ``"none"`` applied to the last cell's output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from latbench.errors import UserError
+
+FUSION_MODES = ("dcfc", "aspp", "ppm", "none")
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    num_cells: int = 14
+    steps: int = 2
+    init_channels: int = 8
+    reduction_cells: tuple[int, ...] = (1, 8)
+    fusion: str = "dcfc"
+    fusion_inputs: tuple[int, ...] = (0, 7, 13)
+    fusion_channels: int = 48
+    head_channels: int = 64
+    num_classes: int = 19
+    width_mult: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reduction_cells", tuple(int(c) for c in self.reduction_cells))
+        object.__setattr__(self, "fusion_inputs", tuple(int(c) for c in self.fusion_inputs))
+        if self.num_cells < 1 or self.steps < 1 or self.init_channels < 1 or self.num_classes < 2:
+            raise UserError(f"invalid space config: {self.to_dict()}")
+        if self.width_mult <= 0:
+            raise UserError(f"width_mult must be positive, got {self.width_mult}")
+        if any(not 0 <= c < self.num_cells for c in self.reduction_cells):
+            raise UserError(f"reduction_cells {self.reduction_cells} outside 0..{self.num_cells - 1}")
+        if self.fusion not in FUSION_MODES:
+            raise UserError(f"unknown fusion mode {self.fusion!r}; choose one of {', '.join(FUSION_MODES)}")
+        if self.fusion == "dcfc":
+            if len(self.fusion_inputs) != 3:
+                raise UserError(f"fusion_inputs needs three cells (strides 4, 8, 16), got {self.fusion_inputs}")
+            if any(not 0 <= c < self.num_cells for c in self.fusion_inputs):
+                raise UserError(f"fusion_inputs {self.fusion_inputs} outside 0..{self.num_cells - 1}")
+            strides = [self.cell_stride(c) for c in self.fusion_inputs]
+            if strides[1] != 2 * strides[0] or strides[2] != 2 * strides[1]:
+                raise UserError(
+                    f"fusion_inputs {self.fusion_inputs} sit at strides {strides}; the fusion cell's Up×2 "
+                    f"edges need three cells whose strides double (e.g. 4, 8, 16)")
+
+    # --- derived geometry -------------------------------------------------------------------
+    @property
+    def channels(self) -> int:
+        """Node channels at stride 4 after the width multiplier."""
+        return max(1, int(round(self.init_channels * self.width_mult)))
+
+    @property
+    def stem_channels(self) -> tuple[int, int, int]:
+        c = self.channels
+        return (2 * c, 2 * c, 4 * c)
+
+    def is_reduction(self, k: int) -> bool:
+        return k in self.reduction_cells
+
+    def cell_stride(self, k: int) -> int:
+        """Output stride of cell ``k`` (the stem has stride 4)."""
+        return 4 * 2 ** sum(1 for r in self.reduction_cells if r <= k)
+
+    def cell_node_channels(self, k: int) -> int:
+        return self.channels * 2 ** sum(1 for r in self.reduction_cells if r <= k)
+
+    def cell_out_channels(self, k: int) -> int:
+        return self.steps * self.cell_node_channels(k)
+
+    def num_edges(self) -> int:
+        return sum(2 + i for i in range(self.steps))
+
+    # --- (de)serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["reduction_cells"] = list(self.reduction_cells)
+        d["fusion_inputs"] = list(self.fusion_inputs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "SpaceConfig":
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown LGCNet space option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise UserError(f"invalid LGCNet space config {d}: {exc}") from None
+
+    def replace(self, **changes: Any) -> "SpaceConfig":
+        return dataclasses.replace(self, **changes)
+
+    def fingerprint(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)

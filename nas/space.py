@@ -1,0 +1,231 @@
+"""LGCNet as a latbench search space (entry point ``latbench.spaces: lgcnet``).
+
+Positions and their LUT rows:
+
+- ``cell{k}.e{j}`` — edge j of cell k, candidates = the 8 cell ops (Table II);
+- ``fusion.e{j}`` — edge j of the fusion cell, the 10 ops of Table III or, on Up×2 edges,
+  ``deconv`` / ``interp``;
+- fixed parts every architecture has: ``fixed.stem``, ``cell{k}.pre0``, ``cell{k}.pre1``
+  (input preprocessing), ``cell{k}.merge`` (node sums and concatenation), ``fusion.reduce{i}``
+  (1×1 reductions to 48 channels), ``fusion.merge`` (concatenations, sums, final upsample-sum)
+  — or ``fixed.aspp`` / ``fixed.ppm`` for those ablations — ``fixed.head`` and
+  ``fixed.upsample``.
+
+The sum over an architecture's rows (:meth:`LGCNetSpace.architecture_rows`) therefore stands for
+the whole network. ``zero`` rows are analytic (0 µs): the deployed network removes those edges.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from latbench.space import Entry, OpSpec, Position
+from nas.blocks import ASPP, PPM, Head, Upsample, make_preprocess, make_stem
+from nas.cell import CellMerge, cell_edges, cell_input_channels, cell_input_strides
+from nas.config import SpaceConfig
+from nas.fold import fold_batchnorm
+from nas.fusion import EDGES as FUSION_EDGES, NODES as FUSION_NODES, FusionMerge, edge_candidates, node_channels
+from nas.genotype import SPACE_VERSION, Architecture
+from nas.network import inference_network
+from nas.ops import CELL_PRIMITIVES, DILATION, UP_OPS, ZERO, build_op, out_size
+
+NAME = "lgcnet"
+
+
+@dataclass(frozen=True)
+class _Shapes:
+    """Feature-map sizes of one network input resolution."""
+
+    n: int
+    h: int
+    w: int
+    config: SpaceConfig
+
+    def at(self, stride: int) -> tuple[int, int]:
+        h, w = self.h, self.w
+        s = 1
+        while s < stride:
+            h, w, s = out_size(h, 2), out_size(w, 2), s * 2
+        return h, w
+
+
+class _Bound(nn.Module):
+    """Binds extra forward arguments (e.g. the Up×2 target size) so every built op takes tensors only."""
+
+    def __init__(self, module: nn.Module, *args: Any):
+        super().__init__()
+        self.module, self.args = module, args
+
+    def forward(self, *x: torch.Tensor) -> torch.Tensor:
+        return self.module(*x, *self.args)
+
+
+class LGCNetSpace:
+    """The LGCNet search space for latbench (see the module docstring)."""
+
+    name = NAME
+    version = SPACE_VERSION
+
+    def __init__(self, config: SpaceConfig | None = None):
+        self.config = config or SpaceConfig()
+
+    @classmethod
+    def from_config(cls, d: Mapping[str, Any] | None) -> "LGCNetSpace":
+        return cls(SpaceConfig.from_dict(d))
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "config": self.config.to_dict()}
+
+    # --- positions ------------------------------------------------------------------------------
+    def cell_positions(self) -> list[str]:
+        return [f"cell{k}.e{j}" for k in range(self.config.num_cells) for j in range(self.config.num_edges())]
+
+    def fusion_positions(self) -> list[str]:
+        return [f"fusion.e{j}" for j in range(len(FUSION_EDGES))] if self.config.fusion == "dcfc" else []
+
+    def positions(self) -> list[Position]:
+        cfg = self.config
+        out: list[Position] = [Position("fixed.stem", ("stem",), "fixed", "fixed")]
+        for k in range(cfg.num_cells):
+            stage = f"s{cfg.cell_stride(k)}"
+            s_pp, s_p = cell_input_strides(cfg, k)
+            out.append(Position(f"cell{k}.pre0", ("factorized_reduce" if s_pp != s_p else "preprocess_1x1",), "fixed", stage))
+            out.append(Position(f"cell{k}.pre1", ("preprocess_1x1",), "fixed", stage))
+            out += [Position(f"cell{k}.e{j}", CELL_PRIMITIVES, "candidate", stage) for j in range(cfg.num_edges())]
+            out.append(Position(f"cell{k}.merge", ("cell_merge",), "fixed", stage))
+        if cfg.fusion == "dcfc":
+            out += [Position(f"fusion.reduce{i}", ("fusion_reduce",), "fixed", "fusion") for i in range(3)]
+            out += [Position(f"fusion.e{j}", cands, "candidate", "fusion") for j, cands in enumerate(edge_candidates())]
+            out.append(Position("fusion.merge", ("fusion_merge",), "fixed", "fusion"))
+        elif cfg.fusion in ("aspp", "ppm"):
+            out.append(Position(f"fixed.{cfg.fusion}", (cfg.fusion,), "fixed", "fixed"))
+        out.append(Position("fixed.head", ("head",), "fixed", "fixed"))
+        out.append(Position("fixed.upsample", ("upsample",), "fixed", "fixed"))
+        return out
+
+    # --- enumeration ----------------------------------------------------------------------------
+    def enumerate(self, height: int, width: int, batch: int = 1) -> list[Entry]:
+        cfg = self.config
+        sh = _Shapes(batch, height, width, cfg)
+        n = batch
+        entries: list[Entry] = []
+
+        def add(position: str, op: str, inputs, kind: str, stage: str, **params: Any) -> None:
+            entries.append(Entry(position, op, OpSpec(op, tuple(inputs), tuple(params.items())), kind, stage,
+                                 analytic=(op == ZERO)))
+
+        stem_c = cfg.stem_channels
+        add("fixed.stem", "stem", [(n, 3, height, width)], "fixed", "fixed", channels=stem_c)
+        for k in range(cfg.num_cells):
+            stage = f"s{cfg.cell_stride(k)}"
+            c = cfg.cell_node_channels(k)
+            c_pp, c_p = cell_input_channels(cfg, k)
+            s_pp, s_p = cell_input_strides(cfg, k)
+            h_pp, w_pp = sh.at(s_pp)
+            h_p, w_p = sh.at(s_p)
+            pre0 = "factorized_reduce" if s_pp != s_p else "preprocess_1x1"
+            add(f"cell{k}.pre0", pre0, [(n, c_pp, h_pp, w_pp)], "fixed", stage, cout=c, stride=2 if s_pp != s_p else 1)
+            add(f"cell{k}.pre1", "preprocess_1x1", [(n, c_p, h_p, w_p)], "fixed", stage, cout=c, stride=1)
+            red = cfg.is_reduction(k)
+            h_o, w_o = sh.at(cfg.cell_stride(k))
+            for j, (src, _) in enumerate(cell_edges(cfg.steps)):
+                stride = 2 if red and src < 2 else 1
+                hi, wi = (h_p, w_p) if src < 2 else (h_o, w_o)
+                for op in CELL_PRIMITIVES:
+                    add(f"cell{k}.e{j}", op, [(n, c, hi, wi)], "candidate", stage,
+                        cout=c, stride=stride, dilation=DILATION[op])
+            merge_in = [(n, c, h_o, w_o)] * cfg.num_edges()
+            add(f"cell{k}.merge", "cell_merge", merge_in, "fixed", stage, steps=cfg.steps)
+        f = cfg.fusion_channels
+        if cfg.fusion == "dcfc":
+            lv = [sh.at(cfg.cell_stride(c)) for c in cfg.fusion_inputs]
+            for i, cell in enumerate(cfg.fusion_inputs):
+                add(f"fusion.reduce{i}", "fusion_reduce", [(n, cfg.cell_out_channels(cell), *lv[i])], "fixed", "fusion", cout=f)
+            ch = node_channels(f)
+            merge_in = []
+            for j, ((src, dst, kind), cands) in enumerate(zip(FUSION_EDGES, edge_candidates())):
+                hs, ws = lv[FUSION_NODES[src][1]]
+                hd, wd = lv[FUSION_NODES[dst][1]]
+                cout = ch[src] if kind == "up" else f
+                for op in cands:
+                    params = dict(cout=cout, stride=1, dilation=DILATION[op])
+                    if kind == "up":
+                        params["out"] = (hd, wd)
+                    add(f"fusion.e{j}", op, [(n, ch[src], hs, ws)], "candidate", "fusion", **params)
+                merge_in.append((n, cout, hd, wd))
+            add("fusion.merge", "fusion_merge", merge_in, "fixed", "fusion")
+            head_in = (n, f, *lv[0])
+        else:
+            last = cfg.num_cells - 1
+            h_l, w_l = sh.at(cfg.cell_stride(last))
+            feat = (n, cfg.cell_out_channels(last), h_l, w_l)
+            if cfg.fusion in ("aspp", "ppm"):
+                add(f"fixed.{cfg.fusion}", cfg.fusion, [feat], "fixed", "fixed", cout=f)
+                head_in = (n, f, h_l, w_l)
+            else:
+                head_in = feat
+        add("fixed.head", "head", [head_in], "fixed", "fixed", mid=cfg.head_channels, cout=cfg.num_classes)
+        add("fixed.upsample", "upsample", [(n, cfg.num_classes, head_in[2], head_in[3])], "fixed", "fixed",
+            out=(height, width))
+        return entries
+
+    # --- building -------------------------------------------------------------------------------
+    def build_op(self, spec: OpSpec) -> nn.Module:
+        """The module for ``spec`` in inference form (eval mode, BatchNorm folded)."""
+        m = self._build(spec)
+        m.eval()
+        return fold_batchnorm(m)
+
+    def _build(self, spec: OpSpec) -> nn.Module:
+        op = spec.op
+        cin = spec.inputs[0][1]
+        cout = spec.param("cout")
+        if op in UP_OPS:
+            return _Bound(build_op(op, cin, cout), tuple(spec.param("out")))
+        if op == "stem":
+            return make_stem(tuple(spec.param("channels")))
+        if op == "preprocess_1x1":
+            return make_preprocess(cin, cout, reduce=False)
+        if op == "factorized_reduce":
+            return make_preprocess(cin, cout, reduce=True)
+        if op == "cell_merge":
+            return CellMerge(int(spec.param("steps")))
+        if op == "fusion_reduce":
+            return make_preprocess(cin, cout, reduce=False)
+        if op == "fusion_merge":
+            return FusionMerge()
+        if op == "aspp":
+            return ASPP(cin, cout)
+        if op == "ppm":
+            return PPM(cin, cout)
+        if op == "head":
+            return Head(cin, int(spec.param("mid")), cout)
+        if op == "upsample":
+            return Upsample(tuple(spec.param("out")))
+        return build_op(op, cin, cout, int(spec.param("stride", 1)))
+
+    # --- architectures --------------------------------------------------------------------------
+    def sample_architecture(self, rng: random.Random) -> dict[str, Any]:
+        cfg = self.config
+        cells = [[rng.choice(CELL_PRIMITIVES) for _ in range(cfg.num_edges())] for _ in range(cfg.num_cells)]
+        fusion = [rng.choice(c) for c in edge_candidates()] if cfg.fusion == "dcfc" else []
+        return Architecture(cells, fusion).to_dict()
+
+    def architecture_rows(self, arch: Mapping[str, Any] | Architecture) -> list[tuple[str, str]]:
+        a = arch if isinstance(arch, Architecture) else Architecture.from_dict(arch)
+        a.validate(self.config)
+        chosen = {f"cell{k}.e{j}": op for k, cell in enumerate(a.cells) for j, op in enumerate(cell)}
+        chosen.update({f"fusion.e{j}": op for j, op in enumerate(a.fusion)})
+        rows = []
+        for p in self.positions():
+            rows.append((p.name, chosen[p.name] if p.kind == "candidate" else p.candidates[0]))
+        return rows
+
+    def build_architecture(self, arch: Mapping[str, Any] | Architecture) -> nn.Module:
+        a = arch if isinstance(arch, Architecture) else Architecture.from_dict(arch)
+        return inference_network(self.config, a)
