@@ -140,7 +140,20 @@ def available_spaces() -> list[str]:
 
 
 def load_space(name: str, config: Mapping[str, Any] | None = None) -> SearchSpace:
-    """Find the space registered as ``name`` and build it from ``config`` (a dict of overrides)."""
+    """Find the space registered as ``name`` and build it from ``config`` (a dict of overrides).
+
+    ``name`` may also be ``"package.module:Class"`` (an importable class with ``from_config``),
+    for spaces that are not installed under the entry point, e.g. a test's toy space.
+    """
+    if ":" in name:
+        import importlib
+
+        module_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise UserError(f"cannot load search space {name!r}: {exc}") from None
+        return factory.from_config(dict(config or {}))
     eps = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
     if not eps:
         avail = ", ".join(available_spaces()) or "none (is the package installed with pip install -e .?)"

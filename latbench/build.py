@@ -1,0 +1,372 @@
+"""The LUT build engine: enumerate a space, time each distinct OpSpec once, write a Parquet LUT.
+
+Crash safety and resume (DESIGN §4):
+
+- every finished timing is appended to ``OUTPUT.partial.jsonl`` (flushed + fsynced per line);
+- the Parquet file is rewritten atomically every ``checkpoint_s`` seconds and at the end, holding
+  every row whose timing is finished (metadata ``complete`` says whether anything is left);
+- a rerun reads the existing LUT and the journal and times only keys found in neither, so a kill
+  at any moment loses at most the entry in flight; the journal is removed once the LUT is complete;
+- ``OUTPUT.lock`` refuses a second concurrent build on the same output;
+- resuming into a LUT built for another space configuration, name, backend, precision, batch,
+  protocol or device is refused with a :class:`UserError` naming the difference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import pandas as pd
+import torch
+
+from latbench.device import describe_device, device_identity, software_versions
+from latbench.errors import UserError
+from latbench.fileio import FileLock, Journal, check_writable, read_journal
+from latbench.lut import LUT, ROW_ID, SCHEMA_VERSION, concat_rows, dedupe_rows, now_iso, read_lut, write_lut
+from latbench.space import Entry, OpSpec, format_resolution
+from latbench.timing import Measurement, TimingConfig, get_backend, measure_prepared
+from latbench.timing.loop import describe_error
+
+JOURNAL_SUFFIX = ".partial.jsonl"
+LOCK_SUFFIX = ".lock"
+MEASUREMENT_FIELDS = ("median_us", "p10_us", "p90_us", "iqr_us", "mean_us", "samples", "noise",
+                      "calls_per_sample", "sm_clock_mhz", "throttled", "host_bound", "enqueue_us",
+                      "status", "error")
+
+
+def journal_path(output: str | os.PathLike) -> Path:
+    return Path(str(output) + JOURNAL_SUFFIX)
+
+
+def lock_path(output: str | os.PathLike) -> Path:
+    return Path(str(output) + LOCK_SUFFIX)
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))
+
+
+@dataclass(frozen=True)
+class Timed:
+    """A finished timing of one key: the measurement's LUT fields and when it was taken."""
+
+    fields: dict[str, Any]
+    measured_at: str
+
+    @classmethod
+    def from_measurement(cls, m: Measurement) -> "Timed":
+        d = m.to_dict()
+        return cls({k: d.get(k) for k in MEASUREMENT_FIELDS}, now_iso())
+
+
+def _compat(meta: dict[str, Any]) -> dict[str, Any]:
+    """What must match between an existing LUT and a new request for the build to continue it."""
+    return _jsonable({
+        "name": meta.get("name"),
+        "space": meta.get("space"),
+        "backend": meta.get("backend"),
+        "precision": meta.get("precision"),
+        "batch": meta.get("batch"),
+        "protocol": meta.get("protocol"),
+        "device": device_identity(meta.get("device") or {}),
+    })
+
+
+def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    for field in ("space", "name", "backend", "precision", "batch", "protocol", "device"):
+        a, b = old.get(field), new.get(field)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            flat_a, flat_b = _flatten(a), _flatten(b)
+            diffs = [k for k in sorted(set(flat_a) | set(flat_b)) if flat_a.get(k) != flat_b.get(k)]
+            shown = ", ".join(f"{k}: {flat_a.get(k)!r} -> {flat_b.get(k)!r}" for k in diffs[:3])
+            more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
+            return f"a different {field} ({shown}{more})"
+        return f"a different {field} ({a!r} -> {b!r})"
+    return None
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v, sort_keys=True)
+    return out
+
+
+def _check_compatible(where: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+    diff = _describe_difference(old, new)
+    if diff:
+        raise UserError(f"{where} was built for {diff} than requested; use a new --output "
+                        "(or delete the old file) to build a separate LUT")
+
+
+def _row(entry: Entry, height: int, width: int, batch: int, backend: str, precision: str, cache: str,
+         timed: Timed | None) -> dict[str, Any]:
+    spec = entry.spec
+    first = spec.inputs[0] if spec.inputs else ()
+    four_d = len(first) == 4
+    row: dict[str, Any] = {
+        "position": entry.position, "op": entry.op, "key": spec.key, "kind": entry.kind, "stage": entry.stage,
+        "cin": first[1] if four_d else None,
+        "cout": spec.param("cout"),
+        "in_h": first[2] if four_d else None, "in_w": first[3] if four_d else None,
+        "stride": spec.param("stride", 1), "dilation": spec.param("dilation", 1),
+        "height": height, "width": width, "batch": batch,
+        "backend": backend, "precision": precision, "cache": cache,
+    }
+    for k in ("cout", "stride", "dilation"):
+        v = row[k]
+        row[k] = int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    if entry.analytic:
+        row.update({"median_us": 0.0, "p10_us": 0.0, "p90_us": 0.0, "iqr_us": 0.0, "mean_us": 0.0,
+                    "samples": 0, "noise": 0.0, "calls_per_sample": 0, "status": "analytic",
+                    "error": None, "throttled": False, "measured_at": None})
+    else:
+        assert timed is not None
+        row.update(timed.fields)
+        row["measured_at"] = timed.measured_at
+    return row
+
+
+def _timed_from_frame(df: pd.DataFrame, keep_failed: bool) -> dict[str, Timed]:
+    out: dict[str, Timed] = {}
+    if df.empty:
+        return out
+    for rec in df.to_dict("records"):
+        st = rec.get("status")
+        if st == "analytic" or (st == "failed" and not keep_failed) or st not in ("ok", "failed"):
+            continue
+        fields = {}
+        for k in MEASUREMENT_FIELDS:
+            v = rec.get(k)
+            if v is not None and not isinstance(v, str) and pd.isna(v):
+                v = None
+            fields[k] = v.item() if hasattr(v, "item") else v
+        out[str(rec["key"])] = Timed(fields, str(rec.get("measured_at") or ""))
+    return out
+
+
+def make_inputs(spec: OpSpec, seed: int = 0) -> list[torch.Tensor]:
+    """Random fp32 CPU inputs of ``spec``'s shapes (the backend moves/casts them)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g) for shape in spec.inputs]
+
+
+def time_spec(space: Any, spec: OpSpec, backend: Any, config: TimingConfig) -> Measurement:
+    """Build ``spec`` with the space, prepare it with the backend and measure it. Never raises for
+    a failing op (the failure is the measurement)."""
+    prepared = None
+    try:
+        module = space.build_op(spec)
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+        prepared = backend.prepare(module, make_inputs(spec), config)
+    except Exception as exc:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return Measurement.failed(describe_error(exc), stage="prepare")
+    try:
+        return measure_prepared(prepared, config)
+    finally:
+        try:
+            prepared.close()
+        except Exception:
+            pass
+        del prepared
+
+
+class _Progress:
+    """A rich progress bar on stderr (or nothing): entries done / total, current op, ETA."""
+
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        self._p = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self._p = Progress(TextColumn("[bold]timing[/]"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("ETA"),
+                           TimeRemainingColumn(), TextColumn("{task.description}"),
+                           console=Console(stderr=True), transient=False)
+        self._p.start()
+        self._task = self._p.add_task("", total=total, completed=done)
+
+    def current(self, text: str) -> None:
+        if self._p is not None:
+            self._p.update(self._task, description=text[:70])
+
+    def advance(self) -> None:
+        if self._p is not None:
+            self._p.advance(self._task)
+
+    def close(self) -> None:
+        if self._p is not None:
+            self._p.stop()
+
+
+def build_lut(space: Any, resolutions: Sequence[tuple[int, int]], backend: str | Any, config: TimingConfig,
+              output: str | os.PathLike, name: str, batch: int = 1, precision: str = "fp32",
+              device: str = "cpu", progress: bool = True, *, retry_failed: bool = False,
+              checkpoint_s: float = 30.0, warn: Callable[[str], None] | None = None,
+              on_timed: Callable[[str, Measurement], None] | None = None) -> LUT:
+    """Build (or finish) the LUT at ``output`` and return it. See the module docstring.
+
+    ``backend`` is a registered backend name or an instance; ``retry_failed`` re-times keys that
+    failed in an earlier run; ``on_timed(key, measurement)`` is called after each new timing.
+    """
+    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    if not resolutions:
+        raise UserError("no resolution given")
+    if batch < 1:
+        raise UserError(f"batch must be >= 1, not {batch}")
+    output = check_writable(output)
+    backend_obj = get_backend(backend, device=device, precision=precision, threads=config.threads) \
+        if isinstance(backend, str) else backend
+    backend_name = getattr(backend_obj, "name", str(backend))
+
+    dev_info = describe_device(getattr(backend_obj, "device", device))
+    if dev_info.get("type") == "cpu" and config.threads:
+        dev_info["threads"] = config.threads
+    request_meta: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "space": _jsonable(space.identity()),
+        "device": dev_info,
+        "versions": software_versions(),
+        "protocol": config.to_dict(),
+        "backend": backend_name,
+        "backend_info": _jsonable(backend_obj.describe()) if hasattr(backend_obj, "describe") else {},
+        "precision": precision,
+        "batch": int(batch),
+        "cache": config.cache,
+        "host": dev_info.get("host"),
+    }
+    compat = _compat(request_meta)
+
+    lock = FileLock(lock_path(output), purpose="a LUT build", on_stale=warn)
+    lock.acquire()
+    jpath = journal_path(output)
+    prog: _Progress | None = None
+    journal: Journal | None = None
+    try:
+        existing: LUT | None = None
+        if output.exists():
+            existing = read_lut(output)
+            _check_compatible(f"existing LUT {str(output)!r}", _compat(existing.meta), compat)
+        done: dict[str, Timed] = _timed_from_frame(existing.df, keep_failed=not retry_failed) if existing else {}
+        journal_records = list(read_journal(jpath))
+        header = next((r for r in journal_records if r.get("type") == "header"), None)
+        if header is not None:
+            _check_compatible(f"unfinished build journal {str(jpath)!r}", header.get("compat") or {}, compat)
+        for rec in journal_records:
+            if rec.get("type") == "timing" and isinstance(rec.get("key"), str):
+                if rec.get("fields", {}).get("status") == "failed" and retry_failed:
+                    continue
+                done[rec["key"]] = Timed(dict(rec.get("fields") or {}), str(rec.get("measured_at") or ""))
+
+        # Enumerate every requested resolution; distinct keys to time, in enumeration order.
+        plan: list[tuple[Entry, int, int]] = []
+        specs: dict[str, OpSpec] = {}
+        for (h, w) in resolutions:
+            entries = space.enumerate(int(h), int(w), int(batch))
+            if not entries:
+                raise UserError(f"the space enumerated nothing at {format_resolution((h, w))}")
+            for e in entries:
+                plan.append((e, int(h), int(w)))
+                if not e.analytic:
+                    specs.setdefault(e.spec.key, e.spec)
+        todo = [k for k in specs if k not in done]
+
+        created = (existing.meta.get("created") if existing else None) or \
+            (header.get("created") if header else None) or now_iso()
+        old_rows = existing.df if existing is not None else None
+        new_ids = {(e.position, e.op, h, w, backend_name, precision, int(batch)) for e, h, w in plan}
+
+        def snapshot(complete: bool) -> LUT:
+            rows = [_row(e, h, w, batch, backend_name, precision, config.cache, done.get(e.spec.key))
+                    for e, h, w in plan if e.analytic or e.spec.key in done]
+            frames = []
+            if old_rows is not None and len(old_rows):
+                ids = list(zip(*(old_rows[c] for c in ROW_ID)))
+                keep = [(
+                    str(i[0]), str(i[1]), int(i[2]), int(i[3]), str(i[4]), str(i[5]), int(i[6])) not in new_ids
+                    for i in ids]
+                frames.append(old_rows[keep])
+            frames.append(pd.DataFrame(rows))
+            df = dedupe_rows(concat_rows(frames))
+            meta = dict(request_meta)
+            if existing is not None:
+                for k in ("calibration",):
+                    if k in existing.meta:
+                        meta[k] = existing.meta[k]
+            meta.update({"created": created, "updated": now_iso(), "complete": complete,
+                         "resolutions": [format_resolution(r) for r in
+                                         sorted({(int(h), int(w)) for h, w in zip(df["height"], df["width"])})]})
+            return LUT(df, meta)
+
+        if todo:
+            journal = Journal(jpath)
+            if header is None:
+                journal.append({"type": "header", "compat": compat, "created": created, "pid": os.getpid()})
+        prog = _Progress(progress, total=len(specs), done=len(specs) - len(todo))
+        t_start = time.monotonic()
+        last_ckpt = time.monotonic()
+        n_failed = 0
+        for key in todo:
+            spec = specs[key]
+            prog.current(key)
+            m = time_spec(space, spec, backend_obj, config)
+            timed = Timed.from_measurement(m)
+            assert journal is not None
+            journal.append({"type": "timing", "key": key, "fields": timed.fields, "measured_at": timed.measured_at})
+            done[key] = timed
+            if not m.ok:
+                n_failed += 1
+                warn(f"{key}: {m.error}")
+            if on_timed is not None:
+                on_timed(key, m)
+            prog.advance()
+            if time.monotonic() - last_ckpt >= checkpoint_s:
+                write_lut(snapshot(complete=False), output)
+                last_ckpt = time.monotonic()
+        prog.close()
+        prog = None
+        lut = snapshot(complete=True)
+        lut.meta["build"] = {"timed": len(todo), "reused": len(specs) - len(todo), "failed_now": n_failed,
+                             "distinct_timings": len(specs), "rows": len(plan),
+                             "elapsed_s": round(time.monotonic() - t_start, 3)}
+        write_lut(lut, output)
+        if journal is not None:
+            journal.close()
+            journal = None
+        if jpath.exists():
+            jpath.unlink()
+        return lut
+    except BaseException:
+        # Ctrl-C or a crash: make the Parquet file reflect everything finished so far.
+        if prog is not None:
+            prog.close()
+        try:
+            if "snapshot" in locals() and done:
+                write_lut(snapshot(complete=False), output)
+        except Exception:
+            pass
+        raise
+    finally:
+        if journal is not None:
+            journal.close()
+        lock.release()

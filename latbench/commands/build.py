@@ -1,0 +1,114 @@
+"""``latbench build-lut``: time every op of a search space and write a Parquet LUT."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from latbench.errors import UserError
+
+
+def parse_space_opts(items: tuple[str, ...]) -> dict[str, Any]:
+    """``("init_channels=16", "fusion_inputs=[0,7,13]", "mode=fast")`` -> a config dict (values
+    parsed as JSON when they are JSON, else kept as strings)."""
+    cfg: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"malformed --space-opt {item!r}: expected KEY=VALUE, e.g. init_channels=16")
+        try:
+            cfg[key] = json.loads(value)
+        except ValueError:
+            cfg[key] = value
+    return cfg
+
+
+def _load_space(name: str, cfg: dict[str, Any]):
+    from latbench.space import load_space
+
+    try:
+        return load_space(name, cfg)
+    except UserError:
+        raise
+    except (TypeError, ValueError, KeyError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"bad configuration for search space {name!r}: {msg}") from None
+
+
+@click.command("build-lut")
+@click.option("--gpu", "name", required=True, help="Name of the LUT (the hardware), e.g. h100; default output luts/NAME.parquet.")
+@click.option("--device", default=None, help="cuda:N or cpu. [default: cuda:0 if a GPU is available, else cpu]")
+@click.option("--backend", default=None, help="Timing backend: cudagraph, eager, cpu or another registered one. [default: cudagraph on a GPU, cpu on the CPU]")
+@click.option("--resolution", "resolutions", multiple=True, default=("769x1537",), show_default=True,
+              help="Network input resolution HxW; repeat for several (one LUT holds all).")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16"]))
+@click.option("--output", default=None, help="Output Parquet path. [default: luts/NAME.parquet]")
+@click.option("--max-noise", default=0.005, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Stop sampling an entry when the relative noise of its median is below this.")
+@click.option("--max-time", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Per-entry cap (seconds) on sampling; the 0.5 s minimum is clipped to it.")
+@click.option("--min-time", default=0.5, show_default=True, type=click.FloatRange(min=0),
+              help="Minimum sampling time per entry (seconds).")
+@click.option("--warmup", default=0.2, show_default=True, type=click.FloatRange(min=0), help="Warm-up per entry (seconds).")
+@click.option("--cold-cache", is_flag=True, help="Flush L2 before every sample (cold numbers); default warm.")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads for the cpu backend.")
+@click.option("--space", "space_name", default="lgcnet", show_default=True, help="Registered search space (or module:Class).")
+@click.option("--space-opt", "space_opts", multiple=True, metavar="KEY=VALUE",
+              help="Search-space configuration; values parsed as JSON when possible. Repeatable.")
+@click.option("--retry-failed", is_flag=True, help="Re-time entries that failed in an earlier run of this build.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+def build_lut(name, device, backend, resolutions, batch, precision, output, max_noise, max_time, min_time,
+              warmup, cold_cache, threads, space_name, space_opts, retry_failed, no_progress, as_json) -> None:
+    """Time every candidate op at every position (and every fixed part) of a search space and
+    write a LUT. Resumable: rerun the same command after a crash to time only what is missing."""
+    from latbench.build import build_lut as run_build
+    from latbench.device import describe_device, name_matches, resolve_device
+    from latbench.fileio import check_writable
+    from latbench.space import format_resolution, parse_resolution
+    from latbench.timing import TimingConfig, available_backends, default_backend, get_backend
+
+    res = []
+    for r in resolutions:
+        hw = parse_resolution(r)
+        if hw not in res:
+            res.append(hw)
+    dev = resolve_device(device)
+    backend = backend or default_backend(dev)
+    if backend not in available_backends():
+        raise UserError(f"unknown timing backend {backend!r}; available: {', '.join(available_backends())}")
+    if not name.strip() or any(ch in name for ch in "/\\") and output is None:
+        raise UserError(f"--gpu {name!r} cannot name a file; give --output")
+    out = check_writable(output or f"luts/{name}.parquet")
+    config = TimingConfig(warmup_s=warmup, min_time_s=min_time, max_time_s=max_time, max_noise=max_noise,
+                          cold_cache=cold_cache, threads=threads)
+    backend_obj = get_backend(backend, device=dev, precision=precision, threads=threads)
+    space = _load_space(space_name, parse_space_opts(space_opts))
+
+    info = describe_device(dev)
+    if not name_matches(name, info):
+        click.echo(f"warning: --gpu {name!r} does not match the device actually used ({dev}: {info.get('name')}); "
+                   "the LUT metadata records the real device", err=True)
+    warn = lambda msg: click.echo(f"warning: {msg}", err=True)  # noqa: E731
+    lut = run_build(space, res, backend_obj, config, out, name, batch=batch, precision=precision, device=dev,
+                    progress=not no_progress and not as_json, retry_failed=retry_failed, warn=warn)
+    counts = lut.counts()
+    summary = {
+        "output": str(out), "name": name, "device": dev, "device_name": info.get("name"), "backend": backend,
+        "precision": precision, "batch": batch, "resolutions": [format_resolution(r) for r in res],
+        **counts, **{k: v for k, v in lut.meta.get("build", {}).items() if k not in ("rows", "distinct_timings")},
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        b = lut.meta.get("build", {})
+        click.echo(f"wrote {out}: {counts['rows']} rows, {counts['distinct_timings']} distinct timings "
+                   f"({b.get('timed', 0)} timed now, {b.get('reused', 0)} reused), {counts['ok']} ok, "
+                   f"{counts['failed']} failed, {counts['analytic']} analytic, {b.get('elapsed_s', 0):.1f} s")
+    if counts["failed"]:
+        sys.stderr.flush()

@@ -1,0 +1,63 @@
+"""The ``cpu`` backend: wall clock (``time.perf_counter_ns``) around back-to-back calls."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import torch
+
+from latbench.errors import UserError
+from latbench.timing.config import TimingConfig
+from latbench.timing.precision import DTYPES, convert
+
+
+class CpuPrepared:
+    granularity = 1
+    clock = None
+
+    def __init__(self, fn, inputs: Sequence[torch.Tensor], threads: int | None) -> None:
+        self._fn = fn
+        self._inputs = tuple(inputs)
+        # torch's thread count is process-wide: set it while this object is alive, restore on close.
+        self._prev_threads = torch.get_num_threads()
+        if threads and threads != self._prev_threads:
+            torch.set_num_threads(threads)
+        self.info: dict[str, Any] = {"threads": torch.get_num_threads()}
+
+    def time(self, calls: int) -> float:
+        fn, inputs = self._fn, self._inputs
+        with torch.inference_mode():
+            t0 = time.perf_counter_ns()
+            for _ in range(calls):
+                fn(*inputs)
+            t1 = time.perf_counter_ns()
+        return (t1 - t0) * 1e-9
+
+    def close(self) -> None:
+        self._fn = None
+        self._inputs = ()
+        if torch.get_num_threads() != self._prev_threads:
+            torch.set_num_threads(self._prev_threads)
+
+
+class CpuBackend:
+    name = "cpu"
+
+    def __init__(self, device: str = "cpu", precision: str = "fp32", threads: int | None = None) -> None:
+        if str(device) != "cpu":
+            raise UserError(f"timing backend 'cpu' runs on the CPU, not on {device!r}; use --device cpu "
+                            "or a CUDA backend (eager, cudagraph)")
+        if precision not in DTYPES:
+            raise UserError(f"unknown precision {precision!r}; expected one of {', '.join(DTYPES)}")
+        self.device = "cpu"
+        self.precision = precision
+        self.threads = threads
+
+    def prepare(self, module: Any, inputs: Sequence[torch.Tensor], config: TimingConfig) -> CpuPrepared:
+        module, inputs = convert(module, inputs, self.device, self.precision)
+        return CpuPrepared(module, inputs, config.threads or self.threads)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "device": self.device, "precision": self.precision,
+                "threads": self.threads or torch.get_num_threads(), "clock": "perf_counter_ns"}

@@ -1,0 +1,81 @@
+"""Timing backends by name.
+
+A *backend* turns ``(module, inputs)`` into a *prepared* object that can be timed:
+
+.. code-block:: python
+
+    class Backend(Protocol):
+        name: str          # "cpu", "eager", "cudagraph", ...
+        device: str        # "cpu", "cuda:0"
+        precision: str     # "fp32" | "fp16"
+        def prepare(self, module, inputs, config: TimingConfig) -> Prepared: ...
+        def describe(self) -> dict: ...            # JSON-able facts for LUT metadata
+
+    class Prepared(Protocol):
+        info: dict                     # e.g. calls per CUDA graph, compile time
+        granularity: int               # optional: calls per sample must be a multiple of this
+        clock: ClockMonitor | None     # optional: NVML SM clock / throttle sampling
+        def time(self, calls: int) -> float: ...           # seconds for `calls` back-to-back calls
+        def enqueue_time(self, calls: int) -> float: ...   # optional: host seconds to enqueue them
+        def close(self) -> None: ...
+
+``prepare`` may do anything (export ONNX, build an engine, capture a graph); what is timed need not
+be the module's ``forward``. Backends register with :func:`register_backend` (a factory or a
+``"module:attr"`` string, imported on first use), or from another package through the entry-point
+group ``latbench.backends``. A factory is called with keyword options (``device``, ``precision``,
+``threads``) and raises :class:`latbench.errors.UserError` for a device it cannot run on.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Any, Callable, Union
+
+from latbench.errors import UserError
+
+ENTRY_POINT_GROUP = "latbench.backends"
+
+Factory = Union[Callable[..., Any], str]
+
+_REGISTRY: dict[str, Factory] = {
+    "cpu": "latbench.timing.cpu:CpuBackend",
+    "eager": "latbench.timing.cuda:EagerBackend",
+    "cudagraph": "latbench.timing.cuda:CudaGraphBackend",
+}
+
+
+def register_backend(name: str, factory: Factory, *, replace: bool = False) -> None:
+    """Make ``factory`` available as ``name`` (``"module:attr"`` strings are imported lazily)."""
+    if name in _REGISTRY and not replace and _REGISTRY[name] is not factory:
+        raise ValueError(f"timing backend {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def _entry_point_backends() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_backends() -> list[str]:
+    return sorted(set(_REGISTRY) | set(_entry_point_backends()))
+
+
+def _resolve(name: str) -> Callable[..., Any]:
+    if name in _REGISTRY:
+        factory = _REGISTRY[name]
+    else:
+        eps = _entry_point_backends()
+        if name not in eps:
+            raise UserError(f"unknown timing backend {name!r}; available: {', '.join(available_backends())}")
+        factory = eps[name].load()
+        _REGISTRY[name] = factory
+    if isinstance(factory, str):
+        module_name, attr = factory.split(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+        _REGISTRY[name] = factory
+    return factory
+
+
+def get_backend(name: str, **options: Any) -> Any:
+    """An instance of backend ``name`` built with ``options`` (device, precision, threads...)."""
+    return _resolve(name)(**options)
