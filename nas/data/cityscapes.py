@@ -1,0 +1,135 @@
+"""Cityscapes (fine annotations), read from the official directory layout::
+
+    ROOT/leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png
+    ROOT/gtFine/{split}/{city}/{city}_{seq}_{frame}_gtFine_labelIds.png
+
+Images and labels are paired by name. Every image must have its ``labelIds`` file and every
+``labelIds`` file its image; the first one missing is reported by path. Label ids become the 19
+train ids exactly as ``cityscapesscripts.helpers.labels`` defines them; ids whose trainId is 255
+or -1 (unlabeled, ego vehicle, ..., license plate) become the ignore index 255. A label value that
+is no Cityscapes id is reported with its file. (The official test split's labels are all ignore.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latbench.errors import UserError
+from nas.data.base import (SegDataset, Transform, check_root, check_same_size, check_split,
+                           read_image, read_label)
+from nas.data.palette import IGNORE_INDEX, cityscapes_spec
+
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"
+
+
+def id_to_train_id_table() -> dict[int, int]:
+    """Every Cityscapes label id (including -1) → train id, with 255 / -1 mapped to 255."""
+    from cityscapesscripts.helpers.labels import labels
+
+    table: dict[int, int] = {}
+    for lab in labels:
+        t = lab.trainId
+        table[int(lab.id)] = int(t) if 0 <= t < IGNORE_INDEX else IGNORE_INDEX
+    return table
+
+
+class IdMapper:
+    """Vectorised label id → train id over a table such as :func:`id_to_train_id_table`."""
+
+    def __init__(self, table: dict[int, int]):
+        self.table = dict(table)
+        self._lut = np.full(256, -2, dtype=np.int64)  # -2 marks "not a Cityscapes id"
+        for i, t in self.table.items():
+            if 0 <= i < 256:
+                self._lut[i] = t
+
+    def unknown(self, ids: np.ndarray) -> list[int]:
+        """The values in ``ids`` that are no label id of the table."""
+        return [int(v) for v in np.unique(np.asarray(ids)) if int(v) not in self.table]
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        """``int [H, W]`` label ids → ``int64`` train ids; ValueError on an unknown id."""
+        ids = np.asarray(ids, dtype=np.int64)
+        inb = (ids >= 0) & (ids < 256)
+        out = self._lut[np.where(inb, ids, 0)]
+        if not inb.all():
+            for v in np.unique(ids[~inb]):
+                out[ids == v] = self.table.get(int(v), -2)
+        if (out == -2).any():
+            raise ValueError(f"not Cityscapes label ids: {self.unknown(ids)}")
+        return out
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: Path
+    label: Path
+
+
+def find_pairs(root: Path, split: str) -> list[Pair]:
+    """All (image, labelIds) pairs of ``split``, sorted by image path; UserError on any gap."""
+    img_dir = root / "leftImg8bit" / split
+    lab_dir = root / "gtFine" / split
+    if not img_dir.is_dir():
+        raise UserError(f"Cityscapes images not found: {img_dir} is not a directory "
+                        f"(expected ROOT/leftImg8bit/{split}/CITY/*{IMAGE_SUFFIX})")
+    if not lab_dir.is_dir():
+        raise UserError(f"Cityscapes labels not found: {lab_dir} is not a directory "
+                        f"(expected ROOT/gtFine/{split}/CITY/*{LABEL_SUFFIX})")
+    images = sorted(img_dir.glob(f"*/*{IMAGE_SUFFIX}"))
+    if not images:
+        raise UserError(f"no Cityscapes images (*{IMAGE_SUFFIX}) in {img_dir}/CITY/")
+    pairs = []
+    for img in images:
+        stem = img.name[: -len(IMAGE_SUFFIX)]
+        lab = lab_dir / img.parent.name / f"{stem}{LABEL_SUFFIX}"
+        if not lab.is_file():
+            raise UserError(f"missing Cityscapes label file {lab} (for image {img})")
+        pairs.append(Pair(img, lab))
+    for lab in sorted(lab_dir.glob(f"*/*{LABEL_SUFFIX}")):
+        stem = lab.name[: -len(LABEL_SUFFIX)]
+        img = img_dir / lab.parent.name / f"{stem}{IMAGE_SUFFIX}"
+        if not img.is_file():
+            raise UserError(f"missing Cityscapes image {img} (for label file {lab})")
+    return pairs
+
+
+class CityscapesDataset(SegDataset):
+    """Cityscapes fine annotations, 19 classes, ignore 255."""
+
+    def __init__(self, root: str | Path, split: str, transform: Transform, *, seed: int = 0,
+                 augment: bool = False, crop: tuple[int, int] | None = None,
+                 resize: tuple[int, int] | None = None):
+        check_split(split)
+        root_p = check_root(root, "Cityscapes")
+        super().__init__(cityscapes_spec(), split, root_p, transform, seed=seed,
+                         augment=augment, crop=crop, resize=resize)
+        self.pairs = find_pairs(root_p, split)
+        self.mapper = IdMapper(id_to_train_id_table())
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def describe(self, index: int) -> str:
+        return str(self.pairs[index].image)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        pair = self.pairs[index]
+        image = read_image(pair.image)
+        ids = read_label(pair.label)
+        check_same_size(image, ids, pair.image, pair.label)
+        try:
+            train_ids = self.mapper(ids)
+        except ValueError:
+            raise UserError(f"label file {pair.label} holds values that are no Cityscapes label "
+                            f"id: {self.mapper.unknown(ids)[:10]} (expected "
+                            f"*{LABEL_SUFFIX}, ids 0..33)") from None
+        return image, train_ids
+
+    def info_extra(self) -> dict[str, Any]:
+        return {"labels": "gtFine labelIds -> trainIds (cityscapesscripts)"}
