@@ -1,0 +1,102 @@
+"""``latbench validate-lut``: does Σ LUT predict whole networks? (DESIGN §5.8)"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import click
+
+
+def _fmt(v, spec: str = ".3f", none: str = "n/a") -> str:
+    return none if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def render_text(d: dict) -> str:
+    """A short human summary of :meth:`ValidationResult.to_dict`."""
+    f = d["fidelity"]
+    c = f.get("calibration") or {}
+    dev = d["device"].get("name")
+    lines = [
+        f"LUT {d['lut']} ({d['backend']}, {d['precision']}, batch {d['batch']}, {d['resolution']}) on {dev}",
+        f"architectures: {d['measured']} measured of {d['requested']} (seed {d['seed']})"
+        + (f", host-bound share {_fmt(d['host_bound_share'], '.0%')}" if d.get("host_bound_share") is not None else ""),
+        f"MAPE            {_fmt(f['mape'], '.2f')} %",
+        f"within ±5 %     {_fmt(f['within_5'], '.0%')}",
+        f"within ±10 %    {_fmt(f['within_10'], '.0%')}",
+        f"Kendall τ       {_fmt(f['kendall_tau'])}",
+        f"Spearman ρ      {_fmt(f['spearman_rho'])}",
+        f"measured/Σ LUT  {_fmt(f['mean_ratio'])} (mean)",
+    ]
+    if c:
+        lines += [
+            f"calibration     measured ≈ {c['a']:.4f}·Σ LUT + {c['b']:.1f} µs",
+            f"  MAPE after    {_fmt(c['mape'], '.2f')} %  (leave-one-out {_fmt(c['loo_mape'], '.2f')} %, "
+            f"worst {_fmt(c['loo_max_abs_pct'], '.2f')} %)",
+            f"  within ±5 %   {_fmt(f['calibrated_within_5'], '.0%')}, ±10 % {_fmt(f['calibrated_within_10'], '.0%')}",
+        ]
+    return "\n".join(lines)
+
+
+@click.command("validate-lut")
+@click.argument("lut", type=click.Path(dir_okay=False))
+@click.option("--samples", default=50, show_default=True, type=click.IntRange(min=3),
+              help="Number of architectures to sample, build and measure.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed (random.Random).")
+@click.option("--resolution", default=None, help="Input HxW; required when the LUT holds several.")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N. [default: the LUT's device type]")
+@click.option("--json", "as_json", is_flag=True, help="Print every figure and every sample as JSON on stdout.")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+              help="Write a PNG of measured vs Σ LUT with the fitted line.")
+@click.option("--save-calibration", is_flag=True,
+              help="Store the fitted measured ≈ a·Σ LUT + b in the LUT's metadata (the search uses it).")
+@click.option("--space", "space_name", default=None,
+              help="Load the space as package.module:Class (for a space not installed under the entry point).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def validate_lut(lut, samples, seed, resolution, device, as_json, plot_path, save_calibration, space_name, no_progress) -> None:
+    """Sample architectures from the LUT's search space, measure them end to end with the LUT's own
+    backend, precision, batch and protocol, and report MAPE, share within ±5 %/±10 %, Kendall τ,
+    Spearman ρ and the affine calibration measured ≈ a·Σ LUT + b (with its leave-one-out error)."""
+    from latbench.space import parse_resolution
+    from latbench.validate import plot_validation, save_calibration as store, validate_lut as run
+
+    hw = parse_resolution(resolution) if resolution else None
+    progress = None
+    task = None
+    if not no_progress:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("[bold]measuring[/]"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"),
+                            console=Console(stderr=True), transient=True)
+
+    def on_sample(s) -> None:
+        if progress is not None:
+            m = s.measurement
+            desc = f"last: Σ LUT {s.predicted_us / 1e3:.2f} ms, measured " + \
+                (f"{m.median_us / 1e3:.2f} ms" if m.ok else f"failed ({m.error})")
+            progress.update(task, advance=1, description=desc[:70])
+
+    if progress is not None:
+        progress.start()
+        task = progress.add_task("", total=samples)
+    try:
+        result = run(lut, samples, seed=seed, resolution=hw, device=device, space_name=space_name,
+                     on_sample=on_sample)
+    finally:
+        if progress is not None:
+            progress.stop()
+    d = result.to_dict()
+    if save_calibration:
+        d["saved_calibration"] = store(lut, result)
+    if plot_path:
+        d["plot"] = str(plot_validation(result, plot_path))
+    if as_json:
+        click.echo(json.dumps(d, indent=2, default=str))
+    else:
+        click.echo(render_text(d))
+        if save_calibration:
+            click.echo(f"saved the calibration into {lut}")
+        if plot_path:
+            click.echo(f"wrote {plot_path}")

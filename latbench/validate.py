@@ -1,0 +1,310 @@
+"""Is a LUT right about whole networks? Sample architectures, measure them, compare (DESIGN §5.8).
+
+:func:`validate_lut`:
+
+1. reads the LUT (:func:`latbench.lut.read_lut`) and, from its metadata, the search space
+   (``space``: name + config, loaded with :func:`latbench.space.load_space`), the timing backend,
+   precision, batch and protocol (``protocol``, a :class:`~latbench.timing.TimingConfig`);
+2. samples N distinct architectures uniformly with ``random.Random(seed)``
+   (``space.sample_architecture``);
+3. predicts each one as Σ LUT over ``space.architecture_rows(arch)`` at the chosen resolution —
+   every row must be present and ``ok`` (or analytic), otherwise a :class:`UserError` names the
+   missing ones;
+4. builds each one (``space.build_architecture``) and measures it end to end through the *same*
+   backend, precision, batch and protocol (:func:`latbench.timing.measure`) on the same kind of
+   device the LUT was measured on (a different device is refused: that comparison is
+   ``compare-lut``'s job);
+5. reports the figures of :func:`latbench.metrics_fit.fidelity` (MAPE, share within ±5 % / ±10 %,
+   Kendall τ, Spearman ρ, the affine calibration measured ≈ a·ΣLUT + b with its leave-one-out
+   error and the MAPE after calibration).
+
+:func:`save_calibration` stores the fitted ``a``, ``b`` in the LUT's metadata (``calibration``)
+through :meth:`latbench.lut.LUT.with_calibration` and an atomic :func:`latbench.lut.write_lut`,
+holding the LUT's build lock so a concurrent build is refused rather than overwritten.
+
+Not done: sampling from a search's α (``--from-alpha``). The space protocol has no way to turn
+per-position choices back into an architecture, so it would need a new protocol method.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from latbench.device import describe_device, device_identity, resolve_device, software_versions
+from latbench.errors import LUTError, UserError
+from latbench.lut import LUT, now_iso, read_lut, write_lut
+from latbench.metrics_fit import Fidelity, fidelity
+from latbench.space import format_resolution, load_space
+from latbench.timing import Measurement, TimingConfig, get_backend, measure
+
+
+@dataclass(frozen=True)
+class LutSetup:
+    """What the LUT says about how it was measured, and what this run will do to match it."""
+
+    space: Any
+    height: int
+    width: int
+    batch: int
+    backend: str
+    precision: str
+    protocol: TimingConfig
+    device: str
+
+    @property
+    def resolution(self) -> str:
+        return format_resolution((self.height, self.width))
+
+
+@dataclass
+class ArchSample:
+    """One sampled architecture: its LUT prediction and its end-to-end measurement (µs)."""
+
+    index: int
+    arch: dict[str, Any]
+    predicted_us: float
+    measurement: Measurement
+
+    @property
+    def measured_us(self) -> float:
+        return self.measurement.median_us
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.measurement
+        return {"index": self.index, "predicted_us": self.predicted_us, "measured_us": None if math.isnan(m.median_us) else m.median_us,
+                "p10_us": None if math.isnan(m.p10_us) else m.p10_us, "p90_us": None if math.isnan(m.p90_us) else m.p90_us,
+                "noise": None if math.isnan(m.noise) else m.noise, "samples": m.samples, "host_bound": m.host_bound,
+                "enqueue_us": m.enqueue_us, "throttled": m.throttled, "status": m.status, "error": m.error,
+                "arch": self.arch}
+
+
+@dataclass
+class ValidationResult:
+    lut_path: str
+    lut_name: str | None
+    setup: LutSetup
+    seed: int
+    samples: list[ArchSample]
+    fidelity: Fidelity
+    device_info: dict[str, Any]
+    date: str = field(default_factory=now_iso)
+
+    @property
+    def ok_samples(self) -> list[ArchSample]:
+        return [s for s in self.samples if s.measurement.ok]
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.setup
+        ok = self.ok_samples
+        hb = [x.measurement.host_bound for x in ok if x.measurement.host_bound is not None]
+        return {
+            "lut": self.lut_path, "lut_name": self.lut_name, "date": self.date, "seed": self.seed,
+            "space": s.space.identity(), "resolution": s.resolution, "batch": s.batch, "backend": s.backend,
+            "precision": s.precision, "device": self.device_info, "versions": software_versions(),
+            "protocol": s.protocol.to_dict(), "requested": len(self.samples), "measured": len(ok),
+            "failed": len(self.samples) - len(ok),
+            "host_bound_share": (sum(hb) / len(hb)) if hb else None,
+            "fidelity": self.fidelity.to_dict(),
+            "samples": [x.to_dict() for x in self.samples],
+        }
+
+
+# ---- setup -------------------------------------------------------------------------------------
+def resolve_setup(lut: LUT, resolution: tuple[int, int] | None = None, device: str | None = None,
+                  space_name: str | None = None) -> LutSetup:
+    """Read space, backend, precision, batch and protocol from ``lut``'s metadata; choose the
+    resolution (the LUT's only one, or ``resolution``, which the LUT must hold) and the device (the
+    LUT's device type unless ``device`` is given; a different device model is refused).
+
+    ``space_name`` (e.g. ``"package.module:Class"``) loads a space that is not registered under the
+    entry point; its identity must still equal the LUT's."""
+    meta = lut.meta
+    missing = [k for k in ("space", "backend", "precision", "batch", "protocol", "device") if k not in meta]
+    if missing:
+        raise LUTError(f"LUT metadata lacks {', '.join(missing)}: cannot reproduce how it was measured")
+    ident = meta["space"] or {}
+    try:
+        space = load_space(space_name or str(ident.get("name")), ident.get("config") or {})
+    except UserError as exc:
+        raise UserError(f"cannot load the LUT's search space: {exc.message}") from None
+    mine = json.loads(json.dumps(space.identity(), default=str))
+    if mine != ident:
+        raise LUTError(f"LUT was built for search space {ident.get('name')!r} v{ident.get('version')} "
+                       f"{ident.get('config')}, the loaded space is {mine.get('name')!r} v{mine.get('version')} "
+                       f"{mine.get('config')}")
+    have = lut.resolutions()
+    if not have:
+        raise LUTError("LUT holds no rows")
+    if resolution is None:
+        if len(have) > 1:
+            raise UserError(f"LUT holds {len(have)} resolutions ({', '.join(format_resolution(r) for r in have)}); "
+                            "choose one with --resolution")
+        resolution = have[0]
+    if tuple(resolution) not in have:
+        raise UserError(f"LUT has no rows at {format_resolution(resolution)}; it holds "
+                        f"{', '.join(format_resolution(r) for r in have)}")
+    lut_dev = meta.get("device") or {}
+    if device is None:
+        device = "cpu" if lut_dev.get("type") == "cpu" else f"cuda:{int(lut_dev.get('index') or 0)}"
+    dev = resolve_device(device)
+    here = device_identity(describe_device(dev))
+    there = device_identity(lut_dev)
+    if here != there:
+        raise UserError(f"LUT was measured on {there.get('name')!r} ({there.get('type')}) but this run would measure on "
+                        f"{here.get('name')!r} ({here.get('type')}); validate a LUT on its own device "
+                        "(use compare-lut to compare devices)")
+    try:
+        protocol = TimingConfig.from_dict(dict(meta["protocol"]))
+    except (TypeError, ValueError) as exc:
+        raise LUTError(f"LUT metadata has an unusable protocol: {exc}") from None
+    return LutSetup(space=space, height=int(resolution[0]), width=int(resolution[1]), batch=int(meta["batch"]),
+                    backend=str(meta["backend"]), precision=str(meta["precision"]), protocol=protocol, device=dev)
+
+
+# ---- prediction and sampling -------------------------------------------------------------------
+def predict_us(lut: LUT, rows: Sequence[tuple[str, str]], height: int, width: int, batch: int = 1) -> float:
+    """Σ LUT median over ``rows``; :class:`UserError` naming the rows that are missing or failed."""
+    total = 0.0
+    bad = []
+    for pos, op in rows:
+        v = lut.lookup(pos, op, height, width, batch)
+        if v is None:
+            bad.append(f"{pos}:{op}")
+        else:
+            total += v
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise UserError(f"LUT lacks (or failed) {len(bad)} row(s) this architecture needs at "
+                        f"{format_resolution((height, width))} batch {batch}: {', '.join(bad[:3])}{more}")
+    return total
+
+
+def sample_architectures(space: Any, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` architectures drawn uniformly with ``random.Random(seed)``; distinct while the space
+    allows (after 50·n draws duplicates are accepted)."""
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    draws = 0
+    while len(out) < n:
+        arch = space.sample_architecture(rng)
+        draws += 1
+        key = json.dumps(arch, sort_keys=True)
+        if key in seen and draws < 50 * n:
+            continue
+        seen.add(key)
+        out.append(arch)
+    return out
+
+
+def measure_architecture(space: Any, arch: Mapping[str, Any], backend: Any, setup: LutSetup, seed: int = 0) -> Measurement:
+    """Build ``arch`` and time it end to end with ``setup``'s protocol through ``backend``."""
+    net = space.build_architecture(arch)
+    if isinstance(net, torch.nn.Module):
+        net.eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(setup.batch, 3, setup.height, setup.width, generator=g)
+    try:
+        return measure(net, [x], setup.protocol, backend=backend)
+    finally:
+        del net
+
+
+# ---- the whole run -----------------------------------------------------------------------------
+def validate_lut(lut_path: str | Path, samples: int, seed: int = 0, resolution: tuple[int, int] | None = None,
+                 device: str | None = None, space_name: str | None = None,
+                 on_sample: Callable[[ArchSample], None] | None = None) -> ValidationResult:
+    """Sample, predict, measure and score; see the module docstring."""
+    if samples < 3:
+        raise UserError(f"--samples must be at least 3 (an affine calibration needs 3 points), got {samples}")
+    lut = read_lut(lut_path)
+    setup = resolve_setup(lut, resolution, device, space_name)
+    backend = get_backend(setup.backend, device=setup.device, precision=setup.precision,
+                          threads=setup.protocol.threads)
+    archs = sample_architectures(setup.space, samples, seed)
+    # Predict everything first: a LUT that cannot price an architecture fails before any timing.
+    preds = [predict_us(lut, setup.space.architecture_rows(a), setup.height, setup.width, setup.batch) for a in archs]
+    results: list[ArchSample] = []
+    for i, (arch, pred) in enumerate(zip(archs, preds)):
+        m = measure_architecture(setup.space, arch, backend, setup, seed=seed + i)
+        s = ArchSample(i, arch, pred, m)
+        results.append(s)
+        if on_sample is not None:
+            on_sample(s)
+    ok = [s for s in results if s.measurement.ok]
+    if len(ok) < 3:
+        errors = "; ".join(sorted({str(s.measurement.error) for s in results if not s.measurement.ok}))[:300]
+        raise UserError(f"only {len(ok)} of {len(results)} architectures could be measured ({errors})")
+    fid = fidelity([s.predicted_us for s in ok], [s.measured_us for s in ok])
+    info = describe_device(setup.device)
+    if info.get("type") == "cpu" and setup.protocol.threads:
+        info["threads"] = setup.protocol.threads
+    return ValidationResult(str(lut_path), lut.meta.get("name"), setup, seed, results, fid, info)
+
+
+def save_calibration(lut_path: str | Path, result: ValidationResult) -> dict[str, Any]:
+    """Write ``result``'s calibration into the LUT's metadata (atomically, under the LUT's build
+    lock); returns the stored calibration."""
+    from latbench.build import lock_path
+    from latbench.fileio import FileLock
+
+    fit = result.fidelity.calibration
+    if fit is None:
+        raise UserError("no calibration to save (fewer than 3 measured architectures or constant predictions)")
+    s = result.setup
+    info = {"n": fit.n, "loo_mape": fit.loo_mape, "mape_after": fit.mape, "mape_before": result.fidelity.mape,
+            "kendall_tau": result.fidelity.kendall_tau, "resolution": s.resolution, "batch": s.batch,
+            "backend": s.backend, "precision": s.precision, "seed": result.seed,
+            "device": result.device_info.get("name"), "date": result.date, "by": "latbench validate-lut"}
+    with FileLock(lock_path(lut_path), purpose="a LUT build or calibration"):
+        lut = read_lut(lut_path)  # re-read: save onto the current file, not a stale copy
+        updated = lut.with_calibration(fit.a, fit.b, **info)
+        write_lut(updated, lut_path)
+    return updated.meta["calibration"]
+
+
+def plot_validation(result: ValidationResult, path: str | Path) -> Path:
+    """Measured vs predicted scatter with y = x and the fitted line, written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ok = result.ok_samples
+    p = np.array([s.predicted_us for s in ok]) / 1e3
+    m = np.array([s.measured_us for s in ok]) / 1e3
+    f = result.fidelity
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.scatter(p, m, s=22, color="tab:blue", zorder=3, label="sampled architectures")
+    lo, hi = float(min(p.min(), m.min())), float(max(p.max(), m.max()))
+    pad = 0.05 * (hi - lo or hi)
+    xs = np.linspace(lo - pad, hi + pad, 50)
+    ax.plot(xs, xs, "--", color="grey", lw=1, label="measured = Σ LUT")
+    if f.calibration is not None:
+        c = f.calibration
+        ax.plot(xs, c.a * xs + c.b / 1e3, color="tab:red", lw=1.2,
+                label=f"fit: {c.a:.3f}·Σ LUT + {c.b / 1e3:.3f} ms (LOO MAPE {c.loo_mape:.2f} %)")
+    s = result.setup
+    ax.set_xlabel("Σ LUT (ms)")
+    ax.set_ylabel("measured end to end (ms)")
+    ax.set_title(f"{result.lut_name or Path(result.lut_path).stem}: {s.backend} {s.precision} {s.resolution} b{s.batch}\n"
+                 f"n={f.n}  MAPE {f.mape:.2f} %  τ {f.kendall_tau:.3f}  ρ {f.spearman_rho:.3f}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    out = Path(path)
+    from latbench.fileio import atomic_write
+
+    try:
+        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
+    return out
