@@ -34,7 +34,10 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
         writer(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())

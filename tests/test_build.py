@@ -186,3 +186,22 @@ def test_unfinished_journal_of_another_configuration_is_refused(tmp_path, fast_c
     journal_path(out).write_text(json.dumps({"type": "header", "compat": {"name": "cpu", "space": {"x": 1}}}) + "\n")
     with pytest.raises(UserError, match="unfinished build journal.*different"):
         _build(ToySpace(), out, fast_config)
+
+
+def test_lgcnet_space_builds_a_complete_deduplicated_lut(tmp_path, fast_config):
+    """Integration with the real LGCNet space (nas), through the registered entry point."""
+    pytest.importorskip("nas.space")
+    from latbench.space import load_space
+
+    space = load_space("lgcnet")
+    lut = build_lut(space, [(65, 129)], "cpu", fast_config, tmp_path / "lg.parquet", "cpu", progress=False)
+    df = lut.df
+    cells = df[df.position.str.match(r"^cell\d+\.e\d+$")][["position", "op"]].drop_duplicates()
+    assert len(cells) == 14 * 5 * 8
+    assert (df[df.position.str.startswith("fusion.e")].kind == "candidate").all()
+    assert (df.kind == "fixed").sum() > 0
+    cov = lut.coverage(space, 65, 129)
+    assert cov.complete, (cov.missing[:5], cov.failed[:5])
+    c = lut.counts()
+    assert c["distinct_timings"] < c["rows"] - c["analytic"]
+    assert c["failed"] == 0

@@ -52,7 +52,10 @@ class ToySpace:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ToySpace":
         cfg = dict(config)
-        return cls(channels=int(cfg.pop("channels", 4)), extra_ops=tuple(cfg.pop("extra_ops", ())))
+        space = cls(channels=int(cfg.pop("channels", 4)), extra_ops=tuple(cfg.pop("extra_ops", ())))
+        if cfg:
+            raise ValueError(f"unknown toy space option(s): {', '.join(sorted(cfg))}")
+        return space
 
     def identity(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version,
