@@ -49,6 +49,9 @@ def render_md(d: dict, command: str) -> str:
         f"- machine: {dev.get('host')}, {dev.get('cpu')}, threads {dev.get('threads')}; torch {d['versions'].get('torch')}",
         f"- architectures: {d['measured']} measured of {d['requested']} sampled uniformly (seed {d['seed']}); "
         f"wall time {d['elapsed_s']:.0f} s",
+        f"- machine load (1/5/15-min load average) before {d['loadavg_before']}, after {d['loadavg_after']}; "
+        f"{d['noise_reached']} of {d['measured']} whole-network measurements reached the protocol's noise target "
+        f"(median relative noise {_f(d['median_noise'], '.4f')})",
         "",
         "| figure | value |",
         "|---|---|",
@@ -92,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     from latbench.validate import plot_validation, validate_lut
 
     command = "python benchmarks/lut_fidelity.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    import os
+
+    load_before = [round(x, 2) for x in os.getloadavg()]
     t0 = time.monotonic()
     try:
         result = validate_lut(args.lut, args.samples, seed=args.seed,
@@ -105,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     d = result.to_dict()
     d["elapsed_s"] = time.monotonic() - t0
     d["command"] = command
+    d["loadavg_before"] = load_before
+    d["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    ok = result.ok_samples
+    d["noise_reached"] = sum(bool(s.measurement.extra.get("noise_reached")) for s in ok)
+    import statistics
+
+    d["median_noise"] = statistics.median(s.measurement.noise for s in ok) if ok else None
     from latbench.lut import read_lut
 
     meta = read_lut(args.lut).meta
