@@ -1,0 +1,273 @@
+"""Generic run-time pieces for long training jobs: processes, RNG, checkpoints, data order, progress.
+
+Nothing here knows about LGCNet. What already exists elsewhere is reused rather than repeated:
+device names come from :func:`latbench.device.resolve_device`, atomic writes and JSON-lines logs
+from :mod:`latbench.fileio` (``atomic_write``, ``Journal``).
+
+- :class:`DistContext` / :func:`init_distributed` / :func:`teardown_distributed`: one process per
+  device under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` in the environment), NCCL on
+  GPUs and gloo on the CPU; a plain single process otherwise.
+- :func:`capture_rng_state` / :func:`restore_rng_state`: every global generator (Python, NumPy,
+  torch CPU, torch CUDA) as tensors and plain values, so a checkpoint holding them loads with
+  ``torch.load(weights_only=True)``.
+- :func:`save_checkpoint` / :func:`load_checkpoint`: ``torch.save`` through a temporary file and
+  ``os.replace``; loading never unpickles code (``weights_only=True``) and turns any failure into
+  a one-line :class:`UserError`.
+- :class:`EpochSampler`: the data order as a pure function of ``(seed, epoch)``, sharded over
+  ranks, able to start in the middle of an epoch; it yields ``(epoch, index)`` so a data set can
+  draw the item's augmentation from the epoch it belongs to (see :mod:`nas.data.base`).
+- :func:`shard_indices`: an evaluation split divided over ranks without padding or duplicates.
+- :func:`progress_bar`: a rich progress bar on an interactive terminal of the main process, and
+  nothing otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from latbench.device import resolve_device
+from latbench.errors import UserError
+from latbench.fileio import atomic_write
+
+
+# --------------------------------------------------------------------------- processes
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a (possibly one-process) job and the device it computes on."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.barrier()
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def init_distributed(device: str | None) -> DistContext:
+    """Join the ``torchrun`` job this process belongs to, or run as a single process.
+
+    ``device``: ``None`` (first GPU if any, else CPU), ``cpu``, ``cuda`` or ``cuda:N``. Under
+    torchrun with CUDA each process takes ``cuda:LOCAL_RANK``; the process group uses NCCL on
+    GPUs and gloo on the CPU.
+    """
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local = _env_int("LOCAL_RANK", 0)
+    dev = resolve_device(device)
+    if world <= 1:
+        if dev.startswith("cuda"):
+            torch.cuda.set_device(torch.device(dev))
+        return DistContext(0, 1, 0, dev, False)
+    if dev.startswith("cuda"):
+        if local >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {local} but this machine has {torch.cuda.device_count()} GPU(s)")
+        dev = f"cuda:{local}"
+        torch.cuda.set_device(torch.device(dev))
+    backend = "nccl" if dev.startswith("cuda") else "gloo"
+    created = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+        created = True
+    return DistContext(rank, world, local, dev, created)
+
+
+def teardown_distributed(ctx: DistContext) -> None:
+    """Destroy the process group if :func:`init_distributed` created it."""
+    if ctx.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj: Any, ctx: DistContext) -> Any:
+    """Rank 0's ``obj`` on every rank (identity in a single process)."""
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# --------------------------------------------------------------------------- random state
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every GPU) from one integer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every global generator's state, as tensors / ints / floats (``weights_only``-loadable)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": int(py_version), "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss": None if py_gauss is None else float(py_gauss)},
+        "numpy": {"name": str(np_name), "keys": torch.from_numpy(np_keys.astype(np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """``torch.save(payload)`` atomically: readers see the old file or the new one, never half."""
+    p = Path(path)
+    atomic_write(p, lambda tmp: torch.save(payload, tmp))
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
+    """Load a file written by :func:`save_checkpoint` (or any tensors-only file) on the CPU.
+
+    ``weights_only=True``: a file that would need to run code to load is refused, with the reason.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} {p} does not exist")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle / zip / weights-only errors all mean "unusable"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load {what} {p} as tensors-only data: {first}") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{what} {p} holds a {type(obj).__name__}, not a dictionary of tensors")
+    return obj
+
+
+# --------------------------------------------------------------------------- data order
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
+    """The order of ``range(n)`` in ``epoch`` of a run seeded with ``seed`` (shuffled)."""
+    g = torch.Generator()
+    g.manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2**63 - 1))
+    return torch.randperm(n, generator=g).tolist()
+
+
+class EpochSampler(Sampler):
+    """Batches-aligned, shuffled, rank-sharded order that can start mid-epoch.
+
+    Each epoch's order is :func:`epoch_permutation`; the tail that does not fill a global batch
+    (``batch_size * world_size``) is dropped, so every rank takes the same number of steps. Rank
+    ``r`` takes batch rows ``r*b .. (r+1)*b - 1`` of each global batch. ``start_step`` skips that
+    many steps of the epoch (resuming). Yields ``(epoch, index)``.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0,
+                 world_size: int = 1, start_step: int = 0):
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"bad sampler geometry: batch {batch_size}, rank {rank}/{world_size}")
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.rank, self.world_size, self.start_step = rank, world_size, start_step
+
+    @staticmethod
+    def steps_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
+        return n // (batch_size * world_size)
+
+    def _indices(self) -> list[int]:
+        order = epoch_permutation(self.n, self.seed, self.epoch)
+        g = self.batch_size * self.world_size
+        out: list[int] = []
+        for step in range(self.start_step, self.steps_per_epoch(self.n, self.batch_size, self.world_size)):
+            lo = step * g + self.rank * self.batch_size
+            out.extend(order[lo:lo + self.batch_size])
+        return out
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(self.epoch, i) for i in self._indices()])
+
+    def __len__(self) -> int:
+        steps = self.steps_per_epoch(self.n, self.batch_size, self.world_size)
+        return max(0, steps - self.start_step) * self.batch_size
+
+
+def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
+    """Indices ``rank, rank + world, ...`` of ``range(n)``: every item exactly once over ranks."""
+    return list(range(rank, n, world_size))
+
+
+# --------------------------------------------------------------------------- progress
+
+@contextlib.contextmanager
+def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """``with progress_bar(n, "epoch 1") as advance: advance(1, loss=0.3)``.
+
+    Draws a rich progress bar (with the latest keyword values as a status text) only when
+    ``enabled`` and stderr is an interactive terminal; otherwise ``advance`` does nothing.
+    """
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:
+        yield lambda *a, **k: None
+        return
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                  console=console, transient=True) as prog:
+        task = prog.add_task(description, total=total, status="")
+
+        def advance(n: int = 1, **status: Any) -> None:
+            text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in status.items())
+            prog.update(task, advance=n, status=text)
+
+        yield advance
+
+
+__all__ = [
+    "DistContext", "EpochSampler", "broadcast_object", "capture_rng_state", "epoch_permutation",
+    "init_distributed", "load_checkpoint", "progress_bar", "restore_rng_state", "save_checkpoint",
+    "seed_everything", "shard_indices", "teardown_distributed",
+]

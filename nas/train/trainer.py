@@ -1,0 +1,428 @@
+"""Fine-tuning a derived LGCNet on a segmentation data set (paper IV-A).
+
+What the paper fixes: mini-batch 8, SGD (momentum 0.9 — the paper's SGD setting for search),
+'poly' learning rate from 0.01 to zero, online bootstrapping of hard pixels (OHEM, following
+Wu et al.; :class:`nas.losses.OhemCrossEntropy`), random flip, random resize 0.5–2.0 and a random
+crop of fixed size. Where it is silent we chose, and say so:
+
+- poly power 0.9 (the usual 'poly'): ``lr = 0.01 · (1 − step / total_steps) ** 0.9``, stepped per
+  iteration, reaching zero at the last step;
+- weight decay 5e-4 (the common value for real-time segmentation fine-tuning; BiSeNet, FasterSeg);
+- OHEM threshold 0.7 and at least 100 000 kept pixels per batch (PSPNet / HRNet defaults);
+- crop: Cityscapes 768x768, CamVid 360x480 (the SegNet release's frame), synthetic 64x64;
+- the global batch is split evenly over ``torchrun`` processes; SyncBatchNorm on multi-GPU runs.
+
+Mixed precision (float16 autocast + gradient scaling) and channels-last are on by default on
+GPUs, off on the CPU. A run folder holds ``last.pt`` (the resume point, written atomically at the
+end of every epoch and every ``checkpoint_every`` steps), ``best.pt`` (best validation mIoU),
+``log.jsonl`` (one record per event: start, init, resume, epoch — with training loss and
+validation mIoU — and done) and a copy of the genotype.
+
+Resuming restores model, optimiser, scheduler, gradient scaler, every RNG and the position in the
+epoch (the data order is a function of ``(seed, epoch)``, each item's augmentation a function of
+``(seed, epoch, index)``), so an interrupted run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from latbench.errors import UserError
+from latbench.fileio import Journal
+from nas.data import make_dataset
+from nas.data.base import SegDataset
+from nas.genotype import Genotype
+from nas.losses import OhemCrossEntropy
+from nas.network import LGCNet
+from nas.runtime import (DistContext, EpochSampler, capture_rng_state, init_distributed,
+                         progress_bar, restore_rng_state, save_checkpoint, seed_everything,
+                         teardown_distributed)
+from nas.train.checkpoint import (FORMAT, VERSION, MatchReport, check_same_architecture,
+                                  file_sha256, labels_to_dict, load_exact, load_init_weights)
+from nas.train.evaluate import DataSource, eval_dataset, evaluate_split
+
+DEFAULT_CROP = {"cityscapes": (768, 768), "camvid": (360, 480), "synthetic": (64, 64)}
+
+# TrainConfig fields that decide the trajectory of a run: a resumed run must keep them.
+TRAJECTORY_FIELDS = ("dataset", "epochs", "batch_size", "crop", "lr", "momentum", "weight_decay",
+                     "poly_power", "ohem_thresh", "ohem_min_kept", "seed", "width_mult",
+                     "scale_range", "base_size", "synthetic_size", "synthetic_length",
+                     "synthetic_classes", "limit")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one fine-tuning run needs besides the genotype. Defaults are the paper's."""
+
+    dataset: str
+    out_dir: str
+    data_root: str | None = None
+    epochs: int = 200
+    batch_size: int = 8
+    crop: tuple[int, int] | None = None          # None: DEFAULT_CROP[dataset]
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 100_000
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    base_size: tuple[int, int] | None = None     # scale relative to this size instead of the image's
+    width_mult: float | None = None              # None: the genotype's
+    seed: int = 0
+    device: str | None = None
+    workers: int = 2
+    amp: bool | None = None                      # None: on for CUDA
+    channels_last: bool | None = None            # None: on for CUDA
+    val_every: int = 1
+    val_split: str = "val"
+    val_resolution: tuple[int, int] | None = None
+    eval_batch_size: int = 1
+    checkpoint_every: int | None = None          # also save last.pt every N steps
+    stop_after: int | None = None                # stop (and save) after N optimiser steps in total
+    init: str | None = None
+    resume: bool = False
+    synthetic_size: tuple[int, int] = (64, 128)
+    synthetic_length: int | None = None
+    synthetic_classes: int = 5
+    limit: int | None = None                     # real data sets: first N items of each split
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.val_every < 1 or self.eval_batch_size < 1:
+            raise UserError("epochs, batch size, val-every and eval batch size must be >= 1")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise UserError(f"stop_after must be >= 1, got {self.stop_after}")
+
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        if self.crop is not None:
+            return tuple(self.crop)  # type: ignore[return-value]
+        return DEFAULT_CROP.get(self.dataset, (512, 512))
+
+    def source(self) -> DataSource:
+        return DataSource(self.dataset, self.data_root, tuple(self.synthetic_size),  # type: ignore[arg-type]
+                          self.synthetic_length, self.limit)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return json.loads(json.dumps(d))  # tuples -> lists, JSON-safe
+
+    def trajectory(self) -> dict[str, Any]:
+        d = self.to_dict()
+        d["crop"] = list(self.crop_size)
+        return {k: d[k] for k in TRAJECTORY_FIELDS}
+
+
+@dataclass
+class Progress:
+    epoch: int = 0            # the epoch in progress (== epochs when finished)
+    step_in_epoch: int = 0
+    global_step: int = 0
+    loss_sum: float = 0.0     # training loss summed over this epoch's steps so far (this rank)
+    loss_count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    history: list[dict[str, Any]]
+    progress: Progress
+    finished: bool
+    is_main: bool = True
+
+
+def train_genotype(genotype: Genotype, cfg: TrainConfig, genotype_path: str | None = None,
+                   log: Callable[[str], None] = print) -> TrainResult:
+    """Fine-tune ``genotype`` as configured; under ``torchrun`` every process calls this."""
+    ctx = init_distributed(cfg.device)
+    try:
+        return _Run(genotype, cfg, genotype_path, ctx, log).run()
+    finally:
+        teardown_distributed(ctx)
+
+
+def poly_lambda(total_steps: int, power: float) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        return max(0.0, 1.0 - step / max(1, total_steps)) ** power
+    return f
+
+
+class _Run:
+    def __init__(self, genotype: Genotype, cfg: TrainConfig, genotype_path: str | None,
+                 ctx: DistContext, log: Callable[[str], None]):
+        self.cfg, self.ctx = cfg, ctx
+        self.log = log if ctx.is_main else (lambda s: None)
+        self.out = Path(cfg.out_dir)
+        self.device = torch.device(ctx.device)
+        cuda = self.device.type == "cuda"
+        self.amp = cuda if cfg.amp is None else bool(cfg.amp and cuda)
+        self.channels_last = cuda if cfg.channels_last is None else bool(cfg.channels_last)
+        if cfg.batch_size % ctx.world_size:
+            raise UserError(f"batch size {cfg.batch_size} does not divide over {ctx.world_size} processes")
+        self.rank_batch = cfg.batch_size // ctx.world_size
+
+        self.train_ds = self._train_dataset()
+        self.val_ds = eval_dataset(cfg.source(), cfg.val_split, num_classes=self.train_ds.num_classes,
+                                   resolution=cfg.val_resolution)
+        changes: dict[str, Any] = {"num_classes": self.train_ds.num_classes}
+        if cfg.width_mult is not None:
+            changes["width_mult"] = float(cfg.width_mult)
+        self.genotype = Genotype(genotype.arch, genotype.config.replace(**changes), dict(genotype.meta))
+        self.genotype_source = {"path": None if genotype_path is None else str(genotype_path),
+                                "sha256": None if genotype_path is None else file_sha256(genotype_path)}
+        self.steps_per_epoch = EpochSampler.steps_per_epoch(len(self.train_ds), self.rank_batch, ctx.world_size)
+        if self.steps_per_epoch < 1:
+            raise UserError(f"the {cfg.dataset} training split has {len(self.train_ds)} items, fewer than "
+                            f"one batch of {cfg.batch_size}; lower --batch-size")
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+
+    def _train_dataset(self) -> SegDataset:
+        cfg = self.cfg
+        synth = cfg.dataset == "synthetic"
+        return make_dataset(cfg.dataset, cfg.data_root, "train", crop=cfg.crop_size, augment=True,
+                            resize=cfg.base_size, seed=cfg.seed,
+                            length=cfg.synthetic_length if synth else cfg.limit,
+                            num_classes=cfg.synthetic_classes if synth else None,
+                            image_size=tuple(cfg.synthetic_size) if synth else None,  # type: ignore[arg-type]
+                            scale_range=tuple(cfg.scale_range))  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ setup
+    def _build(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        model = LGCNet(self.genotype.config, self.genotype.arch)
+        self.init_report: MatchReport | None = None
+        if cfg.init:
+            self.init_report = load_init_weights(model, cfg.init)
+        if self.ctx.distributed and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.net: nn.Module = model
+        if self.ctx.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(model, device_ids=ids)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, poly_lambda(self.total_steps, cfg.poly_power))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.criterion = OhemCrossEntropy(cfg.ohem_thresh, cfg.ohem_min_kept,
+                                          ignore_index=self.train_ds.ignore_index)
+        self.progress = Progress()
+        self.history: list[dict[str, Any]] = []
+        self.best = -math.inf
+
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": VERSION,
+            "genotype": self.genotype.to_dict(),
+            "genotype_source": self.genotype_source,
+            "labels": labels_to_dict(self.train_ds.spec),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng_state(),
+            "progress": self.progress.to_dict(),
+            "train_config": self.cfg.to_dict(),
+            "trajectory": self.cfg.trajectory(),
+            "history": self.history,
+            "best_miou": None if math.isinf(self.best) else self.best,
+            "world_size": self.ctx.world_size,
+        }
+
+    def _save(self, name: str = "last.pt") -> None:
+        if self.ctx.is_main:
+            save_checkpoint(self.out / name, self._payload())
+        self.ctx.barrier()
+
+    def _resume(self, path: Path) -> None:
+        from nas.train.checkpoint import read_checkpoint
+
+        ck = read_checkpoint(path)
+        check_same_architecture(self.genotype, ck.genotype, "--arch (with this run's data set and "
+                                "--width-mult)", f"checkpoint {path}")
+        old = ck.raw.get("trajectory", {})
+        new = self.cfg.trajectory()
+        changed = [f"{k}: {old.get(k)} -> {new[k]}" for k in new if old.get(k) != new[k]]
+        if changed:
+            raise UserError(f"cannot resume {path} with different training settings ({'; '.join(changed)}); "
+                            f"use the original settings or a new --out")
+        if ck.raw.get("world_size", 1) != self.ctx.world_size:
+            raise UserError(f"checkpoint {path} was written by {ck.raw.get('world_size')} processes, this run "
+                            f"has {self.ctx.world_size}; resume with the same number")
+        load_exact(self.model, ck.state_dict, f"checkpoint {path}")
+        self.optimizer.load_state_dict(ck.raw["optimizer"])
+        self.scheduler.load_state_dict(ck.raw["scheduler"])
+        self.scaler.load_state_dict(ck.raw["scaler"])
+        restore_rng_state(ck.raw["rng"])
+        self.progress = Progress(**ck.raw["progress"])
+        self.history = list(ck.raw.get("history", []))
+        best = ck.raw.get("best_miou")
+        self.best = -math.inf if best is None else float(best)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        last = self.out / "last.pt"
+        if last.exists() and not cfg.resume:
+            raise UserError(f"{self.out} already holds a run ({last}); pass --resume to continue it "
+                            f"or choose another --out")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._build()
+        journal = Journal(self.out / "log.jsonl") if self.ctx.is_main else None
+        try:
+            if cfg.resume and last.exists():
+                self._resume(last)
+                self._record(journal, {"event": "resume", "checkpoint": str(last), **self.progress.to_dict()})
+                self.log(f"resumed {last} at epoch {self.progress.epoch + 1}, step "
+                         f"{self.progress.step_in_epoch}/{self.steps_per_epoch}")
+            else:
+                if self.ctx.is_main:
+                    self.genotype.save(self.out / "genotype.json")
+                self._record(journal, {"event": "start", "config": cfg.to_dict(),
+                                       "genotype": self.genotype_source, "world_size": self.ctx.world_size,
+                                       "device": self.ctx.device, "amp": self.amp,
+                                       "train_items": len(self.train_ds), "val_items": len(self.val_ds),
+                                       "steps_per_epoch": self.steps_per_epoch,
+                                       "total_steps": self.total_steps})
+                if self.init_report is not None:
+                    self._record(journal, {"event": "init", "path": cfg.init, **self.init_report.to_dict()})
+                    self.log(f"--init {cfg.init}: {self.init_report.summary()}")
+            finished = self._loop(journal)
+        finally:
+            if journal is not None:
+                journal.close()
+        return TrainResult(self.out, self.history, self.progress, finished, self.ctx.is_main)
+
+    def _record(self, journal: Journal | None, rec: dict[str, Any]) -> None:
+        if journal is not None:
+            journal.append({"time": time.time(), **rec})
+
+    def _stop_due(self) -> bool:
+        return self.cfg.stop_after is not None and self.progress.global_step >= self.cfg.stop_after
+
+    def _loop(self, journal: Journal | None) -> bool:
+        cfg, p = self.cfg, self.progress
+        while p.epoch < cfg.epochs:
+            t0 = time.time()
+            if self._stop_due() or not self._train_epoch():
+                self._save()
+                self._record(journal, {"event": "stopped", **p.to_dict()})
+                self.log(f"stopped after {p.global_step} steps (--stop-after); continue with --resume")
+                return False
+            rec = self._end_epoch(time.time() - t0)
+            self._record(journal, rec)
+            msg = f"epoch {rec['epoch']}/{cfg.epochs}  loss {rec['train_loss']:.4f}  lr {rec['lr']:.3g}"
+            if rec.get("val_miou") is not None:
+                msg += f"  val mIoU {100 * rec['val_miou']:.2f}%"
+            self.log(msg)
+        self._record(journal, {"event": "done", "global_step": p.global_step, "best_miou":
+                               None if math.isinf(self.best) else self.best})
+        return True
+
+    def _train_epoch(self) -> bool:
+        """Run the rest of the current epoch; False when ``stop_after`` cut it short."""
+        cfg, p, ctx = self.cfg, self.progress, self.ctx
+        sampler = EpochSampler(len(self.train_ds), self.rank_batch, seed=cfg.seed, epoch=p.epoch,
+                               rank=ctx.rank, world_size=ctx.world_size, start_step=p.step_in_epoch)
+        loader = DataLoader(self.train_ds, batch_size=self.rank_batch, sampler=sampler,
+                            num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
+                            drop_last=False)
+        self.net.train()
+        remaining = self.steps_per_epoch - p.step_in_epoch
+        with progress_bar(remaining, f"epoch {p.epoch + 1}/{cfg.epochs}", cfg.show_progress and ctx.is_main) as advance:
+            for images, labels in loader:
+                loss = self._step(images, labels)
+                p.loss_sum += loss
+                p.loss_count += 1
+                p.step_in_epoch += 1
+                p.global_step += 1
+                advance(1, loss=loss)
+                if p.step_in_epoch >= self.steps_per_epoch:
+                    break
+                if self._stop_due():
+                    return False
+                if cfg.checkpoint_every and p.global_step % cfg.checkpoint_every == 0:
+                    self._save()
+        return True
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            logits = self.net(images)
+        loss = self.criterion(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def _end_epoch(self, seconds: float) -> dict[str, Any]:
+        cfg, p, ctx = self.cfg, self.progress, self.ctx
+        totals = torch.tensor([p.loss_sum, float(p.loss_count)], dtype=torch.float64)
+        if ctx.distributed:
+            import torch.distributed as dist
+            t = totals.to(self.device)
+            dist.all_reduce(t)
+            totals = t.cpu()
+        epoch = p.epoch + 1
+        rec: dict[str, Any] = {"event": "epoch", "epoch": epoch, "global_step": p.global_step,
+                               "train_loss": float(totals[0] / max(1.0, float(totals[1]))),
+                               "lr": float(self.optimizer.param_groups[0]["lr"]),
+                               "seconds": round(seconds, 3), "val_miou": None}
+        if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+            cm = evaluate_split(self.model, self.val_ds, device=self.device, ctx=ctx,
+                                batch_size=cfg.eval_batch_size, channels_last=self.channels_last,
+                                show_progress=cfg.show_progress)
+            miou = cm.miou()
+            rec["val_miou"] = None if math.isnan(miou) else miou
+            rec["val_per_class"] = {n: (None if math.isnan(v) else v)
+                                    for n, v in zip(self.val_ds.class_names, cm.iou().tolist())}
+            rec["val_split"] = cfg.val_split
+            rec["val_resolution"] = None if cfg.val_resolution is None else list(cfg.val_resolution)
+        self.history.append(rec)
+        p.epoch, p.step_in_epoch, p.loss_sum, p.loss_count = epoch, 0, 0.0, 0
+        self._save()
+        if rec["val_miou"] is not None and rec["val_miou"] > self.best:
+            self.best = rec["val_miou"]
+            if ctx.is_main:
+                shutil.copyfile(self.out / "last.pt", self.out / ".best.pt.tmp")
+                (self.out / ".best.pt.tmp").replace(self.out / "best.pt")
+        return rec
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's ``log.jsonl``."""
+    from latbench.fileio import read_journal
+
+    return list(read_journal(path))
+
+
+__all__ = ["DEFAULT_CROP", "Progress", "TrainConfig", "TrainResult", "poly_lambda", "read_log",
+           "train_genotype"]
