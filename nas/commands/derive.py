@@ -1,0 +1,35 @@
+"""``nas derive CHECKPOINT``: re-derive the genotype a search checkpoint stands for."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("derive")
+@click.argument("checkpoint", metavar="CHECKPOINT")
+@click.option("--out", default=None, metavar="PATH", help="Where to write the genotype. [default: genotype.json next to the run folder of CHECKPOINT]")
+@click.option("--plots", "plots_dir", default=None, metavar="DIR", help="Also draw the α heat maps and the derived architecture here.")
+def derive(checkpoint: str, out: str | None, plots_dir: str | None) -> None:
+    """Derive a genotype from a search checkpoint: per edge, the arg-max of the GCN-updated α
+    (zero removes the edge). Needs no LUT: the checkpoint holds the latency table."""
+    import os
+    from pathlib import Path
+
+    from nas.search.derive import genotype_from_checkpoint
+
+    geno = genotype_from_checkpoint(checkpoint)
+    if out is None:
+        ck = Path(checkpoint).resolve()
+        run = ck.parent.parent if ck.parent.name == "checkpoints" else ck.parent
+        out = os.fspath(run / "genotype.json")
+    path = geno.save(out)
+    lat = geno.meta["expected_latency"]
+    click.echo(f"wrote {path}: {lat['latency_us']:.1f} µs predicted by the LUT at {lat['resolution']}"
+               + (f"; nodes with only zero inputs: {', '.join(geno.meta['empty_nodes'])}" if geno.meta["empty_nodes"] else ""))
+    if plots_dir:
+        from nas.search.plots import draw_architecture, draw_fusion_cell
+
+        draw_architecture(Path(plots_dir) / "architecture.png", geno.arch, geno.config)
+        if geno.config.fusion == "dcfc":
+            draw_fusion_cell(Path(plots_dir) / "fusion_cell.png", geno.arch, geno.config)
+        click.echo(f"plots: {plots_dir}")

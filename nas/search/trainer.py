@@ -1,0 +1,569 @@
+"""The search loop: single-level optimisation of the supernet's weights and α (paper eq. 10, IV-A).
+
+Every step, on one batch:
+
+1. λ = schedule(step); θ' = GGM(θ); one Gumbel sample G per edge (shared by the whole batch and,
+   under DDP, by every process: one architecture sample per global step);
+   Z = softmax((θ' + G)/λ);
+2. logits = supernet(x, Z); loss = CE(logits, y; ignore 255) + β·log(LAT(Z)) (LAT from the LUT, µs);
+3. one backward pass; SGD steps the weights (cosine lr, per step), Adam steps θ and the GGM's
+   weights — both from the same batch (single-level, as the paper; not DARTS' bilevel split).
+
+Mixed precision (bf16 autocast, or fp16 with a gradient scaler) and channels-last apply on CUDA
+only. Multi-process training uses ``torchrun`` (DistributedDataParallel over the supernet, θ and the
+GGM together; NCCL on GPUs, gloo on CPU processes); ``batch_size`` is the global batch.
+
+**Exact resume.** A checkpoint (``OUT/checkpoints/last.pt``, written atomically at the end of every
+epoch, every ``checkpoint_every`` steps and when a run is stopped) holds the supernet, θ, the GGM,
+both optimisers, the lr scheduler, the gradient scaler, the Gumbel generator, torch's RNG states,
+the epoch / step position and the running epoch statistics. Data order is a pure function of
+(seed, epoch) and augmentation of (seed, epoch, index) (:mod:`nas.data`), so a resumed run skips
+exactly the batches already seen and reproduces the uninterrupted run bit for bit (same device,
+same thread count). Logs are truncated to the checkpoint's position on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from latbench.errors import UserError
+from latbench.fileio import FileLock, atomic_write, atomic_write_text
+from nas.data.palette import IGNORE_INDEX
+from nas.network import ArchWeights, LGCNet
+from nas.ops import CELL_PRIMITIVES
+from nas.search.arch_params import ArchParams, entropy, gumbel_softmax, sample_gumbel
+from nas.search.config import SearchConfig
+from nas.search.derive import (CHECKPOINT_FORMAT, arch_probabilities, derive_architecture, load_checkpoint,
+                               make_genotype)
+from nas.search.ggm import GGM
+from nas.search.latency import LatencyTable, load_latency_table
+
+CHECKPOINT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# run-time options (not part of the search's identity)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunOptions:
+    out: str
+    device: str | None = None          # None: cuda:LOCAL_RANK if available, else cpu
+    workers: int = 0
+    progress: bool = True
+    resume: bool = False
+    stop_after_steps: int | None = None  # stop (with a checkpoint) after this global step
+    plots: bool = True
+    log: Callable[[str], None] | None = None
+
+
+@dataclass
+class SearchResult:
+    out: Path
+    genotype_path: Path | None
+    checkpoint: Path
+    global_step: int
+    epoch: int
+    finished: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# the model: supernet + θ + GGM in one module (one DDP wrapper averages all their gradients)
+# ---------------------------------------------------------------------------------------------
+class SearchModel(nn.Module):
+    def __init__(self, config: SearchConfig, arch_generator: torch.Generator):
+        super().__init__()
+        space = config.space
+        self.supernet = LGCNet(space)
+        self.arch = ArchParams(space, config.arch, generator=arch_generator)
+        self.ggm = GGM(space.num_cells, space.num_edges(), len(CELL_PRIMITIVES), config.ggm)
+
+    def logits(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(θ' ``[K, p, q]`` after the GGM, fusion logits)."""
+        return self.ggm(self.arch.cell_logits()), self.arch.fusion_logits()
+
+    def forward(self, x: torch.Tensor, tau: float, cell_g: torch.Tensor, fusion_g: Sequence[torch.Tensor]):
+        theta, fusion = self.logits()
+        cell_z = gumbel_softmax(theta, cell_g, tau)
+        fusion_z = [gumbel_softmax(t, g, tau) for t, g in zip(fusion, fusion_g)]
+        out = self.supernet(x, ArchWeights(cells=list(cell_z), fusion=fusion_z))
+        return out, cell_z, fusion_z
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return list(self.supernet.parameters())
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.arch.parameters()) + list(self.ggm.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# data order
+# ---------------------------------------------------------------------------------------------
+def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
+    """The order of the ``n`` training items in ``epoch`` (a pure function of seed and epoch)."""
+    state = np.random.SeedSequence([int(seed), int(epoch), 0x5EA4C]).generate_state(2)
+    g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    return torch.randperm(n, generator=g).tolist()
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """This process's batches of ``(epoch, index)`` keys for one epoch, from step ``start``.
+
+    Global batch ``b`` of the epoch is ``perm[b·B:(b+1)·B]``; process ``r`` of ``W`` takes its
+    ``r``-th slice of ``B/W`` items. The last incomplete global batch is dropped.
+    """
+
+    def __init__(self, n: int, global_batch: int, rank: int, world: int, seed: int, epoch: int, start: int = 0):
+        self.n, self.gb, self.rank, self.world = n, global_batch, rank, world
+        self.seed, self.epoch, self.start = seed, epoch, start
+        self.local = global_batch // world
+
+    def steps(self) -> int:
+        return self.n // self.gb
+
+    def __len__(self) -> int:
+        return max(0, self.steps() - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        perm = epoch_permutation(self.n, self.seed, self.epoch)
+        for b in range(self.start, self.steps()):
+            chunk = perm[b * self.gb:(b + 1) * self.gb]
+            mine = chunk[self.rank * self.local:(self.rank + 1) * self.local]
+            yield [(self.epoch, i) for i in mine]
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed helpers
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed(device_hint: str | None) -> tuple[Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_hint:
+        device = torch.device(device_hint)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device_hint} asked for CUDA, but no GPU is available")
+        if device.index is None:
+            device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local), device
+
+
+def _all_mean(values: list[float], d: Dist, device: torch.device) -> list[float]:
+    if not d.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return (t / d.world).tolist()
+
+
+def _barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# logs
+# ---------------------------------------------------------------------------------------------
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line torn by a kill
+    return out
+
+
+def _truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    recs = [r for r in _read_jsonl(path) if keep(r)]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in recs))
+
+
+class _JsonlAppender:
+    def __init__(self, path: Path):
+        self.fh = open(path, "a", encoding="utf-8")
+
+    def write(self, rec: dict[str, Any]) -> None:
+        self.fh.write(json.dumps(rec, allow_nan=True) + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class _Progress:
+    """A rich progress bar (stderr) with loss, expected latency and temperature."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.p = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.p = Progress(TextColumn("[bold]search[/] ep {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TimeRemainingColumn(),
+                          TextColumn("loss {task.fields[loss]}  CE {task.fields[ce]}  LAT {task.fields[lat]} µs  "
+                                     "λ {task.fields[tau]}"),
+                          console=Console(stderr=True), transient=False)
+        self.p.start()
+        self.task = self.p.add_task("search", total=total, completed=done, epoch="-", loss="-", ce="-", lat="-", tau="-")
+
+    def update(self, **fields: Any) -> None:
+        if self.p is not None:
+            self.p.update(self.task, advance=1, **fields)
+
+    def close(self) -> None:
+        if self.p is not None:
+            self.p.stop()
+            self.p = None
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------
+def _resolve_amp(config: SearchConfig, device: torch.device) -> torch.dtype | None:
+    if config.amp == "off":
+        return None
+    if device.type != "cuda":
+        if config.amp == "auto":
+            return None
+        raise UserError(f"--amp {config.amp} needs a CUDA device (this run uses {device})")
+    if config.amp == "fp16":
+        return torch.float16
+    if config.amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def build_dataset(config: SearchConfig):
+    from nas.data import make_dataset
+
+    res = config.lut.resolution
+    assert res is not None
+    crop = config.data.crop or res
+    name = config.data.dataset
+    ds = make_dataset(name, config.data.root, "train", crop=crop, augment=True, seed=config.seed,
+                      length=config.data.length,
+                      num_classes=config.space.num_classes if name == "synthetic" else None,
+                      image_size=res if name == "synthetic" else None)
+    if ds.num_classes != config.space.num_classes:
+        raise UserError(f"{name} has {ds.num_classes} classes but the search space has "
+                        f"num_classes={config.space.num_classes}")
+    return ds
+
+
+class SearchRun:
+    """One search (fresh or resumed) in ``run.out``; call :meth:`run`."""
+
+    def __init__(self, config: SearchConfig, run: RunOptions, table: LatencyTable | None = None,
+                 lut_identity: dict[str, Any] | None = None):
+        self.config = config
+        self.opts = run
+        self.out = Path(run.out)
+        self.ckpt_path = self.out / "checkpoints" / "last.pt"
+        self.table = table
+        self.lut_identity = lut_identity
+        self._log = run.log or (lambda msg: print(msg, file=sys.stderr))
+
+    # --- setup ------------------------------------------------------------------------------
+    def _prepare_tables(self, resume_ckpt: dict[str, Any] | None) -> None:
+        if resume_ckpt is not None:
+            self.table = LatencyTable.from_state_dict(resume_ckpt["latency"])
+            self.lut_identity = dict(resume_ckpt.get("lut") or {})
+        elif self.table is None:
+            self.table, self.lut_identity = load_latency_table(self.config.lut, self.config.space)
+        if self.config.lut.resolution is None:  # the LUT's only resolution, resolved by the loader
+            from latbench.space import parse_resolution
+
+            res = parse_resolution(str((self.lut_identity or {}).get("resolution")))
+            self.config = self.config.replace(lut=dataclasses.replace(self.config.lut, resolution=res))
+
+    def run(self) -> SearchResult:
+        d, device = init_distributed(self.opts.device)
+        lock = None
+        try:
+            if d.main:
+                self.out.mkdir(parents=True, exist_ok=True)
+                lock = FileLock(self.out / ".search.lock", purpose="a search")
+                lock.acquire()
+            return self._run(d, device)
+        finally:
+            if lock is not None:
+                lock.release()
+            if d.enabled and dist.is_initialized():
+                dist.destroy_process_group()
+
+    def _run(self, d: Dist, device: torch.device) -> SearchResult:
+        cfg = self.config
+        resume_ckpt = None
+        if self.opts.resume:
+            if not self.ckpt_path.exists():
+                raise UserError(f"--resume: no checkpoint at {self.ckpt_path}")
+            resume_ckpt = load_checkpoint(self.ckpt_path, map_location="cpu")
+        elif d.main and self.ckpt_path.exists():
+            raise UserError(f"{self.out} already holds a search ({self.ckpt_path}); pass --resume to continue "
+                            f"it or choose another --out")
+        self._prepare_tables(resume_ckpt)
+        cfg = self.config
+        assert self.table is not None
+        if cfg.batch_size % d.world:
+            raise UserError(f"batch size {cfg.batch_size} does not split evenly over {d.world} processes")
+        dataset = build_dataset(cfg)
+        steps_per_epoch = len(dataset) // cfg.batch_size
+        if steps_per_epoch < 1:
+            raise UserError(f"the training set has {len(dataset)} items, fewer than one batch of {cfg.batch_size}")
+        total_steps = steps_per_epoch * cfg.epochs
+
+        # model, optimisers (seeded: the same on every process)
+        torch.manual_seed(cfg.seed)
+        arch_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        model = SearchModel(cfg, arch_gen)
+        gumbel_gen = torch.Generator().manual_seed(cfg.seed + 2)
+        amp_dtype = _resolve_amp(cfg, device)
+        channels_last = device.type == "cuda" if cfg.channels_last == "auto" else cfg.channels_last == "on"
+        model.to(device)
+        if channels_last:
+            model.supernet.to(memory_format=torch.channels_last)
+        o = cfg.optim
+        opt_w = torch.optim.SGD(model.weight_parameters(), lr=o.lr_w, momentum=o.momentum, weight_decay=o.wd_w)
+        opt_a = torch.optim.Adam(model.arch_parameters(), lr=o.lr_a, betas=o.betas, weight_decay=o.wd_a)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_w, T_max=max(1, total_steps), eta_min=o.lr_w_min)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+        epoch, start_step, global_step = 0, 0, 0
+        acc = _new_acc()
+        if resume_ckpt is not None:
+            model.supernet.load_state_dict(resume_ckpt["model"])
+            model.arch.load_state_dict(resume_ckpt["arch"])
+            model.ggm.load_state_dict(resume_ckpt["ggm"])
+            opt_w.load_state_dict(resume_ckpt["opt_w"])
+            opt_a.load_state_dict(resume_ckpt["opt_a"])
+            sched.load_state_dict(resume_ckpt["sched_w"])
+            scaler.load_state_dict(resume_ckpt["scaler"])
+            gumbel_gen.set_state(resume_ckpt["gumbel_rng"])
+            torch.set_rng_state(resume_ckpt["torch_rng"])
+            if device.type == "cuda" and resume_ckpt.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(resume_ckpt["cuda_rng"], device)
+            epoch = int(resume_ckpt["epoch"])
+            start_step = int(resume_ckpt["step_in_epoch"])
+            global_step = int(resume_ckpt["global_step"])
+            acc = dict(resume_ckpt["acc"])
+            if d.main:
+                _truncate_jsonl(self.out / "steps.jsonl", lambda r: int(r.get("step", 0)) <= global_step)
+                _truncate_jsonl(self.out / "log.jsonl", lambda r: int(r.get("epoch", 0)) <= epoch)
+                self._log(f"resuming {self.out} at epoch {epoch + 1}, step {start_step} of {steps_per_epoch} "
+                          f"(global step {global_step})")
+        net: nn.Module = model
+        if d.enabled:
+            net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+        if d.main:
+            atomic_write_text(self.out / "config.json", json.dumps(
+                {"search": cfg.to_dict(), "lut": self.lut_identity, "dataset": dataset.info.to_dict(),
+                 "world_size": d.world, "device": str(device), "amp": str(amp_dtype) if amp_dtype else "off",
+                 "channels_last": channels_last}, indent=2) + "\n")
+        steps_log = _JsonlAppender(self.out / "steps.jsonl") if d.main else None
+        epoch_log = _JsonlAppender(self.out / "log.jsonl") if d.main else None
+        progress = _Progress(self.opts.progress and d.main, total_steps, global_step)
+        history = _read_jsonl(self.out / "log.jsonl") if d.main else []
+        stopped = False
+        cell_shape = (cfg.space.num_cells, cfg.space.num_edges(), len(CELL_PRIMITIVES))
+        fusion_lens = [t.numel() for t in model.arch.fusion_logits()]
+
+        def save(ep: int, step_in_epoch: int) -> None:
+            if not d.main:
+                return
+            state = {
+                "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                "config": cfg.to_dict(), "lut": self.lut_identity, "latency": self.table.state_dict(),
+                "dataset": dataset.info.to_dict(),
+                "model": model.supernet.state_dict(), "arch": model.arch.state_dict(), "ggm": model.ggm.state_dict(),
+                "opt_w": opt_w.state_dict(), "opt_a": opt_a.state_dict(), "sched_w": sched.state_dict(),
+                "scaler": scaler.state_dict(), "gumbel_rng": gumbel_gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "epoch": ep, "step_in_epoch": step_in_epoch, "global_step": global_step,
+                "steps_per_epoch": steps_per_epoch, "acc": dict(acc),
+            }
+            atomic_write(self.ckpt_path, lambda tmp: torch.save(state, tmp))
+
+        try:
+            while epoch < cfg.epochs and not stopped:
+                sampler = EpochBatches(len(dataset), cfg.batch_size, d.rank, d.world, cfg.seed, epoch, start_step)
+                loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=self.opts.workers,
+                                                     pin_memory=device.type == "cuda")
+                arch_frozen = epoch < cfg.optim.arch_warmup_epochs
+                t0 = time.perf_counter()
+                step_in_epoch = start_step
+                for images, labels in loader:
+                    tau = cfg.temperature.at(global_step, total_steps)
+                    cell_g = sample_gumbel(cell_shape, gumbel_gen, device)
+                    fusion_g = [sample_gumbel((n,), gumbel_gen, device) for n in fusion_lens]
+                    images = images.to(device, non_blocking=True)
+                    labels = labels.to(device, non_blocking=True)
+                    if channels_last:
+                        images = images.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                        out, cell_z, fusion_z = net(images, tau, cell_g, fusion_g)
+                    ce = F.cross_entropy(out.float(), labels, ignore_index=IGNORE_INDEX)
+                    lat = self.table.latency(cell_z.float(), [z.float() for z in fusion_z])
+                    loss = ce + cfg.beta * torch.log(lat)
+                    opt_w.zero_grad(set_to_none=True)
+                    opt_a.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if cfg.optim.grad_clip:
+                        scaler.unscale_(opt_w)
+                        nn.utils.clip_grad_norm_(model.weight_parameters(), cfg.optim.grad_clip)
+                    scaler.step(opt_w)
+                    if not arch_frozen:
+                        scaler.step(opt_a)
+                    scaler.update()
+                    lr_now = sched.get_last_lr()[0]
+                    sched.step()
+                    ce_v, loss_v = _all_mean([float(ce.detach()), float(loss.detach())], d, device)
+                    lat_v = float(lat.detach())
+                    if not (math.isfinite(ce_v) and math.isfinite(loss_v)):
+                        raise UserError(f"the loss became {loss_v} at step {global_step}: lower the learning rates "
+                                        f"or switch mixed precision off (--amp off)")
+                    acc["ce"] += ce_v
+                    acc["loss"] += loss_v
+                    acc["lat"] += lat_v
+                    acc["steps"] += 1
+                    acc["images"] += cfg.batch_size
+                    global_step += 1
+                    step_in_epoch += 1
+                    if steps_log is not None:
+                        steps_log.write({"step": global_step, "epoch": epoch + 1, "ce": ce_v, "loss": loss_v,
+                                         "latency_us": lat_v, "tau": tau, "lr_w": lr_now})
+                    progress.update(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_v:.3f}", ce=f"{ce_v:.3f}",
+                                    lat=f"{lat_v:.1f}", tau=f"{tau:.3f}")
+                    if self.opts.stop_after_steps is not None and global_step >= self.opts.stop_after_steps:
+                        stopped = True
+                    elif cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 \
+                            and step_in_epoch < steps_per_epoch:
+                        save(epoch, step_in_epoch)
+                    if stopped:
+                        break
+                acc["seconds"] += time.perf_counter() - t0
+                if stopped and step_in_epoch < steps_per_epoch:
+                    save(epoch, step_in_epoch)
+                    break
+                rec = self._epoch_record(model, epoch, acc, global_step, total_steps, opt_w)
+                history.append(rec)
+                if epoch_log is not None:
+                    epoch_log.write(rec)
+                epoch += 1
+                start_step = 0
+                acc = _new_acc()
+                save(epoch, 0)
+                _barrier(d)
+        finally:
+            progress.close()
+            for lg in (steps_log, epoch_log):
+                if lg is not None:
+                    lg.close()
+
+        _barrier(d)
+        finished = epoch >= cfg.epochs
+        geno_path = None
+        if d.main and finished:
+            geno_path = self._finish(model, dataset, history, global_step)
+        return SearchResult(self.out, geno_path, self.ckpt_path, global_step, epoch, finished, history)
+
+    # --- per-epoch record -----------------------------------------------------------------------
+    @torch.no_grad()
+    def _epoch_record(self, model: SearchModel, epoch: int, acc: dict[str, float], global_step: int,
+                      total_steps: int, opt_w: torch.optim.Optimizer) -> dict[str, Any]:
+        cfg = self.config
+        assert self.table is not None
+        theta, fusion = model.logits()
+        theta, fusion = theta.detach().cpu().float(), [t.detach().cpu().float() for t in fusion]
+        arch = derive_architecture(theta, fusion, cfg.space)
+        p_cells = torch.softmax(theta, -1)
+        p_fusion = [torch.softmax(t, -1) for t in fusion]
+        n = max(1, acc["steps"])
+        return {
+            "epoch": epoch + 1,
+            "step": global_step,
+            "ce": acc["ce"] / n,
+            "loss": acc["loss"] / n,
+            "sampled_latency_us": acc["lat"] / n,
+            "expected_latency_us": float(self.table.latency(p_cells, p_fusion)),
+            "derived_latency_us": self.table.architecture_latency(arch),
+            "temperature": cfg.temperature.at(max(0, global_step - 1), total_steps),
+            "lr_w": opt_w.param_groups[0]["lr"],
+            "alpha_entropy": [float(entropy(theta[k]).mean()) for k in range(theta.shape[0])],
+            "fusion_entropy": float(torch.stack([entropy(t) for t in fusion]).mean()) if fusion else None,
+            "images_per_s": acc["images"] / acc["seconds"] if acc["seconds"] > 0 else None,
+            "arch": arch.to_dict(),
+        }
+
+    # --- outputs ---------------------------------------------------------------------------------
+    def _finish(self, model: SearchModel, dataset: Any, history: list[dict[str, Any]], global_step: int) -> Path:
+        cfg = self.config
+        assert self.table is not None
+        with torch.no_grad():
+            theta, fusion = model.logits()
+            theta, fusion = theta.detach().cpu().float(), [t.detach().cpu().float() for t in fusion]
+        arch = derive_architecture(theta, fusion, cfg.space)
+        geno = make_genotype(arch, cfg.space, search=cfg.to_dict(), lut=dict(self.lut_identity or {}),
+                             lut_sum_us=self.table.architecture_lut_sum(arch),
+                             latency_us=self.table.architecture_latency(arch),
+                             probabilities=arch_probabilities(theta, fusion),
+                             extra={"dataset": dataset.info.to_dict(), "epochs_completed": cfg.epochs,
+                                    "global_step": global_step,
+                                    "checkpoint": {"path": str(self.ckpt_path.resolve())}})
+        path = geno.save(self.out / "genotype.json")
+        if self.opts.plots:
+            from nas.search.plots import make_all_plots
+
+            make_all_plots(self.out / "plots", cfg.space, theta, fusion, arch, history,
+                           _read_jsonl(self.out / "steps.jsonl"), title=f"β={cfg.beta:g}")
+        return path
+
+
+def _new_acc() -> dict[str, float]:
+    return {"ce": 0.0, "loss": 0.0, "lat": 0.0, "steps": 0, "images": 0, "seconds": 0.0}

@@ -1,0 +1,41 @@
+"""Helpers for the search tests: a tiny LGCNet configuration and a real CPU LUT of it.
+
+The LUT is built by latbench's build engine (real CPU timings, a protocol cut to milliseconds per
+entry): the tests need *a* LUT of this configuration, not accurate numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nas.config import SpaceConfig
+
+RESOLUTION = (33, 65)
+TINY_SPACE = dict(num_cells=4, init_channels=4, reduction_cells=(1, 2), fusion_inputs=(0, 1, 3), num_classes=5)
+TINY_CLI = ["--num-cells", "4", "--init-channels", "4", "--reduction-cells", "1,2", "--fusion-inputs", "0,1,3",
+            "--num-classes", "5"]
+
+
+def tiny_space(**changes) -> SpaceConfig:
+    return SpaceConfig(**{**TINY_SPACE, **changes})
+
+
+def build_tiny_lut(path: Path, **changes) -> Path:
+    from latbench.build import build_lut
+    from latbench.timing import TimingConfig
+    from nas.space import LGCNetSpace
+
+    cfg = TimingConfig(warmup_s=0.002, min_samples=3, min_time_s=0.0, max_time_s=0.03, target_sample_s=2e-4, threads=1)
+    build_lut(LGCNetSpace(tiny_space(**changes)), [RESOLUTION], "cpu", cfg, path, name="cpu-test",
+              device="cpu", progress=False, warn=lambda m: None)
+    return path
+
+
+def tiny_search_config(lut: Path, **changes):
+    """A real but tiny search: 4 cells, init channels 4, 33x65, 16 synthetic images, batch 4."""
+    from nas.search.config import DataConfig, LUTConfig, SearchConfig
+
+    base = dict(space=tiny_space(), lut=LUTConfig(path=str(lut), resolution=RESOLUTION),
+                data=DataConfig(dataset="synthetic", length=16), epochs=2, batch_size=4, seed=0)
+    base.update(changes)
+    return SearchConfig(**base)

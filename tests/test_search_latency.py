@@ -1,0 +1,155 @@
+"""The latency term: LUT tabulation, eq. 8–9 against the LUT rows, gradient vs finite differences,
+calibration, and the coverage check that runs before any training."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from latbench.errors import UserError
+from latbench.lut import read_lut, write_lut
+from nas.ops import CELL_PRIMITIVES
+from nas.search.arch_params import ArchParams, gumbel_softmax
+from nas.search.config import LUTConfig
+from nas.search.ggm import GGM, GGMConfig
+from nas.search.latency import load_latency_table
+from nas.space import LGCNetSpace
+from search_support import RESOLUTION, build_tiny_lut, tiny_space
+
+
+@pytest.fixture(scope="module")
+def lut_path(tmp_path_factory):
+    return build_tiny_lut(tmp_path_factory.mktemp("lut") / "tiny.parquet")
+
+
+def _table(path, **kw):
+    return load_latency_table(LUTConfig(path=str(path), resolution=RESOLUTION, **kw), tiny_space())
+
+
+def test_table_prices_architectures_like_the_lut_rows(lut_path):
+    table, ident = _table(lut_path)
+    space = LGCNetSpace(tiny_space())
+    lut = read_lut(lut_path)
+    assert ident["sha256"] and ident["backend"] == "cpu" and ident["resolution"] == "33x65"
+    rng = random.Random(0)
+    for _ in range(5):
+        arch = space.sample_architecture(rng)
+        rows = space.architecture_rows(arch)
+        want = sum(lut.lookup(p, o, *RESOLUTION) for p, o in rows)
+        from nas.genotype import Architecture
+        a = Architecture.from_dict(arch)
+        assert table.architecture_lut_sum(a) == pytest.approx(want, rel=1e-9)
+        # eq. 8–9 with one-hot z gives the same number
+        cell_z = torch.zeros(table.cell.shape, dtype=torch.float64)
+        for k, cell in enumerate(a.cells):
+            for e, op in enumerate(cell):
+                cell_z[k, e, CELL_PRIMITIVES.index(op)] = 1
+        from nas.fusion import edge_candidates
+        fz = [torch.nn.functional.one_hot(torch.tensor(c.index(op)), len(c)).double()
+              for op, c in zip(a.fusion, edge_candidates())]
+        assert float(table.lut_sum(cell_z, fz)) == pytest.approx(want, rel=1e-9)
+    # zero is free, and a conv costs something
+    assert float(table.cell[0, 0, CELL_PRIMITIVES.index("zero")]) == 0.0
+    assert float(table.cell[0, 0, CELL_PRIMITIVES.index("conv_3x3")]) > 0.0
+
+
+def test_latency_gradient_matches_finite_differences(lut_path):
+    table, _ = _table(lut_path)
+    cfg = tiny_space()
+    torch.manual_seed(0)
+    arch = ArchParams(cfg, generator=torch.Generator().manual_seed(1)).double()
+    ggm = GGM(cfg.num_cells, cfg.num_edges(), 8, GGMConfig()).double()
+    with torch.no_grad():  # move away from the identity start so the GGM path matters
+        for link in ggm.links:
+            link.phi2.weight.normal_(0, 0.3)
+        arch.cell_alpha.normal_(0, 0.5)
+    g = torch.Generator().manual_seed(2)
+    gum = -torch.log(-torch.log(torch.rand(arch.cell_alpha.shape, generator=g, dtype=torch.float64)))
+    fus_g = [-torch.log(-torch.log(torch.rand(t.shape, generator=g, dtype=torch.float64))) for t in arch.fusion_logits()]
+    beta, tau = 0.5, 0.7
+
+    def loss(theta: torch.Tensor) -> torch.Tensor:
+        z = gumbel_softmax(ggm(theta), gum, tau)
+        fz = [gumbel_softmax(t, n, tau) for t, n in zip(arch.fusion_logits(), fus_g)]
+        return table.loss(z, fz, beta)
+
+    theta = arch.cell_alpha.detach().clone().requires_grad_(True)
+    loss(theta).backward()
+    grad = theta.grad
+    eps = 1e-6
+    for idx in [(0, 0, 2), (1, 3, 0), (2, 4, 7), (3, 1, 3), (3, 2, 5)]:
+        plus, minus = theta.detach().clone(), theta.detach().clone()
+        plus[idx] += eps
+        minus[idx] -= eps
+        with torch.no_grad():
+            fd = (loss(plus) - loss(minus)) / (2 * eps)
+        assert float(grad[idx]) == pytest.approx(float(fd), rel=1e-5, abs=1e-10)
+    assert grad.abs().sum() > 0
+
+
+def test_calibration_from_lut_metadata(lut_path, tmp_path):
+    lut = read_lut(lut_path)
+    p = tmp_path / "cal.parquet"
+    write_lut(lut.with_calibration(1.5, 100.0), p)
+    raw, _ = _table(lut_path)
+    cal, ident = _table(p)
+    z = torch.softmax(torch.randn(raw.cell.shape, dtype=torch.float64), -1)
+    fz = [torch.softmax(torch.randn(t.shape, dtype=torch.float64), -1) for t in raw.fusion]
+    assert float(cal.latency(z, fz)) == pytest.approx(1.5 * float(raw.latency(z, fz)) + 100.0)
+    assert ident["calibration"] == {"a": 1.5, "b": 100.0}
+    off, ident_off = _table(p, use_calibration=False)
+    assert float(off.latency(z, fz)) == pytest.approx(float(raw.latency(z, fz)))
+    assert ident_off["calibration"] is None
+    write_lut(lut.with_calibration(1.0, -1e9), p)
+    with pytest.raises(UserError, match="non-positive"):
+        _table(p)
+
+
+def test_missing_rows_are_listed_before_training(lut_path, tmp_path):
+    lut = read_lut(lut_path)
+    drop = (lut.df["position"] == "cell2.e3") & lut.df["op"].isin(["conv_3x3", "sep_conv_3x3"]) \
+        | (lut.df["position"] == "fusion.e4")
+    lut.df = lut.df[~drop].reset_index(drop=True)
+    p = tmp_path / "holes.parquet"
+    write_lut(lut, p)
+    with pytest.raises(UserError) as exc:
+        _table(p)
+    msg = str(exc.value)
+    assert "lacks 4 of" in msg and "cell2.e3/conv_3x3@33x65" in msg and "cell2.e3/sep_conv_3x3@33x65" in msg
+    assert "fusion.e4/deconv@33x65" in msg and "fusion.e4/interp@33x65" in msg
+    assert "\n" not in msg
+
+
+def test_many_missing_rows_are_truncated(lut_path, tmp_path):
+    lut = read_lut(lut_path)
+    lut.df = lut.df[~lut.df["position"].str.startswith("cell1.")].reset_index(drop=True)
+    p = tmp_path / "cell1.parquet"
+    write_lut(lut, p)
+    with pytest.raises(UserError, match=r"\(\+\d+ more\)"):
+        _table(p)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(space=dict(init_channels=8)), "init_channels: LUT 4, search 8"),
+    (dict(space=dict(fusion="aspp")), "fusion: LUT 'dcfc', search 'aspp'"),
+    (dict(resolution=(65, 129)), "no rows at resolution 65x129"),
+    (dict(batch=2), "no rows at batch 2"),
+    (dict(backend="cudagraph"), "no backend 'cudagraph'"),
+    (dict(precision="fp16"), "no precision 'fp16'"),
+])
+def test_wrong_lut_is_refused(lut_path, kw, match):
+    space = tiny_space(**kw.pop("space", {}))
+    res = kw.pop("resolution", RESOLUTION)
+    with pytest.raises(UserError, match=match):
+        load_latency_table(LUTConfig(path=str(lut_path), resolution=res, **kw), space)
+
+
+def test_not_a_lut(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_latency_table(LUTConfig(path=str(tmp_path / "nope.parquet")), tiny_space())
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("hello")
+    with pytest.raises(UserError, match="not a readable Parquet LUT"):
+        load_latency_table(LUTConfig(path=str(bad)), tiny_space())
