@@ -35,6 +35,8 @@ def evaluate(ckpt_path, dataset, data_root, split, resolution, arch_path, device
 
     Writes REPORTS/miou/<name>.json, where `nas report` meets it with FPS results.
     """
+    import torch
+
     from nas.genotype import Genotype
     from nas.runtime import init_distributed, teardown_distributed
     from nas.train.checkpoint import build_model, check_same_architecture, read_checkpoint
@@ -60,8 +62,12 @@ def evaluate(ckpt_path, dataset, data_root, split, resolution, arch_path, device
     sizes: set[tuple[int, int]] = set()
     try:
         model = build_model(ckpt).to(ctx.device)
+        # channels-last on GPUs, as in training's validation, so the numbers agree exactly
+        cuda = ctx.device.startswith("cuda")
+        if cuda:
+            model = model.to(memory_format=torch.channels_last)
         cm = evaluate_split(model, ds, device=ctx.device, ctx=ctx, batch_size=batch_size, workers=workers,
-                            show_progress=not as_json, input_sizes=sizes)
+                            show_progress=not as_json, input_sizes=sizes, channels_last=cuda)
     finally:
         teardown_distributed(ctx)
     if not ctx.is_main:

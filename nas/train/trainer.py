@@ -253,9 +253,24 @@ class _Run:
         }
 
     def _save(self, name: str = "last.pt") -> None:
+        """Every rank calls this; rank 0 writes. The epoch's running loss is summed over ranks first,
+        so the file holds the global partial sum (restored on rank 0 only)."""
+        local = (self.progress.loss_sum, self.progress.loss_count)
+        if self.ctx.distributed:
+            self.progress.loss_sum, self.progress.loss_count = self._global_loss()
         if self.ctx.is_main:
             save_checkpoint(self.out / name, self._payload())
+        self.progress.loss_sum, self.progress.loss_count = local
         self.ctx.barrier()
+
+    def _global_loss(self) -> tuple[float, int]:
+        t = torch.tensor([self.progress.loss_sum, float(self.progress.loss_count)], dtype=torch.float64)
+        if self.ctx.distributed:
+            import torch.distributed as dist
+            t = t.to(self.device)
+            dist.all_reduce(t)
+            t = t.cpu()
+        return float(t[0]), int(t[1])
 
     def _resume(self, path: Path) -> None:
         from nas.train.checkpoint import read_checkpoint
@@ -278,6 +293,8 @@ class _Run:
         self.scaler.load_state_dict(ck.raw["scaler"])
         restore_rng_state(ck.raw["rng"])
         self.progress = Progress(**ck.raw["progress"])
+        if not self.ctx.is_main:  # the saved running loss is the sum over ranks; count it once
+            self.progress.loss_sum, self.progress.loss_count = 0.0, 0
         self.history = list(ck.raw.get("history", []))
         best = ck.raw.get("best_miou")
         self.best = -math.inf if best is None else float(best)
@@ -385,15 +402,10 @@ class _Run:
 
     def _end_epoch(self, seconds: float) -> dict[str, Any]:
         cfg, p, ctx = self.cfg, self.progress, self.ctx
-        totals = torch.tensor([p.loss_sum, float(p.loss_count)], dtype=torch.float64)
-        if ctx.distributed:
-            import torch.distributed as dist
-            t = totals.to(self.device)
-            dist.all_reduce(t)
-            totals = t.cpu()
+        loss_sum, loss_count = self._global_loss()
         epoch = p.epoch + 1
         rec: dict[str, Any] = {"event": "epoch", "epoch": epoch, "global_step": p.global_step,
-                               "train_loss": float(totals[0] / max(1.0, float(totals[1]))),
+                               "train_loss": loss_sum / max(1, loss_count),
                                "lr": float(self.optimizer.param_groups[0]["lr"]),
                                "seconds": round(seconds, 3), "val_miou": None}
         if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
