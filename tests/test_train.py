@@ -153,6 +153,9 @@ def test_resume_mid_epoch_ends_with_identical_weights(short_run, tmp_path):
     res = run(_short_args(g, out, "--stop-after", 5))
     assert res.exit_code == 0 and "stopped after 5 steps" in res.output
     assert torch.load(out / "last.pt", weights_only=True)["progress"]["step_in_epoch"] == 5
+    # as if killed after logging an epoch whose checkpoint never landed: the resume trims it
+    with open(out / "log.jsonl", "a") as fh:
+        fh.write(json.dumps({"event": "epoch", "epoch": 1, "train_loss": 9.0, "val_miou": 0.5}) + "\n")
     res = run(_short_args(g, out, "--resume", "--stop-after", 21))
     assert res.exit_code == 0, res.output
     assert torch.load(out / "last.pt", weights_only=True)["progress"]["global_step"] == 21

@@ -312,6 +312,8 @@ class _Run:
         try:
             if cfg.resume and last.exists():
                 self._resume(last)
+                if journal is not None:
+                    journal = self._trim_log(journal)
                 self._record(journal, {"event": "resume", "checkpoint": str(last), **self.progress.to_dict()})
                 self.log(f"resumed {last} at epoch {self.progress.epoch + 1}, step "
                          f"{self.progress.step_in_epoch}/{self.steps_per_epoch}")
@@ -333,6 +335,17 @@ class _Run:
                 journal.close()
         return TrainResult(self.out, self.history, self.progress, finished, self.ctx.is_main)
 
+    def _trim_log(self, journal: Journal) -> Journal:
+        """Drop epoch records past the checkpoint (written just before a kill); reopen the log."""
+        from latbench.fileio import atomic_write_text, read_journal
+
+        path = journal.path
+        journal.close()
+        done = self.progress.epoch
+        keep = [r for r in read_journal(path) if not (r.get("event") == "epoch" and r.get("epoch", 0) > done)]
+        atomic_write_text(path, "".join(json.dumps(r, allow_nan=False, default=str) + "\n" for r in keep))
+        return Journal(path)
+
     def _record(self, journal: Journal | None, rec: dict[str, Any]) -> None:
         if journal is not None:
             journal.append({"time": time.time(), **rec})
@@ -350,7 +363,8 @@ class _Run:
                 self.log(f"stopped after {p.global_step} steps (--stop-after); continue with --resume")
                 return False
             rec = self._end_epoch(time.time() - t0)
-            self._record(journal, rec)
+            self._record(journal, rec)  # logged before the checkpoint: a resume trims what it lacks
+            self._save_epoch(rec["best"])
             msg = f"epoch {rec['epoch']}/{cfg.epochs}  loss {rec['train_loss']:.4f}  lr {rec['lr']:.3g}"
             if rec.get("val_miou") is not None:
                 msg += f"  val mIoU {100 * rec['val_miou']:.2f}%"
@@ -420,13 +434,17 @@ class _Run:
             rec["val_resolution"] = None if cfg.val_resolution is None else list(cfg.val_resolution)
         self.history.append(rec)
         p.epoch, p.step_in_epoch, p.loss_sum, p.loss_count = epoch, 0, 0.0, 0
-        self._save()
-        if rec["val_miou"] is not None and rec["val_miou"] > self.best:
+        rec["best"] = rec["val_miou"] is not None and rec["val_miou"] > self.best
+        if rec["best"]:
             self.best = rec["val_miou"]
-            if ctx.is_main:
-                shutil.copyfile(self.out / "last.pt", self.out / ".best.pt.tmp")
-                (self.out / ".best.pt.tmp").replace(self.out / "best.pt")
         return rec
+
+    def _save_epoch(self, improved: bool) -> None:
+        self._save()
+        if improved and self.ctx.is_main:
+            tmp = self.out / ".best.pt.tmp"
+            shutil.copyfile(self.out / "last.pt", tmp)
+            tmp.replace(self.out / "best.pt")
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
