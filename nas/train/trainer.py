@@ -318,6 +318,8 @@ class _Run:
                 self.log(f"resumed {last} at epoch {self.progress.epoch + 1}, step "
                          f"{self.progress.step_in_epoch}/{self.steps_per_epoch}")
             else:
+                if cfg.resume:
+                    self.log(f"--resume: {last} does not exist yet; starting a new run")
                 if self.ctx.is_main:
                     self.genotype.save(self.out / "genotype.json")
                 self._record(journal, {"event": "start", "config": cfg.to_dict(),
