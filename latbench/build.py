@@ -28,14 +28,13 @@ import torch
 
 from latbench.device import describe_device, device_identity, software_versions
 from latbench.errors import UserError
-from latbench.fileio import FileLock, Journal, check_writable, read_journal
+from latbench.fileio import FileLock, Journal, check_writable, lock_path, read_journal
 from latbench.lut import LUT, ROW_ID, SCHEMA_VERSION, concat_rows, dedupe_rows, now_iso, read_lut, write_lut
 from latbench.space import Entry, OpSpec, format_resolution
 from latbench.timing import Measurement, TimingConfig, get_backend, measure_prepared
 from latbench.timing.loop import describe_error
 
 JOURNAL_SUFFIX = ".partial.jsonl"
-LOCK_SUFFIX = ".lock"
 MEASUREMENT_FIELDS = ("median_us", "p10_us", "p90_us", "iqr_us", "mean_us", "samples", "noise",
                       "calls_per_sample", "sm_clock_mhz", "throttled", "host_bound", "enqueue_us",
                       "status", "error")
@@ -43,10 +42,6 @@ MEASUREMENT_FIELDS = ("median_us", "p10_us", "p90_us", "iqr_us", "mean_us", "sam
 
 def journal_path(output: str | os.PathLike) -> Path:
     return Path(str(output) + JOURNAL_SUFFIX)
-
-
-def lock_path(output: str | os.PathLike) -> Path:
-    return Path(str(output) + LOCK_SUFFIX)
 
 
 def _jsonable(x: Any) -> Any:

@@ -77,6 +77,14 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
+LOCK_SUFFIX = ".lock"
+
+
+def lock_path(output: str | os.PathLike) -> Path:
+    """The lock file that keeps two writers (builds, merges, calibrations) off one LUT at once."""
+    return Path(str(output) + LOCK_SUFFIX)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -28,18 +28,18 @@ from typing import Any, Sequence
 import pandas as pd
 
 from latbench.errors import LUTError, UserError
+from latbench.fileio import lock_path
 from latbench.lut import LUT, ROW_ID, SCHEMA_VERSION, concat_rows, now_iso
 
 MUST_AGREE = ("device", "backend", "precision", "batch", "cache", "protocol", "space")
 DEVICE_IDENTITY = ("type", "name", "compute_capability")
 STATUS_RANK = {"ok": 0, "analytic": 1, "failed": 2}
 DISAGREE_REL = 0.05
-LOCK_SUFFIX = ".lock"  # the same lock file as ``latbench.build.lock_path`` (not imported: it loads torch)
 
 
 def output_lock(output: str | os.PathLike) -> Path:
     """The lock file that keeps a merge and a build (or two merges) from writing one LUT at once."""
-    return Path(str(output) + LOCK_SUFFIX)
+    return lock_path(output)
 
 
 @dataclass(frozen=True)

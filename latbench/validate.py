@@ -252,7 +252,7 @@ def validate_lut(lut_path: str | Path, samples: int, seed: int = 0, resolution: 
 def save_calibration(lut_path: str | Path, result: ValidationResult) -> dict[str, Any]:
     """Write ``result``'s calibration into the LUT's metadata (atomically, under the LUT's build
     lock); returns the stored calibration."""
-    from latbench.build import lock_path
+    from latbench.fileio import lock_path
     from latbench.fileio import FileLock
 
     fit = result.fidelity.calibration

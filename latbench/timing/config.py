@@ -99,9 +99,9 @@ class Measurement:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        # JSON has no NaN: store None instead.
+        # JSON has no NaN or infinity (e.g. the noise of a single sample): store None instead.
         for k, v in d.items():
-            if isinstance(v, float) and math.isnan(v):
+            if isinstance(v, float) and not math.isfinite(v):
                 d[k] = None
         return d
 
