@@ -295,3 +295,14 @@ def test_backend_registry():
             register_backend("mine-test", lambda **k: None)
     finally:
         _REGISTRY.pop("mine-test", None)
+
+
+def test_single_sample_measurement_serialises_to_strict_json():
+    """One sample has infinite noise; the journal writes strict JSON, so it must become null."""
+    import json
+
+    m = Measurement.from_dict({"median_us": 5.0, "p10_us": 5.0, "p90_us": 5.0, "iqr_us": 0.0, "mean_us": 5.0,
+                               "samples": 1, "noise": math.inf, "status": "ok"})
+    d = m.to_dict()
+    assert d["noise"] is None and d["median_us"] == 5.0
+    json.dumps(d, allow_nan=False)
