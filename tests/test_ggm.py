@@ -38,7 +38,7 @@ def _alphas():
 
 
 def test_edge_similarity_graph_follows_eq_5_to_7():
-    cfg = GGMConfig(mode="gcn", graph="edge", dim=D, gamma=0.5)
+    cfg = GGMConfig(mode="gcn", graph="edge", dim=D, gamma=0.5, bias=True)
     link = CellLink(P, Q, cfg).double()
     w = _set(link, np.random.default_rng(0))
     cur, prev = _alphas()
@@ -55,7 +55,7 @@ def test_edge_similarity_graph_follows_eq_5_to_7():
 
 @pytest.mark.parametrize("norm", ["softmax", "none"])
 def test_operation_identity_graph(norm):
-    cfg = GGMConfig(mode="gcn", graph="operation", dim=D, gamma=0.25, op_graph_norm=norm)
+    cfg = GGMConfig(mode="gcn", graph="operation", dim=D, gamma=0.25, op_graph_norm=norm, bias=True)
     link = CellLink(P, Q, cfg).double()
     w = _set(link, np.random.default_rng(1))
     cur, prev = _alphas()
@@ -70,7 +70,7 @@ def test_operation_identity_graph(norm):
 
 
 def test_fc_ablation_has_no_graph():
-    cfg = GGMConfig(mode="fc", dim=D, gamma=0.5)
+    cfg = GGMConfig(mode="fc", dim=D, gamma=0.5, bias=True)
     link = CellLink(P, Q, cfg).double()
     assert {n for n, _ in link.named_children()} == {"phi1", "phi2"}
     w = _set(link, np.random.default_rng(2))
@@ -80,7 +80,7 @@ def test_fc_ablation_has_no_graph():
 
 
 def _chain_ggm(chain: str) -> GGM:
-    ggm = GGM(3, P, Q, GGMConfig(mode="gcn", dim=D, gamma=0.5, chain=chain)).double()
+    ggm = GGM(3, P, Q, GGMConfig(mode="gcn", dim=D, gamma=0.5, chain=chain, bias=True)).double()
     rng = np.random.default_rng(3)
     for link in ggm.links:
         _set(link, rng)
@@ -117,3 +117,16 @@ def test_gradient_reaches_previous_cell_alpha():
     theta = torch.tensor(np.random.default_rng(5).normal(size=(3, P, Q)), requires_grad=True)
     ggm(theta)[2].sum().backward()
     assert theta.grad[1].abs().sum() > 0  # cell 2's α' depends on cell 1's α
+
+
+def test_default_fc_layers_are_bias_free_so_the_update_is_linear_in_the_previous_alpha():
+    link = CellLink(P, Q, GGMConfig(mode="gcn", dim=D))
+    assert link.phi1.bias is None and link.phi2.bias is None
+    w = _set(link.double(), np.random.default_rng(6))
+    cur, prev = _alphas()
+    a = _softmax_rows((cur @ w["w1"]) @ (prev @ w["w2"]).T)
+    x = prev @ w["phi1"]
+    expected = cur + 0.5 * ((a @ x @ w["gcn_w"] + x) @ w["phi2"])
+    np.testing.assert_allclose(link(torch.tensor(cur), torch.tensor(prev)).detach().numpy(), expected, rtol=1e-12)
+    # θ_{k−1} = 0 leaves θ_k unchanged
+    assert torch.equal(link(torch.tensor(cur), torch.zeros(P, Q, dtype=torch.float64)), torch.tensor(cur))

@@ -78,14 +78,14 @@ def test_latency_gradient_matches_finite_differences(lut_path):
     theta = arch.cell_alpha.detach().clone().requires_grad_(True)
     loss(theta).backward()
     grad = theta.grad
-    eps = 1e-6
+    eps = 1e-5
     for idx in [(0, 0, 2), (1, 3, 0), (2, 4, 7), (3, 1, 3), (3, 2, 5)]:
         plus, minus = theta.detach().clone(), theta.detach().clone()
         plus[idx] += eps
         minus[idx] -= eps
         with torch.no_grad():
             fd = (loss(plus) - loss(minus)) / (2 * eps)
-        assert float(grad[idx]) == pytest.approx(float(fd), rel=1e-5, abs=1e-10)
+        assert float(grad[idx]) == pytest.approx(float(fd), rel=1e-4, abs=1e-9)
     assert grad.abs().sum() > 0
 
 

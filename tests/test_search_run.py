@@ -207,7 +207,12 @@ def test_cli_resume_refuses_changed_options(lut_path, tmp_path):
     r = _invoke(["search", "--lut", str(lut_path), "--dataset", "synthetic", "--epochs", "1", "--batch-size", "4",
                  "--length", "8", "--out", str(out), "--workers", "0", "--no-plots", "--stop-after-steps", "1"])
     assert r.exit_code == 0 and "continue with" in r.output
-    _one_line_error(_invoke(["search", "--out", str(out), "--resume", "--beta", "0.1"]), "drop --beta")
-    r = _invoke(["search", "--out", str(out), "--resume", "--workers", "0", "--no-plots"])
+    _one_line_error(_invoke(["search", "--out", str(out), "--resume", "--beta", "0.1"]),
+                    "has --beta 0.005; drop --beta 0.1")
+    _one_line_error(_invoke(["search", "--out", str(out), "--resume", "--resolution", "65x129"]), "has --resolution 33x65")
+    # repeating the saved values (as a script that always passes the same options does) is fine
+    r = _invoke(["search", "--out", str(out), "--resume", "--workers", "0", "--no-plots", "--lut", str(lut_path),
+                 "--dataset", "synthetic", "--epochs", "1", "--batch-size", "4", "--beta", "0.005",
+                 "--resolution", "33x65", "--length", "8"])
     assert r.exit_code == 0, r.output
     assert (out / "genotype.json").exists()

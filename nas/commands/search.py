@@ -14,7 +14,8 @@ from latbench.errors import UserError
 
 DATASET_CLASSES = {"cityscapes": 19, "camvid": 11}
 DATASETS = ("cityscapes", "camvid", "synthetic")
-# options a resumed search may still set (they do not change what is computed)
+# options a resumed search may set freely (they do not change what is computed); any other option
+# given with --resume must repeat the saved configuration's value
 RUNTIME_OPTIONS = {"out", "resume", "workers", "device", "no_progress", "no_plots", "stop_after_steps"}
 # search-space options: not given -> the LUT's value
 SPACE_OPTIONS = {"init_channels": "init_channels", "num_cells": "num_cells", "reduction_cells": "reduction_cells",
@@ -56,6 +57,49 @@ def _lut_space_config(path: str) -> dict[str, Any]:
     return dict(space.get("config") or {})
 
 
+def _saved_values(cfg) -> dict[str, Any]:
+    """Option name -> the value a saved search configuration has for it (as the CLI spells it)."""
+    from latbench.space import format_resolution
+
+    sp, o, g, t, data, lut = cfg.space, cfg.optim, cfg.ggm, cfg.temperature, cfg.data, cfg.lut
+    res = lambda r: None if r is None else format_resolution(r)  # noqa: E731
+    return {
+        "lut": lut.path, "dataset": data.dataset, "data_root": data.root, "resolution": res(lut.resolution),
+        "crop": res(data.crop), "beta": cfg.beta, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+        "seed": cfg.seed, "cells": cfg.arch.cells, "between": g.mode, "graph": g.graph, "gcn_dim": g.dim,
+        "gamma": g.gamma, "ggm_chain": g.chain, "op_graph_norm": g.op_graph_norm, "ggm_bias": g.bias, "fusion": sp.fusion,
+        "fusion_inputs": ",".join(map(str, sp.fusion_inputs)), "lr_w": o.lr_w, "lr_w_min": o.lr_w_min,
+        "momentum": o.momentum, "wd_w": o.wd_w, "lr_a": o.lr_a, "adam_betas": ",".join(f"{b:g}" for b in o.betas),
+        "wd_a": o.wd_a, "grad_clip": o.grad_clip or 0.0, "arch_warmup_epochs": o.arch_warmup_epochs,
+        "tau_start": t.start, "tau_end": t.end, "tau_schedule": t.kind, "init_channels": sp.init_channels,
+        "num_cells": sp.num_cells, "reduction_cells": ",".join(map(str, sp.reduction_cells)),
+        "fusion_channels": sp.fusion_channels, "head_channels": sp.head_channels, "num_classes": sp.num_classes,
+        "length": data.length, "lut_batch": lut.batch, "backend": lut.backend, "precision": lut.precision,
+        "no_calibration": not lut.use_calibration, "amp": cfg.amp, "channels_last": cfg.channels_last,
+        "checkpoint_every": cfg.checkpoint_every,
+    }
+
+
+def check_resume_options(p: dict[str, Any], given: set[str], saved) -> None:
+    """A resumed search keeps its saved configuration: options given again must repeat it."""
+    from latbench.space import format_resolution, parse_resolution
+
+    have = _saved_values(saved)
+    for name in sorted(given - RUNTIME_OPTIONS):
+        new, old = p[name], have.get(name)
+        if name == "lut":
+            new = os.path.abspath(new)
+        elif name in ("resolution", "crop"):
+            new = format_resolution(parse_resolution(new))
+        elif name in ("fusion_inputs", "reduction_cells"):
+            new = ",".join(map(str, _int_list(new, "--" + name.replace("_", "-")) or ()))
+        elif name == "adam_betas":
+            new = ",".join(f"{b:g}" for b in _float_pair(new, "--adam-betas"))
+        if new != old:
+            raise UserError(f"--resume continues the search with its saved configuration, which has "
+                            f"--{name.replace('_', '-')} {old}; drop --{name.replace('_', '-')} {p[name]}")
+
+
 def build_config(p: dict[str, Any], given: set[str]):
     """The :class:`SearchConfig` of a fresh search from the parsed options."""
     from latbench.space import parse_resolution
@@ -95,7 +139,8 @@ def build_config(p: dict[str, Any], given: set[str]):
     cells = _choice(p["cells"], ("independent", "shared"), "--cells")
     between = _choice(p["between"], ("none", "fc", "gcn"), "--between") or ("gcn" if cells == "independent" else "none")
     ggm = GGMConfig(mode=between, graph=_choice(p["graph"], ("edge", "operation"), "--graph"), dim=p["gcn_dim"],
-                    gamma=p["gamma"], chain=p["ggm_chain"], op_graph_norm=p["op_graph_norm"])
+                    gamma=p["gamma"], chain=p["ggm_chain"], op_graph_norm=p["op_graph_norm"],
+                    bias=p["ggm_bias"])
     optim = OptimConfig(lr_w=p["lr_w"], lr_w_min=p["lr_w_min"], momentum=p["momentum"], wd_w=p["wd_w"],
                         lr_a=p["lr_a"], betas=_float_pair(p["adam_betas"], "--adam-betas"), wd_a=p["wd_a"],
                         grad_clip=p["grad_clip"] or None, arch_warmup_epochs=p["arch_warmup_epochs"])
@@ -132,6 +177,7 @@ def build_config(p: dict[str, Any], given: set[str]):
 @click.option("--gamma", default=0.5, show_default=True, type=float, help="γ of eq. 5.")
 @click.option("--ggm-chain", default="raw", show_default=True, type=click.Choice(["raw", "updated"]), hidden=True)
 @click.option("--op-graph-norm", default="softmax", show_default=True, type=click.Choice(["softmax", "none"]), hidden=True)
+@click.option("--ggm-bias/--no-ggm-bias", default=False, show_default=True, hidden=True, help="Biases in Φ1/Φ2.")
 @click.option("--fusion", default=None, help="dcfc | aspp | ppm | none. [default: the LUT's]")
 @click.option("--fusion-inputs", default=None, metavar="I,J,K", help="Cells feeding the fusion cell. [default: the LUT's, 0,7,13]")
 # optimisation
@@ -181,14 +227,11 @@ def search(ctx: click.Context, **p: Any) -> None:
     if p["resume"]:
         if not p["out"]:
             raise UserError("--resume needs --out DIR (the run folder to continue)")
-        extra = sorted(given - RUNTIME_OPTIONS)
-        if extra:
-            raise UserError("--resume continues the search with its saved configuration; drop "
-                            + ", ".join("--" + e.replace("_", "-") for e in extra))
         ckpt_path = os.path.join(p["out"], "checkpoints", "last.pt")
         if not os.path.exists(ckpt_path):
             raise UserError(f"--resume: no checkpoint at {ckpt_path}")
         config = SearchConfig.from_dict(load_checkpoint(ckpt_path)["config"])
+        check_resume_options(p, given, config)
     else:
         config = build_config(p, given)
     out = p["out"] or os.path.join("runs", "search-" + time.strftime("%Y%m%d-%H%M%S"))

@@ -30,8 +30,12 @@ Choices where the paper is silent (documented in ``docs/search.md``):
   every cell is updated from its raw predecessor. ``chain="updated"`` uses the already updated
   θ'_{k−1} instead, propagating information along the whole chain of cells;
 - cell 0 has no predecessor: θ'_0 = θ_0;
-- Φ1 / Φ2 are ``nn.Linear`` with bias; w1, w2, W are bias-free; no non-linearity anywhere (the
-  paper names none); PyTorch's default initialisation except Φ2, which starts at zero so that the
+- Φ1 / Φ2 are bias-free ``nn.Linear`` layers by default (``bias=True`` adds biases), as are w1, w2, W,
+  so θ' − θ is a (graph-weighted) linear function of θ_{k−1}: the previous cell's per-edge state is
+  what is delivered. With biases, Φ2(G(Φ1(θ≈0))) is dominated by one bias-driven vector shared by
+  every edge of a cell, and Adam moves the 64-wide layers much faster than θ, so short searches
+  ended with one op on all edges of most cells. No non-linearity anywhere (the paper names none);
+  PyTorch's default initialisation except Φ2, which starts at zero so that the
   module starts as the identity (θ' = θ) instead of adding one random op preference to every
   edge of a cell (Φ2 still gets a gradient at once, and through it Φ1, W, w1, w2);
 - with ``cells="shared"`` the module is not allowed (it would make every cell different and so
@@ -62,6 +66,7 @@ class GGMConfig:
     gamma: float = 0.5
     chain: str = "raw"
     op_graph_norm: str = "softmax"
+    bias: bool = False
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("mode", self.mode, MODES), ("graph", self.graph, GRAPHS),
@@ -89,13 +94,14 @@ class CellLink(nn.Module):
         self.p, self.q = p, q
         d = config.dim
         feat = 1 if (config.mode == "gcn" and config.graph == "operation") else q
-        self.phi1 = nn.Linear(feat, d)           # Φ1: to the embedding space
-        self.phi2 = nn.Linear(d, feat)           # Φ2: back to the source space
+        self.phi1 = nn.Linear(feat, d, bias=config.bias)   # Φ1: to the embedding space
+        self.phi2 = nn.Linear(d, feat, bias=config.bias)   # Φ2: back to the source space
         # Zero-initialised Φ2 (ours): the module starts as the identity θ' = θ and learns from
         # there. With PyTorch's default init, Φ2(G(Φ1(θ≈0))) is a random vector identical for
         # every edge, which would add the same random op preference to every edge of a cell.
         nn.init.zeros_(self.phi2.weight)
-        nn.init.zeros_(self.phi2.bias)
+        if self.phi2.bias is not None:
+            nn.init.zeros_(self.phi2.bias)
         if config.mode == "gcn":
             self.gcn_w = nn.Linear(d, d, bias=False)       # W (eq. 7): X W = gcn_w(X)
             if config.graph == "edge":

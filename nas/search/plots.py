@@ -59,13 +59,18 @@ def plot_alpha_cells(path: Path, theta: torch.Tensor, config: SpaceConfig, title
     k = probs.shape[0]
     cols = min(7, k)
     rows = int(np.ceil(k / cols))
-    fig = Figure(figsize=(2.6 * cols, 2.4 * rows + 0.6))
+    fig = Figure(figsize=(2.6 * cols, 2.8 * rows + 0.6))
+    fig.subplots_adjust(hspace=0.75, wspace=0.25)
+    # colour range = the data's range (early in a search every p is close to 1/8 and a 0–1 scale
+    # would show nothing); the colour bar gives the actual values
+    vmin, vmax = float(probs.min()), float(probs.max())
+    vmax = max(vmax, vmin + 1e-3)
     topo = cell_edges(config.steps)
     edge_names = [f"{'in' + str(s) if s < 2 else 'n' + str(s - 2)}→n{d}" for s, d in topo]
     im = None
     for c in range(k):
         ax = fig.add_subplot(rows, cols, c + 1)
-        im = ax.imshow(probs[c], vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        im = ax.imshow(probs[c], vmin=vmin, vmax=vmax, cmap="viridis", aspect="auto")
         for e, m in enumerate(probs[c].argmax(-1)):
             ax.add_patch(Rectangle((m - 0.5, e - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
         kind = "reduction" if config.is_reduction(c) else "normal"
@@ -75,7 +80,7 @@ def plot_alpha_cells(path: Path, theta: torch.Tensor, config: SpaceConfig, title
         ax.set_yticks(range(len(edge_names)))
         ax.set_yticklabels(edge_names if c % cols == 0 else [""] * len(edge_names), fontsize=6)
     if im is not None:
-        fig.colorbar(im, ax=fig.axes, shrink=0.6, label="softmax(α') per edge")
+        fig.colorbar(im, ax=fig.axes, shrink=0.6, label="softmax(α') per edge (colour range = data range)")
     fig.suptitle(f"Cell architecture weights (red: arg-max = derived op) {title}".strip(), fontsize=10)
     return _save(fig, path)
 
@@ -90,7 +95,7 @@ def plot_alpha_fusion(path: Path, fusion: Sequence[torch.Tensor], title: str = "
         grid[e, :t.numel()] = torch.softmax(t.detach().float(), -1).numpy()
     fig = Figure(figsize=(7.5, 5.5))
     ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    im = ax.imshow(grid, vmin=0.0, vmax=max(0.5, float(np.nanmax(grid))), cmap="viridis", aspect="auto")
     for e, c in enumerate(cands):
         m = int(np.nanargmax(grid[e]))
         ax.add_patch(Rectangle((m - 0.5, e - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))

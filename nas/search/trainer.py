@@ -110,6 +110,57 @@ class SearchModel(nn.Module):
         return list(self.arch.parameters()) + list(self.ggm.parameters())
 
 
+class SearchStep:
+    """One single-level optimisation step (see the module docstring); shared by the search loop and
+    ``benchmarks/search_throughput.py``."""
+
+    def __init__(self, model: SearchModel, net: nn.Module, table: LatencyTable, config: SearchConfig,
+                 opt_w: torch.optim.Optimizer, opt_a: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 gumbel_gen: torch.Generator, device: torch.device, amp_dtype: torch.dtype | None = None,
+                 channels_last: bool = False):
+        self.model, self.net, self.table, self.config = model, net, table, config
+        self.opt_w, self.opt_a, self.scaler, self.gen = opt_w, opt_a, scaler, gumbel_gen
+        self.device, self.amp_dtype, self.channels_last = device, amp_dtype, channels_last
+        space = config.space
+        self.cell_shape = (space.num_cells, space.num_edges(), len(CELL_PRIMITIVES))
+        self.fusion_lens = [t.numel() for t in model.arch.fusion_logits()]
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, tau: float, update_arch: bool = True):
+        """``(ce, loss, LAT)`` of the step, after both optimisers stepped (α only if ``update_arch``)."""
+        cfg, dev = self.config, self.device
+        cell_g = sample_gumbel(self.cell_shape, self.gen, dev)
+        fusion_g = [sample_gumbel((n,), self.gen, dev) for n in self.fusion_lens]
+        images = images.to(dev, non_blocking=True)
+        labels = labels.to(dev, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            out, cell_z, fusion_z = self.net(images, tau, cell_g, fusion_g)
+        ce = F.cross_entropy(out.float(), labels, ignore_index=IGNORE_INDEX)
+        lat = self.table.latency(cell_z.float(), [z.float() for z in fusion_z])
+        loss = ce + cfg.beta * torch.log(lat)
+        self.opt_w.zero_grad(set_to_none=True)
+        self.opt_a.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.optim.grad_clip:
+            self.scaler.unscale_(self.opt_w)
+            nn.utils.clip_grad_norm_(self.model.weight_parameters(), cfg.optim.grad_clip)
+        self.scaler.step(self.opt_w)
+        if update_arch:
+            self.scaler.step(self.opt_a)
+        self.scaler.update()
+        return ce, loss, lat
+
+
+def make_optimizers(model: SearchModel, config: SearchConfig, total_steps: int):
+    """(SGD for the weights, Adam for θ and the GGM, cosine lr scheduler for the weights)."""
+    o = config.optim
+    opt_w = torch.optim.SGD(model.weight_parameters(), lr=o.lr_w, momentum=o.momentum, weight_decay=o.wd_w)
+    opt_a = torch.optim.Adam(model.arch_parameters(), lr=o.lr_a, betas=o.betas, weight_decay=o.wd_a)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_w, T_max=max(1, total_steps), eta_min=o.lr_w_min)
+    return opt_w, opt_a, sched
+
+
 # ---------------------------------------------------------------------------------------------
 # data order
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +315,7 @@ class _Progress:
 # ---------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------
-def _resolve_amp(config: SearchConfig, device: torch.device) -> torch.dtype | None:
+def resolve_amp(config: SearchConfig, device: torch.device) -> torch.dtype | None:
     if config.amp == "off":
         return None
     if device.type != "cuda":
@@ -285,10 +336,11 @@ def build_dataset(config: SearchConfig):
     assert res is not None
     crop = config.data.crop or res
     name = config.data.dataset
+    # random scale 0.5–2.0 relative to the search resolution (the deployed input size, e.g. 769x1537
+    # for 1024x2048 Cityscapes frames), flip, crop
     ds = make_dataset(name, config.data.root, "train", crop=crop, augment=True, seed=config.seed,
-                      length=config.data.length,
-                      num_classes=config.space.num_classes if name == "synthetic" else None,
-                      image_size=res if name == "synthetic" else None)
+                      length=config.data.length, resize=res,
+                      num_classes=config.space.num_classes if name == "synthetic" else None)
     if ds.num_classes != config.space.num_classes:
         raise UserError(f"{name} has {ds.num_classes} classes but the search space has "
                         f"num_classes={config.space.num_classes}")
@@ -362,15 +414,12 @@ class SearchRun:
         arch_gen = torch.Generator().manual_seed(cfg.seed + 1)
         model = SearchModel(cfg, arch_gen)
         gumbel_gen = torch.Generator().manual_seed(cfg.seed + 2)
-        amp_dtype = _resolve_amp(cfg, device)
+        amp_dtype = resolve_amp(cfg, device)
         channels_last = device.type == "cuda" if cfg.channels_last == "auto" else cfg.channels_last == "on"
         model.to(device)
         if channels_last:
             model.supernet.to(memory_format=torch.channels_last)
-        o = cfg.optim
-        opt_w = torch.optim.SGD(model.weight_parameters(), lr=o.lr_w, momentum=o.momentum, weight_decay=o.wd_w)
-        opt_a = torch.optim.Adam(model.arch_parameters(), lr=o.lr_a, betas=o.betas, weight_decay=o.wd_a)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_w, T_max=max(1, total_steps), eta_min=o.lr_w_min)
+        opt_w, opt_a, sched = make_optimizers(model, cfg, total_steps)
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
         epoch, start_step, global_step = 0, 0, 0
@@ -400,6 +449,8 @@ class SearchRun:
         if d.enabled:
             net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+        step_fn = SearchStep(model, net, self.table, cfg, opt_w, opt_a, scaler, gumbel_gen, device, amp_dtype,
+                             channels_last)
         if d.main:
             atomic_write_text(self.out / "config.json", json.dumps(
                 {"search": cfg.to_dict(), "lut": self.lut_identity, "dataset": dataset.info.to_dict(),
@@ -410,8 +461,6 @@ class SearchRun:
         progress = _Progress(self.opts.progress and d.main, total_steps, global_step)
         history = _read_jsonl(self.out / "log.jsonl") if d.main else []
         stopped = False
-        cell_shape = (cfg.space.num_cells, cfg.space.num_edges(), len(CELL_PRIMITIVES))
-        fusion_lens = [t.numel() for t in model.arch.fusion_logits()]
 
         def save(ep: int, step_in_epoch: int) -> None:
             if not d.main:
@@ -440,28 +489,8 @@ class SearchRun:
                 step_in_epoch = start_step
                 for images, labels in loader:
                     tau = cfg.temperature.at(global_step, total_steps)
-                    cell_g = sample_gumbel(cell_shape, gumbel_gen, device)
-                    fusion_g = [sample_gumbel((n,), gumbel_gen, device) for n in fusion_lens]
-                    images = images.to(device, non_blocking=True)
-                    labels = labels.to(device, non_blocking=True)
-                    if channels_last:
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                        out, cell_z, fusion_z = net(images, tau, cell_g, fusion_g)
-                    ce = F.cross_entropy(out.float(), labels, ignore_index=IGNORE_INDEX)
-                    lat = self.table.latency(cell_z.float(), [z.float() for z in fusion_z])
-                    loss = ce + cfg.beta * torch.log(lat)
-                    opt_w.zero_grad(set_to_none=True)
-                    opt_a.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if cfg.optim.grad_clip:
-                        scaler.unscale_(opt_w)
-                        nn.utils.clip_grad_norm_(model.weight_parameters(), cfg.optim.grad_clip)
-                    scaler.step(opt_w)
-                    if not arch_frozen:
-                        scaler.step(opt_a)
-                    scaler.update()
                     lr_now = sched.get_last_lr()[0]
+                    ce, loss, lat = step_fn(images, labels, tau, update_arch=not arch_frozen)
                     sched.step()
                     ce_v, loss_v = _all_mean([float(ce.detach()), float(loss.detach())], d, device)
                     lat_v = float(lat.detach())
