@@ -8,7 +8,7 @@ import click
 @click.command("derive")
 @click.argument("checkpoint", metavar="CHECKPOINT")
 @click.option("--out", default=None, metavar="PATH", help="Where to write the genotype. [default: genotype.json next to the run folder of CHECKPOINT]")
-@click.option("--plots", "plots_dir", default=None, metavar="DIR", help="Also draw the α heat maps and the derived architecture here.")
+@click.option("--plots", "plots_dir", default=None, metavar="DIR", help="Also draw the derived cells and fusion cell (architecture.png, fusion_cell.png) here.")
 def derive(checkpoint: str, out: str | None, plots_dir: str | None) -> None:
     """Derive a genotype from a search checkpoint: per edge, the arg-max of the GCN-updated α
     (zero removes the edge). Needs no LUT: the checkpoint holds the latency table."""
