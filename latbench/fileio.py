@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -202,3 +203,21 @@ def read_journal(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(rec, dict):
                 yield rec
+
+
+def truncate_journal(path: str | os.PathLike, keep: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """Rewrite the journal at ``path`` (atomically) with only the records for which ``keep`` is
+    true, e.g. the records up to the step a resumed run restarts from; returns them. A missing
+    journal becomes an empty file. Close any :class:`Journal` open on ``path`` first."""
+    records = [r for r in read_journal(path) if keep(r)]
+    atomic_write_text(path, "".join(json.dumps(r, allow_nan=False, default=str) + "\n" for r in records))
+    return records
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as 64 hex digits (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

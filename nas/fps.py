@@ -42,7 +42,7 @@ from torch import nn
 
 from latbench.device import describe_device, name_matches, software_versions
 from latbench.errors import UserError
-from latbench.fileio import FileLock, atomic_write_text
+from latbench.fileio import FileLock, atomic_write_text, file_sha256
 from latbench.lut import LUT, now_iso, read_lut
 from latbench.space import format_resolution
 from latbench.timing import Measurement, TimingConfig, get_backend, measure
@@ -59,10 +59,6 @@ def genotype_hash(genotype: Genotype) -> str:
     d = genotype.to_dict()
     d.pop("meta", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def slug(text: str) -> str:

@@ -6,7 +6,8 @@ from :mod:`latbench.fileio` (``atomic_write``, ``Journal``).
 
 - :class:`DistContext` / :func:`init_distributed` / :func:`teardown_distributed`: one process per
   device under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` in the environment), NCCL on
-  GPUs and gloo on the CPU; a plain single process otherwise.
+  GPUs and gloo on the CPU; a plain single process otherwise. :func:`all_reduce_sum` and
+  :func:`broadcast_object` move small values between ranks.
 - :func:`capture_rng_state` / :func:`restore_rng_state`: every global generator (Python, NumPy,
   torch CPU, torch CUDA) as tensors and plain values, so a checkpoint holding them loads with
   ``torch.load(weights_only=True)``.
@@ -28,7 +29,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -109,6 +110,16 @@ def teardown_distributed(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
+def all_reduce_sum(values: Sequence[float], ctx: DistContext) -> list[float]:
+    """The element-wise sum of ``values`` over every rank, in float64 (``values`` in a single process)."""
+    if not ctx.distributed:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64,
+                     device=ctx.device if ctx.device.startswith("cuda") else "cpu")
+    dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
 def broadcast_object(obj: Any, ctx: DistContext) -> Any:
     """Rank 0's ``obj`` on every rank (identity in a single process)."""
     if not ctx.distributed:
@@ -144,13 +155,16 @@ def capture_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["gauss"]))
-    torch.set_rng_state(state["torch"])
+    """Inverse of :func:`capture_rng_state`; a generator the state does not name is left alone."""
+    if "python" in state:
+        py = state["python"]
+        random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["gauss"]))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         cuda_states = state["cuda"]
         if len(cuda_states) == torch.cuda.device_count():
@@ -172,13 +186,15 @@ def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[s
     ``weights_only=True``: a file that would need to run code to load is refused, with the reason.
     """
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{what} {p} is a directory; give the .pt file")
     if not p.is_file():
         raise UserError(f"{what} {p} does not exist")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle / zip / weights-only errors all mean "unusable"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load {what} {p} as tensors-only data: {first}") from None
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read {what} {p} as tensors-only data: {first}") from None
     if not isinstance(obj, dict):
         raise UserError(f"{what} {p} holds a {type(obj).__name__}, not a dictionary of tensors")
     return obj
@@ -238,11 +254,13 @@ def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
 # --------------------------------------------------------------------------- progress
 
 @contextlib.contextmanager
-def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Callable[..., None]]:
+def progress_bar(total: int, description: str, enabled: bool = True, *, completed: int = 0,
+                 transient: bool = True) -> Iterator[Callable[..., None]]:
     """``with progress_bar(n, "epoch 1") as advance: advance(1, loss=0.3)``.
 
     Draws a rich progress bar (with the latest keyword values as a status text) only when
     ``enabled`` and stderr is an interactive terminal; otherwise ``advance`` does nothing.
+    ``completed``: steps already done (a resumed run); ``transient``: erase the bar when done.
     """
     from rich.console import Console
 
@@ -255,8 +273,8 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                  console=console, transient=True) as prog:
-        task = prog.add_task(description, total=total, status="")
+                  console=console, transient=transient) as prog:
+        task = prog.add_task(description, total=total, completed=completed, status="")
 
         def advance(n: int = 1, **status: Any) -> None:
             text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -267,7 +285,7 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
 
 
 __all__ = [
-    "DistContext", "EpochSampler", "broadcast_object", "capture_rng_state", "epoch_permutation",
+    "DistContext", "EpochSampler", "all_reduce_sum", "broadcast_object", "capture_rng_state", "epoch_permutation",
     "init_distributed", "load_checkpoint", "progress_bar", "restore_rng_state", "save_checkpoint",
     "seed_everything", "shard_indices", "teardown_distributed",
 ]

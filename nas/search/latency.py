@@ -20,7 +20,6 @@ batch, and names what is missing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any, Sequence
 import torch
 
 from latbench.errors import LUTError, UserError
+from latbench.fileio import file_sha256
 from latbench.lut import LUT, read_lut
 from latbench.space import format_resolution
 from nas.config import SpaceConfig
@@ -38,14 +38,6 @@ from nas.ops import CELL_PRIMITIVES
 from nas.search.config import LUTConfig
 
 SHOW_MISSING = 12
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fmt_rows(rows: Sequence[tuple[str, str]], res: str, limit: int = SHOW_MISSING) -> str:

@@ -19,7 +19,6 @@ configuration and the classes (with colours) its outputs mean.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,14 +35,6 @@ from nas.runtime import load_checkpoint
 
 FORMAT = "lgcnet-checkpoint"
 VERSION = 1
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def labels_to_dict(spec: LabelSpec) -> dict[str, Any]:
@@ -232,6 +223,6 @@ def load_init_weights(model: nn.Module, path: str | os.PathLike) -> MatchReport:
 
 
 __all__ = ["FORMAT", "VERSION", "MatchReport", "ModelCheckpoint", "architecture_differences",
-           "build_model", "check_same_architecture", "file_sha256",
+           "build_model", "check_same_architecture",
            "labels_from_dict", "labels_to_dict", "load_exact", "load_init_weights", "match_state",
            "read_checkpoint"]

@@ -36,12 +36,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from latbench.errors import UserError
+from latbench.fileio import file_sha256
 from nas.data import make_dataset
 from nas.data.base import SegDataset
 from nas.metrics import ConfusionMatrix
 from nas.report import MiouRecord
 from nas.runtime import DistContext, progress_bar, shard_indices
-from nas.train.checkpoint import ModelCheckpoint, file_sha256
+from nas.train.checkpoint import ModelCheckpoint
 
 SYNTHETIC_SIZE = (64, 128)
 

@@ -40,17 +40,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from latbench.errors import UserError
-from latbench.fileio import Journal
+from latbench.fileio import Journal, file_sha256, read_journal, truncate_journal
 from nas.data import make_dataset
 from nas.data.base import SegDataset
 from nas.genotype import Genotype
 from nas.losses import OhemCrossEntropy
 from nas.network import LGCNet
-from nas.runtime import (DistContext, EpochSampler, capture_rng_state, init_distributed,
-                         progress_bar, restore_rng_state, save_checkpoint, seed_everything,
-                         teardown_distributed)
+from nas.runtime import (DistContext, EpochSampler, all_reduce_sum, capture_rng_state,
+                         init_distributed, progress_bar, restore_rng_state, save_checkpoint,
+                         seed_everything, teardown_distributed)
 from nas.train.checkpoint import (FORMAT, VERSION, MatchReport, check_same_architecture,
-                                  file_sha256, labels_to_dict, load_exact, load_init_weights)
+                                  labels_to_dict, load_exact, load_init_weights)
 from nas.train.evaluate import DataSource, eval_dataset, evaluate_split
 
 DEFAULT_CROP = {"cityscapes": (768, 768), "camvid": (360, 480), "synthetic": (64, 64)}
@@ -264,13 +264,8 @@ class _Run:
         self.ctx.barrier()
 
     def _global_loss(self) -> tuple[float, int]:
-        t = torch.tensor([self.progress.loss_sum, float(self.progress.loss_count)], dtype=torch.float64)
-        if self.ctx.distributed:
-            import torch.distributed as dist
-            t = t.to(self.device)
-            dist.all_reduce(t)
-            t = t.cpu()
-        return float(t[0]), int(t[1])
+        loss_sum, count = all_reduce_sum([self.progress.loss_sum, self.progress.loss_count], self.ctx)
+        return loss_sum, int(count)
 
     def _resume(self, path: Path) -> None:
         from nas.train.checkpoint import read_checkpoint
@@ -339,14 +334,10 @@ class _Run:
 
     def _trim_log(self, journal: Journal) -> Journal:
         """Drop epoch records past the checkpoint (written just before a kill); reopen the log."""
-        from latbench.fileio import atomic_write_text, read_journal
-
-        path = journal.path
         journal.close()
         done = self.progress.epoch
-        keep = [r for r in read_journal(path) if not (r.get("event") == "epoch" and r.get("epoch", 0) > done)]
-        atomic_write_text(path, "".join(json.dumps(r, allow_nan=False, default=str) + "\n" for r in keep))
-        return Journal(path)
+        truncate_journal(journal.path, lambda r: not (r.get("event") == "epoch" and r.get("epoch", 0) > done))
+        return Journal(journal.path)
 
     def _record(self, journal: Journal | None, rec: dict[str, Any]) -> None:
         if journal is not None:
@@ -451,8 +442,6 @@ class _Run:
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
     """The records of a run's ``log.jsonl``."""
-    from latbench.fileio import read_journal
-
     return list(read_journal(path))
 
 
