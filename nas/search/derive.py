@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from latbench.errors import UserError
+from nas import runtime
 from nas.cell import cell_edges
 from nas.config import SpaceConfig
 from nas.genotype import Architecture, Genotype
@@ -90,20 +91,13 @@ def make_genotype(arch: Architecture, config: SpaceConfig, *, search: dict[str, 
     return Genotype(arch=arch, config=config, meta=meta)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A search checkpoint, loaded as data (``weights_only=True``), format-checked."""
-    p = os.fspath(path)
-    if not os.path.exists(p):
-        raise UserError(f"checkpoint {p} does not exist")
-    if os.path.isdir(p):
-        raise UserError(f"checkpoint {p} is a directory; give the .pt file (e.g. RUN/checkpoints/last.pt)")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input problem
-        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read checkpoint {p}: {msg}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{p} is not an LGCNet search checkpoint (no \"format\": \"{CHECKPOINT_FORMAT}\")")
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A search checkpoint (:func:`nas.runtime.load_checkpoint`: on the CPU, tensors only),
+    format-checked."""
+    ckpt = runtime.load_checkpoint(path, "checkpoint")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{os.fspath(path)} is not an LGCNet search checkpoint "
+                        f"(no \"format\": \"{CHECKPOINT_FORMAT}\")")
     return ckpt
 
 

@@ -15,36 +15,42 @@ GGM together; NCCL on GPUs, gloo on CPU processes); ``batch_size`` is the global
 
 **Exact resume.** A checkpoint (``OUT/checkpoints/last.pt``, written atomically at the end of every
 epoch, every ``checkpoint_every`` steps and when a run is stopped) holds the supernet, θ, the GGM,
-both optimisers, the lr scheduler, the gradient scaler, the Gumbel generator, torch's RNG states,
-the epoch / step position and the running epoch statistics. Data order is a pure function of
-(seed, epoch) and augmentation of (seed, epoch, index) (:mod:`nas.data`), so a resumed run skips
-exactly the batches already seen and reproduces the uninterrupted run bit for bit (same device,
-same thread count). Logs are truncated to the checkpoint's position on resume.
+both optimisers, the lr scheduler, the gradient scaler, the Gumbel generator, every global RNG
+(:func:`nas.runtime.capture_rng_state`), the epoch / step position and the running epoch
+statistics. Data order is a pure function of (seed, epoch) (:class:`nas.runtime.EpochSampler`, the
+same sampler as ``nas train``) and augmentation of (seed, epoch, index) (:mod:`nas.data`), so a
+resumed run skips exactly the batches already seen and reproduces the uninterrupted run bit for bit
+(same device, same thread count). The JSON-lines logs (:class:`latbench.fileio.Journal`) are
+truncated to the checkpoint's position on resume.
+
+Processes, checkpoint files, RNG capture, data order and the progress bar are :mod:`nas.runtime`'s,
+shared with ``nas train``; what is the search's own is here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from latbench.errors import UserError
-from latbench.fileio import FileLock, atomic_write, atomic_write_text
+from latbench.fileio import FileLock, Journal, atomic_write_text, read_journal, truncate_journal
 from nas.data.palette import IGNORE_INDEX
 from nas.network import ArchWeights, LGCNet
 from nas.ops import CELL_PRIMITIVES
+from nas.runtime import (DistContext, EpochSampler, all_reduce_sum, capture_rng_state, init_distributed,
+                         progress_bar, restore_rng_state, save_checkpoint, seed_everything,
+                         teardown_distributed)
 from nas.search.arch_params import ArchParams, entropy, gumbel_softmax, sample_gumbel
 from nas.search.config import SearchConfig
 from nas.search.derive import (CHECKPOINT_FORMAT, arch_probabilities, derive_architecture, load_checkpoint,
@@ -52,7 +58,7 @@ from nas.search.derive import (CHECKPOINT_FORMAT, arch_probabilities, derive_arc
 from nas.search.ggm import GGM
 from nas.search.latency import LatencyTable, load_latency_table
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: every RNG under "rng" (nas.runtime.capture_rng_state); 1: "torch_rng"/"cuda_rng"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,157 +168,6 @@ def make_optimizers(model: SearchModel, config: SearchConfig, total_steps: int):
 
 
 # ---------------------------------------------------------------------------------------------
-# data order
-# ---------------------------------------------------------------------------------------------
-def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
-    """The order of the ``n`` training items in ``epoch`` (a pure function of seed and epoch)."""
-    state = np.random.SeedSequence([int(seed), int(epoch), 0x5EA4C]).generate_state(2)
-    g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-    return torch.randperm(n, generator=g).tolist()
-
-
-class EpochBatches(torch.utils.data.Sampler):
-    """This process's batches of ``(epoch, index)`` keys for one epoch, from step ``start``.
-
-    Global batch ``b`` of the epoch is ``perm[b·B:(b+1)·B]``; process ``r`` of ``W`` takes its
-    ``r``-th slice of ``B/W`` items. The last incomplete global batch is dropped.
-    """
-
-    def __init__(self, n: int, global_batch: int, rank: int, world: int, seed: int, epoch: int, start: int = 0):
-        self.n, self.gb, self.rank, self.world = n, global_batch, rank, world
-        self.seed, self.epoch, self.start = seed, epoch, start
-        self.local = global_batch // world
-
-    def steps(self) -> int:
-        return self.n // self.gb
-
-    def __len__(self) -> int:
-        return max(0, self.steps() - self.start)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        perm = epoch_permutation(self.n, self.seed, self.epoch)
-        for b in range(self.start, self.steps()):
-            chunk = perm[b * self.gb:(b + 1) * self.gb]
-            mine = chunk[self.rank * self.local:(self.rank + 1) * self.local]
-            yield [(self.epoch, i) for i in mine]
-
-
-# ---------------------------------------------------------------------------------------------
-# distributed helpers
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def init_distributed(device_hint: str | None) -> tuple[Dist, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_hint:
-        device = torch.device(device_hint)
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {device_hint} asked for CUDA, but no GPU is available")
-        if device.index is None:
-            device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world, local), device
-
-
-def _all_mean(values: list[float], d: Dist, device: torch.device) -> list[float]:
-    if not d.enabled:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
-    dist.all_reduce(t)
-    return (t / d.world).tolist()
-
-
-def _barrier(d: Dist) -> None:
-    if d.enabled:
-        dist.barrier()
-
-
-# ---------------------------------------------------------------------------------------------
-# logs
-# ---------------------------------------------------------------------------------------------
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue  # a line torn by a kill
-    return out
-
-
-def _truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
-    recs = [r for r in _read_jsonl(path) if keep(r)]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in recs))
-
-
-class _JsonlAppender:
-    def __init__(self, path: Path):
-        self.fh = open(path, "a", encoding="utf-8")
-
-    def write(self, rec: dict[str, Any]) -> None:
-        self.fh.write(json.dumps(rec, allow_nan=True) + "\n")
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-class _Progress:
-    """A rich progress bar (stderr) with loss, expected latency and temperature."""
-
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.p = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        self.p = Progress(TextColumn("[bold]search[/] ep {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), TimeRemainingColumn(),
-                          TextColumn("loss {task.fields[loss]}  CE {task.fields[ce]}  LAT {task.fields[lat]} µs  "
-                                     "λ {task.fields[tau]}"),
-                          console=Console(stderr=True), transient=False)
-        self.p.start()
-        self.task = self.p.add_task("search", total=total, completed=done, epoch="-", loss="-", ce="-", lat="-", tau="-")
-
-    def update(self, **fields: Any) -> None:
-        if self.p is not None:
-            self.p.update(self.task, advance=1, **fields)
-
-    def close(self) -> None:
-        if self.p is not None:
-            self.p.stop()
-            self.p = None
-
-
-# ---------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------
 def resolve_amp(config: SearchConfig, device: torch.device) -> torch.dtype | None:
@@ -374,43 +229,43 @@ class SearchRun:
             self.config = self.config.replace(lut=dataclasses.replace(self.config.lut, resolution=res))
 
     def run(self) -> SearchResult:
-        d, device = init_distributed(self.opts.device)
+        d = init_distributed(self.opts.device)
         lock = None
         try:
-            if d.main:
+            if d.is_main:
                 self.out.mkdir(parents=True, exist_ok=True)
                 lock = FileLock(self.out / ".search.lock", purpose="a search")
                 lock.acquire()
-            return self._run(d, device)
+            return self._run(d)
         finally:
             if lock is not None:
                 lock.release()
-            if d.enabled and dist.is_initialized():
-                dist.destroy_process_group()
+            teardown_distributed(d)
 
-    def _run(self, d: Dist, device: torch.device) -> SearchResult:
-        cfg = self.config
+    def _run(self, d: DistContext) -> SearchResult:
+        device = torch.device(d.device)
         resume_ckpt = None
         if self.opts.resume:
             if not self.ckpt_path.exists():
                 raise UserError(f"--resume: no checkpoint at {self.ckpt_path}")
-            resume_ckpt = load_checkpoint(self.ckpt_path, map_location="cpu")
-        elif d.main and self.ckpt_path.exists():
+            resume_ckpt = load_checkpoint(self.ckpt_path)
+        elif d.is_main and self.ckpt_path.exists():
             raise UserError(f"{self.out} already holds a search ({self.ckpt_path}); pass --resume to continue "
                             f"it or choose another --out")
         self._prepare_tables(resume_ckpt)
         cfg = self.config
         assert self.table is not None
-        if cfg.batch_size % d.world:
-            raise UserError(f"batch size {cfg.batch_size} does not split evenly over {d.world} processes")
+        if cfg.batch_size % d.world_size:
+            raise UserError(f"batch size {cfg.batch_size} does not split evenly over {d.world_size} processes")
+        rank_batch = cfg.batch_size // d.world_size
         dataset = build_dataset(cfg)
-        steps_per_epoch = len(dataset) // cfg.batch_size
+        steps_per_epoch = EpochSampler.steps_per_epoch(len(dataset), rank_batch, d.world_size)
         if steps_per_epoch < 1:
             raise UserError(f"the training set has {len(dataset)} items, fewer than one batch of {cfg.batch_size}")
         total_steps = steps_per_epoch * cfg.epochs
 
         # model, optimisers (seeded: the same on every process)
-        torch.manual_seed(cfg.seed)
+        seed_everything(cfg.seed)
         arch_gen = torch.Generator().manual_seed(cfg.seed + 1)
         model = SearchModel(cfg, arch_gen)
         gumbel_gen = torch.Generator().manual_seed(cfg.seed + 2)
@@ -433,37 +288,32 @@ class SearchRun:
             sched.load_state_dict(resume_ckpt["sched_w"])
             scaler.load_state_dict(resume_ckpt["scaler"])
             gumbel_gen.set_state(resume_ckpt["gumbel_rng"])
-            torch.set_rng_state(resume_ckpt["torch_rng"])
-            if device.type == "cuda" and resume_ckpt.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(resume_ckpt["cuda_rng"], device)
+            restore_rng_state(resume_ckpt["rng"] if "rng" in resume_ckpt else {"torch": resume_ckpt["torch_rng"]})
             epoch = int(resume_ckpt["epoch"])
             start_step = int(resume_ckpt["step_in_epoch"])
             global_step = int(resume_ckpt["global_step"])
             acc = dict(resume_ckpt["acc"])
-            if d.main:
-                _truncate_jsonl(self.out / "steps.jsonl", lambda r: int(r.get("step", 0)) <= global_step)
-                _truncate_jsonl(self.out / "log.jsonl", lambda r: int(r.get("epoch", 0)) <= epoch)
+            if d.is_main:
+                truncate_journal(self.out / "steps.jsonl", lambda r: int(r.get("step", 0)) <= global_step)
+                truncate_journal(self.out / "log.jsonl", lambda r: int(r.get("epoch", 0)) <= epoch)
                 self._log(f"resuming {self.out} at epoch {epoch + 1}, step {start_step} of {steps_per_epoch} "
                           f"(global step {global_step})")
         net: nn.Module = model
-        if d.enabled:
+        if d.distributed:
             net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
         step_fn = SearchStep(model, net, self.table, cfg, opt_w, opt_a, scaler, gumbel_gen, device, amp_dtype,
                              channels_last)
-        if d.main:
+        if d.is_main:
             atomic_write_text(self.out / "config.json", json.dumps(
                 {"search": cfg.to_dict(), "lut": self.lut_identity, "dataset": dataset.info.to_dict(),
-                 "world_size": d.world, "device": str(device), "amp": str(amp_dtype) if amp_dtype else "off",
+                 "world_size": d.world_size, "device": str(device), "amp": str(amp_dtype) if amp_dtype else "off",
                  "channels_last": channels_last}, indent=2) + "\n")
-        steps_log = _JsonlAppender(self.out / "steps.jsonl") if d.main else None
-        epoch_log = _JsonlAppender(self.out / "log.jsonl") if d.main else None
-        progress = _Progress(self.opts.progress and d.main, total_steps, global_step)
-        history = _read_jsonl(self.out / "log.jsonl") if d.main else []
+        history = list(read_journal(self.out / "log.jsonl")) if d.is_main else []
         stopped = False
 
         def save(ep: int, step_in_epoch: int) -> None:
-            if not d.main:
+            if not d.is_main:
                 return
             state = {
                 "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
@@ -471,18 +321,22 @@ class SearchRun:
                 "dataset": dataset.info.to_dict(),
                 "model": model.supernet.state_dict(), "arch": model.arch.state_dict(), "ggm": model.ggm.state_dict(),
                 "opt_w": opt_w.state_dict(), "opt_a": opt_a.state_dict(), "sched_w": sched.state_dict(),
-                "scaler": scaler.state_dict(), "gumbel_rng": gumbel_gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "scaler": scaler.state_dict(), "gumbel_rng": gumbel_gen.get_state(), "rng": capture_rng_state(),
                 "epoch": ep, "step_in_epoch": step_in_epoch, "global_step": global_step,
                 "steps_per_epoch": steps_per_epoch, "acc": dict(acc),
             }
-            atomic_write(self.ckpt_path, lambda tmp: torch.save(state, tmp))
+            save_checkpoint(self.ckpt_path, state)
 
-        try:
+        with contextlib.ExitStack() as stack:
+            steps_log = stack.enter_context(Journal(self.out / "steps.jsonl")) if d.is_main else None
+            epoch_log = stack.enter_context(Journal(self.out / "log.jsonl")) if d.is_main else None
+            advance = stack.enter_context(progress_bar(total_steps, "search", self.opts.progress and d.is_main,
+                                                       completed=global_step, transient=False))
             while epoch < cfg.epochs and not stopped:
-                sampler = EpochBatches(len(dataset), cfg.batch_size, d.rank, d.world, cfg.seed, epoch, start_step)
-                loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=self.opts.workers,
+                sampler = EpochSampler(len(dataset), rank_batch, seed=cfg.seed, epoch=epoch, rank=d.rank,
+                                       world_size=d.world_size, start_step=start_step)
+                loader = torch.utils.data.DataLoader(dataset, batch_size=rank_batch, sampler=sampler,
+                                                     num_workers=self.opts.workers,
                                                      pin_memory=device.type == "cuda")
                 arch_frozen = epoch < cfg.optim.arch_warmup_epochs
                 t0 = time.perf_counter()
@@ -492,7 +346,8 @@ class SearchRun:
                     lr_now = sched.get_last_lr()[0]
                     ce, loss, lat = step_fn(images, labels, tau, update_arch=not arch_frozen)
                     sched.step()
-                    ce_v, loss_v = _all_mean([float(ce.detach()), float(loss.detach())], d, device)
+                    ce_v, loss_v = [v / d.world_size for v in  # mean over processes
+                                    all_reduce_sum([float(ce.detach()), float(loss.detach())], d)]
                     lat_v = float(lat.detach())
                     if not (math.isfinite(ce_v) and math.isfinite(loss_v)):
                         raise UserError(f"the loss became {loss_v} at step {global_step}: lower the learning rates "
@@ -505,10 +360,9 @@ class SearchRun:
                     global_step += 1
                     step_in_epoch += 1
                     if steps_log is not None:
-                        steps_log.write({"step": global_step, "epoch": epoch + 1, "ce": ce_v, "loss": loss_v,
-                                         "latency_us": lat_v, "tau": tau, "lr_w": lr_now})
-                    progress.update(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_v:.3f}", ce=f"{ce_v:.3f}",
-                                    lat=f"{lat_v:.1f}", tau=f"{tau:.3f}")
+                        steps_log.append({"step": global_step, "epoch": epoch + 1, "ce": ce_v, "loss": loss_v,
+                                          "latency_us": lat_v, "tau": tau, "lr_w": lr_now})
+                    advance(1, epoch=f"{epoch + 1}/{cfg.epochs}", loss=loss_v, CE=ce_v, LAT_us=lat_v, tau=tau)
                     if self.opts.stop_after_steps is not None and global_step >= self.opts.stop_after_steps:
                         stopped = True
                     elif cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 \
@@ -523,22 +377,17 @@ class SearchRun:
                 rec = self._epoch_record(model, epoch, acc, global_step, total_steps, opt_w)
                 history.append(rec)
                 if epoch_log is not None:
-                    epoch_log.write(rec)
+                    epoch_log.append(rec)
                 epoch += 1
                 start_step = 0
                 acc = _new_acc()
                 save(epoch, 0)
-                _barrier(d)
-        finally:
-            progress.close()
-            for lg in (steps_log, epoch_log):
-                if lg is not None:
-                    lg.close()
+                d.barrier()
 
-        _barrier(d)
+        d.barrier()
         finished = epoch >= cfg.epochs
         geno_path = None
-        if d.main and finished:
+        if d.is_main and finished:
             geno_path = self._finish(model, dataset, history, global_step)
         return SearchResult(self.out, geno_path, self.ckpt_path, global_step, epoch, finished, history)
 
@@ -590,7 +439,7 @@ class SearchRun:
             from nas.search.plots import make_all_plots
 
             make_all_plots(self.out / "plots", cfg.space, theta, fusion, arch, history,
-                           _read_jsonl(self.out / "steps.jsonl"), title=f"β={cfg.beta:g}")
+                           list(read_journal(self.out / "steps.jsonl")), title=f"β={cfg.beta:g}")
         return path
 
 
