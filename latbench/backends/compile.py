@@ -1,0 +1,160 @@
+"""The ``compile`` backend: ``torch.compile`` (Inductor), timed with latbench's protocol.
+
+``prepare`` compiles the module for the exact input shapes (``dynamic=False``), runs it until
+compilation is over and reports the compilation time separately (``info["compile_s"]``), never
+inside a sample. Then:
+
+- on a GPU, modes without Inductor's own CUDA graphs (``default``, ``max-autotune-no-cudagraphs``)
+  are captured as CUDA-graph replays by latbench's ``cudagraph`` machinery (several calls per
+  graph, CUDA events), exactly as eager ops are; modes that use Inductor's CUDA-graph trees
+  (``reduce-overhead``, ``max-autotune``) are timed as launched, with CUDA events — capturing
+  Inductor's graphs inside another graph is not supported by torch;
+- on the CPU, timed by wall clock like the ``cpu`` backend.
+
+Dynamo caches compiled code per Python frame and, past its recompile limit, silently runs the
+frame eagerly. A LUT build compiles hundreds of modules of a few classes, so ``prepare`` resets
+Dynamo first and checks afterwards that a graph really was compiled; a module that did not compile
+is a failed measurement, never an eager number under the ``compile`` name. Consequence: keep one
+prepared object of this backend alive at a time (preparing another resets Dynamo's caches).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+
+from latbench.errors import UserError
+from latbench.timing.config import TimingConfig
+from latbench.timing.precision import DTYPES, convert
+
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: Modes in which Inductor captures CUDA graphs itself.
+INDUCTOR_CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    mode: str = "default"
+    fullgraph: bool = False
+    dynamic: bool = False
+    backend: str = "inductor"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UserError(f"unknown torch.compile mode {self.mode!r}; choose one of {', '.join(MODES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _graph_count() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def compile_module(module: torch.nn.Module, inputs: Sequence[torch.Tensor], settings: CompileSettings,
+                   contexts: Sequence[Any] = ()) -> tuple[Any, dict[str, Any]]:
+    """``torch.compile`` ``module`` and run it until compiled under each grad-mode context in
+    ``contexts`` (those the timing will use). Returns the compiled callable and facts about it;
+    raises RuntimeError if Dynamo compiled nothing (it would otherwise run eagerly)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    before = _graph_count()
+    compiled = torch.compile(module, mode=settings.mode, fullgraph=settings.fullgraph,
+                             dynamic=settings.dynamic, backend=settings.backend)
+    contexts = list(contexts) or [torch.inference_mode]
+    sync = torch.cuda.synchronize if any(t.is_cuda for t in inputs) else (lambda: None)
+    t0 = time.perf_counter()
+    for ctx in contexts:
+        with ctx():
+            compiled(*inputs)
+    sync()
+    compile_s = time.perf_counter() - t0
+    graphs = _graph_count() - before
+    if graphs < 1:
+        raise RuntimeError("torch.compile produced no graph for this module (Dynamo would run it eagerly)")
+    # A second round: Inductor's cudagraph trees record on the first runs; nothing may compile now.
+    for ctx in contexts:
+        with ctx():
+            compiled(*inputs)
+    sync()
+    recompiles = _graph_count() - before - graphs
+    return compiled, {"compile_s": round(compile_s, 3), "compiled_graphs": graphs,
+                      "recompiles_after_warmup": recompiles}
+
+
+class CompileBackend:
+    """``get_backend("compile", device="cpu"|"cuda:N", precision=..., threads=N, mode="default")``."""
+
+    name = "compile"
+
+    def __init__(self, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
+                 mode: str = "default", fullgraph: bool = False) -> None:
+        if precision not in DTYPES:
+            raise UserError(f"unknown precision {precision!r}; expected one of {', '.join(DTYPES)}")
+        dev = str(device or "cpu").lower()
+        if dev != "cpu":
+            from latbench.device import resolve_device
+
+            dev = resolve_device(dev)
+            if not dev.startswith("cuda"):
+                raise UserError(f"timing backend 'compile' runs on cpu or cuda:N, not {device!r}")
+        self.device = dev
+        self.precision = precision
+        self.threads = threads
+        self.settings = CompileSettings(mode=mode, fullgraph=bool(fullgraph))
+        if dev.startswith("cuda"):
+            torch.backends.cudnn.benchmark = True
+
+    @property
+    def graph_timing(self) -> str:
+        if self.device == "cpu":
+            return "wall clock"
+        if self.settings.mode in INDUCTOR_CUDAGRAPH_MODES:
+            return "inductor cudagraph trees, cuda events"
+        return "latbench cuda graph replays, cuda events"
+
+    def prepare(self, module: Any, inputs: Sequence[torch.Tensor], config: TimingConfig):
+        module, inputs = convert(module, inputs, self.device, self.precision)
+        if self.device == "cpu":
+            from latbench.timing.cpu import CpuPrepared
+
+            threads = config.threads or self.threads
+            prev = torch.get_num_threads()
+            if threads:
+                torch.set_num_threads(threads)  # compile with the thread count it will run with
+            try:
+                fn, facts = compile_module(module, inputs, self.settings, [torch.inference_mode])
+            finally:
+                torch.set_num_threads(prev)
+            prepared = CpuPrepared(fn, inputs, threads)
+        else:
+            from latbench.timing.cuda import CudaGraphPrepared, EagerPrepared
+
+            dev = torch.device(self.device)
+            with torch.cuda.device(dev):
+                # latbench's CUDA timers warm up under inference_mode and capture under no_grad.
+                fn, facts = compile_module(module, inputs, self.settings, [torch.inference_mode, torch.no_grad])
+            cls = EagerPrepared if self.settings.mode in INDUCTOR_CUDAGRAPH_MODES else CudaGraphPrepared
+            prepared = cls(fn, inputs, dev, config)
+        prepared.info.update(facts)
+        prepared.info.update({"compile_mode": self.settings.mode, "graph_timing": self.graph_timing})
+        return prepared
+
+    def describe(self) -> dict[str, Any]:
+        import torch._inductor.config as inductor_config
+
+        return {
+            "backend": self.name, "device": self.device, "precision": self.precision,
+            "torch": torch.__version__, "compile": self.settings.to_dict(),
+            "timing": self.graph_timing,
+            "threads": (self.threads or torch.get_num_threads()) if self.device == "cpu" else None,
+            "inductor": {"max_autotune": bool(getattr(inductor_config, "max_autotune", False)),
+                         "freezing": bool(getattr(inductor_config, "freezing", False))},
+            "compile_time": "reported per entry in info['compile_s'], never inside a sample",
+        }

@@ -1,0 +1,296 @@
+"""The ``ort`` backend: ONNX Runtime, timed with latbench's protocol.
+
+``prepare`` exports the module to ONNX (:mod:`latbench.onnx_export`, cached), opens an
+``InferenceSession`` with explicit session options and binds inputs and outputs once with I/O
+binding, so that a timed call is ``session.run_with_iobinding`` and nothing else:
+
+- ``device="cpu"``: CPU execution provider; inputs and outputs are ``OrtValue`` buffers allocated
+  once; timed by wall clock (``perf_counter_ns``) around back-to-back runs.
+- ``device="cuda:N"``: CUDA execution provider (needs ``onnxruntime-gpu``). Inputs and outputs
+  are torch CUDA tensors bound by pointer (no host copy in the timed region); ONNX Runtime runs
+  on a non-default torch stream passed as ``user_compute_stream``, timed with CUDA events on that
+  stream. ``cuda_graph=True`` turns on ONNX Runtime's own CUDA-graph capture/replay.
+
+The session is checked to really use the requested provider: ONNX Runtime silently assigns work
+to the CPU provider when the CUDA one fails to load; here that is an error, not a fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from latbench.backends import INSTALL_HINTS
+from latbench.errors import UserError
+from latbench.onnx_export import DEFAULT_OPSET, ExportedModel, ExportSettings, export_onnx, resolve_cache_dir
+from latbench.timing.config import TimingConfig
+
+GRAPH_LEVELS = ("disable", "basic", "extended", "all")
+_NP_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("ONNX Runtime is not installed: pip install onnxruntime (CPU) or "
+                        + INSTALL_HINTS["onnxruntime-gpu"]) from None
+    return onnxruntime
+
+
+def _available_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class OrtSessionSettings:
+    """The session options that shape a timing (all recorded in the LUT metadata)."""
+
+    intra_op_threads: int
+    inter_op_threads: int = 1
+    graph_optimization: str = "all"
+    execution_mode: str = "sequential"
+    cuda_graph: bool = False
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization not in GRAPH_LEVELS:
+            raise UserError(f"unknown ONNX Runtime graph optimisation level {self.graph_optimization!r}; "
+                            f"choose one of {', '.join(GRAPH_LEVELS)}")
+        if self.intra_op_threads < 1 or self.inter_op_threads < 1:
+            raise UserError("ONNX Runtime thread counts must be >= 1")
+
+    def session_options(self):
+        ort = _ort()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.intra_op_threads
+        so.inter_op_num_threads = self.inter_op_threads
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL if self.execution_mode == "sequential" \
+            else ort.ExecutionMode.ORT_PARALLEL
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.graph_optimization]
+        so.log_severity_level = 3
+        return so
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def open_session(path: str | os.PathLike, device: str, settings: OrtSessionSettings, stream: Any = None):
+    """An ``InferenceSession`` on ``device``'s provider; UserError if that provider is not used."""
+    ort = _ort()
+    if device == "cpu":
+        providers: list[Any] = ["CPUExecutionProvider"]
+        want = "CPUExecutionProvider"
+    else:
+        index = torch.device(device).index or 0
+        opts = {"device_id": str(index), "cudnn_conv_algo_search": settings.cudnn_conv_algo_search,
+                "enable_cuda_graph": "1" if settings.cuda_graph else "0"}
+        if stream is not None:
+            opts.update({"has_user_compute_stream": "1", "user_compute_stream": str(stream.cuda_stream)})
+        # The CPU provider stays listed for the few nodes the CUDA provider has no kernel for
+        # (shape arithmetic); which nodes ran where is ONNX Runtime's documented assignment.
+        providers = [("CUDAExecutionProvider", opts), "CPUExecutionProvider"]
+        want = "CUDAExecutionProvider"
+    session = ort.InferenceSession(str(path), settings.session_options(), providers=providers)
+    if want not in session.get_providers():
+        raise UserError(f"ONNX Runtime did not start its {want} (session uses {session.get_providers()}); "
+                        f"{INSTALL_HINTS['onnxruntime-gpu']}")
+    return session
+
+
+class OrtCpuPrepared:
+    """Wall-clock timing of ``run_with_iobinding`` with inputs/outputs bound once on the host."""
+
+    granularity = 1
+    clock = None
+
+    def __init__(self, session, exported: ExportedModel, inputs: Sequence[torch.Tensor], precision: str) -> None:
+        ort = _ort()
+        self._session = session
+        self._binding = session.io_binding()
+        dtype = _NP_DTYPES[precision]
+        self._arrays = [np.ascontiguousarray(t.detach().cpu().numpy().astype(dtype) if t.is_floating_point()
+                                             else t.detach().cpu().numpy()) for t in inputs]
+        for name, arr in zip(exported.input_names, self._arrays):
+            self._binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr))
+        self._outputs = []
+        for name, shape in zip(exported.output_names, exported.output_shapes):
+            out = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, "cpu", 0)
+            self._binding.bind_ortvalue_output(name, out)
+            self._outputs.append(out)
+        self._run_options = ort.RunOptions()
+        self.info: dict[str, Any] = {}
+
+    def run(self) -> None:
+        self._session.run_with_iobinding(self._binding, self._run_options)
+
+    def time(self, calls: int) -> float:
+        run, binding, opts = self._session.run_with_iobinding, self._binding, self._run_options
+        t0 = time.perf_counter_ns()
+        for _ in range(calls):
+            run(binding, opts)
+        t1 = time.perf_counter_ns()
+        return (t1 - t0) * 1e-9
+
+    def outputs(self) -> list[np.ndarray]:
+        """The bound outputs after the last run (copies), e.g. to compare with PyTorch."""
+        return [np.array(o.numpy()) for o in self._outputs]
+
+    def close(self) -> None:
+        self._binding = None
+        self._session = None
+        self._outputs = []
+        self._arrays = []
+
+
+class OrtCudaPrepared:
+    """CUDA-event timing of ``run_with_iobinding`` on a non-default torch stream; inputs and
+    outputs are torch CUDA tensors bound by pointer."""
+
+    granularity = 1
+
+    def __init__(self, path, exported: ExportedModel, inputs: Sequence[torch.Tensor], device: str,
+                 precision: str, settings: OrtSessionSettings) -> None:
+        from latbench.timing.clock import ClockMonitor
+
+        self._dev = torch.device(device)
+        self._stream = torch.cuda.Stream(self._dev)
+        self._session = open_session(path, device, settings, stream=self._stream)
+        tdt, ndt = _TORCH_DTYPES[precision], _NP_DTYPES[precision]
+        self._inputs = [t.detach().to(self._dev, dtype=tdt if t.is_floating_point() else t.dtype).contiguous()
+                        for t in inputs]
+        self._outputs = [torch.empty(s, device=self._dev, dtype=tdt) for s in exported.output_shapes]
+        torch.cuda.synchronize(self._dev)
+        b = self._session.io_binding()
+        index = self._dev.index or 0
+        for name, t in zip(exported.input_names, self._inputs):
+            b.bind_input(name, "cuda", index, ndt if t.is_floating_point() else np.int64, list(t.shape), t.data_ptr())
+        for name, t in zip(exported.output_names, self._outputs):
+            b.bind_output(name, "cuda", index, ndt, list(t.shape), t.data_ptr())
+        self._binding = b
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+        self.clock = ClockMonitor.for_device(index)
+        self.info: dict[str, Any] = {"providers": self._session.get_providers()}
+
+    def run(self) -> None:
+        self._session.run_with_iobinding(self._binding)
+
+    def time(self, calls: int) -> float:
+        run, b = self._session.run_with_iobinding, self._binding
+        self._start.record(self._stream)
+        for _ in range(calls):
+            run(b)
+        self._end.record(self._stream)
+        self._end.synchronize()
+        return self._start.elapsed_time(self._end) * 1e-3
+
+    def enqueue_time(self, calls: int) -> float:
+        self._stream.synchronize()
+        run, b = self._session.run_with_iobinding, self._binding
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            run(b)
+        t1 = time.perf_counter()
+        self._stream.synchronize()
+        return t1 - t0
+
+    def outputs(self) -> list[np.ndarray]:
+        self._stream.synchronize()
+        return [t.float().cpu().numpy() for t in self._outputs]
+
+    def close(self) -> None:
+        try:
+            self._stream.synchronize()
+        except Exception:
+            pass
+        self._binding = None
+        self._session = None
+        self._inputs, self._outputs = [], []
+
+
+class OrtBackend:
+    """``get_backend("ort", device="cpu"|"cuda:N", precision="fp32"|"fp16", threads=N, ...)``.
+
+    Options beyond the registry's common three: ``cache_dir`` (a cache root; ONNX files go to
+    ``<cache_dir>/onnx``), ``graph_optimization`` (disable | basic | extended | all),
+    ``inter_op_threads``, ``cuda_graph`` (ONNX Runtime's CUDA graphs, CUDA only), ``opset``,
+    ``exporter`` (dynamo | torchscript).
+    """
+
+    name = "ort"
+
+    def __init__(self, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
+                 cache_dir: str | os.PathLike | None = None, graph_optimization: str = "all",
+                 inter_op_threads: int = 1, cuda_graph: bool = False, opset: int = DEFAULT_OPSET,
+                 exporter: str = "dynamo") -> None:
+        ort = _ort()
+        dev = str(device or "cpu").lower()
+        if dev.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UserError(f"--backend ort --device {device} needs ONNX Runtime's CUDA execution provider, "
+                                f"which onnxruntime {ort.__version__} here lacks; {INSTALL_HINTS['onnxruntime-gpu']}")
+            from latbench.device import resolve_device
+
+            dev = resolve_device(dev)
+        elif dev != "cpu":
+            raise UserError(f"timing backend 'ort' runs on cpu or cuda:N, not {device!r}")
+        if cuda_graph and dev == "cpu":
+            raise UserError("ONNX Runtime CUDA graphs (cuda_graph) need --device cuda")
+        self.device = dev
+        self.export = ExportSettings(opset=opset, exporter=exporter, precision=precision)
+        self.precision = precision
+        self.threads = threads
+        self.session = OrtSessionSettings(intra_op_threads=int(threads or _available_threads()),
+                                          inter_op_threads=int(inter_op_threads),
+                                          graph_optimization=graph_optimization, cuda_graph=bool(cuda_graph))
+        self.onnx_dir = resolve_cache_dir(cache_dir, "onnx")
+
+    def _settings_for(self, config: TimingConfig) -> OrtSessionSettings:
+        if config.threads and config.threads != self.session.intra_op_threads:
+            return OrtSessionSettings(**{**self.session.to_dict(), "intra_op_threads": int(config.threads)})
+        return self.session
+
+    def export_model(self, module: Any, inputs: Sequence[torch.Tensor]) -> ExportedModel:
+        """The (cached) ONNX file this backend times for ``module``: structure-keyed."""
+        return export_onnx(module, inputs, self.export, self.onnx_dir, match="structure")
+
+    def prepare(self, module: Any, inputs: Sequence[torch.Tensor], config: TimingConfig):
+        exported = self.export_model(module, inputs)
+        settings = self._settings_for(config)
+        t0 = time.perf_counter()
+        if self.device == "cpu":
+            session = open_session(exported.path, "cpu", settings)
+            prepared: Any = OrtCpuPrepared(session, exported, inputs, self.precision)
+        else:
+            prepared = OrtCudaPrepared(exported.path, exported, inputs, self.device, self.precision, settings)
+        prepared.info.update(exported.info())
+        prepared.info.update({"session_create_s": round(time.perf_counter() - t0, 3),
+                              "intra_op_threads": settings.intra_op_threads})
+        return prepared
+
+    def describe(self) -> dict[str, Any]:
+        ort = _ort()
+        providers = ["CPUExecutionProvider"] if self.device == "cpu" else ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return {
+            "backend": self.name, "device": self.device, "precision": self.precision,
+            "onnxruntime": ort.__version__, "providers": providers,
+            "available_providers": list(ort.get_available_providers()),
+            "session_options": self.session.to_dict(), "io_binding": True,
+            "export": self.export.to_dict(), "onnx_cache": str(self.onnx_dir),
+            "clock": "perf_counter_ns" if self.device == "cpu" else "cuda events (user compute stream)",
+        }

@@ -1,0 +1,108 @@
+"""The ``compile`` backend on the CPU: torch.compile (Inductor) outputs match eager for a handful
+of registry ops and one small LGCNet, compile time is reported apart from the samples, and a
+module Dynamo would silently run eagerly is caught.
+
+Compiling on a 2-core machine is slow (the first Inductor compile in a process takes tens of
+seconds), so this file compiles few things; the whole-network case is marked slow.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from latbench.backends import register
+from latbench.errors import UserError
+from latbench.timing import TimingConfig, get_backend, measure
+from nas.config import SpaceConfig
+from nas.ops import build_op
+from nas.space import LGCNetSpace
+
+QUICK = TimingConfig(warmup_s=0.02, min_samples=3, min_time_s=0.0, max_time_s=0.05, max_noise=0.5,
+                     target_sample_s=1e-4, threads=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    register()
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return get_backend("compile", device="cpu", precision="fp32", threads=1)
+
+
+def _compiled_output(prepared, inputs):
+    with torch.inference_mode():
+        return prepared._fn(*inputs)
+
+
+@pytest.mark.parametrize("op,shape,stride", [("sep_conv_3x3", (1, 8, 17, 33), 2), ("gpool_5x5", (1, 8, 9, 17), 1),
+                                             ("skip_connect", (1, 8, 9, 17), 2), ("max_pool_3x3", (1, 8, 9, 17), 1)])
+def test_compiled_op_matches_eager(backend, op, shape, stride):
+    torch.manual_seed(0)
+    m = build_op(op, shape[1], 8, stride).eval()
+    x = torch.randn(shape)
+    p = backend.prepare(m, [x], QUICK)
+    try:
+        got = _compiled_output(p, [x])
+        assert p.info["compile_s"] > 0 and p.info["compiled_graphs"] >= 1
+        assert p.info["recompiles_after_warmup"] == 0 and p.info["compile_mode"] == "default"
+        res = measure(p, config=QUICK)
+    finally:
+        p.close()
+    with torch.no_grad():
+        ref = m(x)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    assert res.ok and res.median_us > 0
+    # compilation happened in prepare, not in the samples: the samples are far below compile time
+    assert res.p90_us * 1e-6 < p.info["compile_s"]
+
+
+def test_many_modules_of_one_class_each_really_compile(backend):
+    """Past Dynamo's recompile limit a frame silently runs eagerly; prepare resets Dynamo so that
+    every module is compiled (here with the limit lowered to 1 to make the point cheaply)."""
+    import torch._dynamo.config as dynamo_config
+
+    with dynamo_config.patch(recompile_limit=1):
+        for w in (9, 11, 13):
+            m = build_op("conv_3x3", 4, 4).eval()
+            p = backend.prepare(m, [torch.randn(1, 4, 7, w)], QUICK)
+            try:
+                assert p.info["compiled_graphs"] >= 1
+            finally:
+                p.close()
+
+
+def test_describe_records_mode_and_settings():
+    b = get_backend("compile", device="cpu", threads=1, mode="max-autotune-no-cudagraphs")
+    d = b.describe()
+    assert d["backend"] == "compile" and d["compile"]["mode"] == "max-autotune-no-cudagraphs"
+    assert d["torch"] == torch.__version__ and d["timing"] == "wall clock"
+
+
+@pytest.mark.parametrize("kw,match", [({"mode": "fastest"}, "torch.compile mode"),
+                                      ({"precision": "int8"}, "precision")])
+def test_bad_options_are_user_errors(kw, match):
+    with pytest.raises(UserError, match=match):
+        get_backend("compile", device="cpu", **kw)
+
+
+@pytest.mark.slow
+def test_compiled_small_network_matches_eager(backend):
+    # A 4-cell LGCNet (cells 0/1/2 at strides 4/8/16 feed the full fusion cell): every op kind of a
+    # real network, at a fraction of the 14-cell compile time.
+    space = LGCNetSpace(SpaceConfig(num_cells=4, reduction_cells=(1, 2), fusion_inputs=(0, 1, 2)))
+    torch.manual_seed(0)
+    net = space.build_architecture(space.sample_architecture(random.Random(1))).eval()
+    x = torch.randn(1, 3, 33, 65)
+    p = backend.prepare(net, [x], QUICK)
+    try:
+        got = _compiled_output(p, [x])
+    finally:
+        p.close()
+    with torch.no_grad():
+        ref = net(x)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))

@@ -1,0 +1,145 @@
+"""The ``ort`` backend on the CPU: registry, I/O-bound outputs match PyTorch, the protocol measures
+it, settings are recorded, a missing CUDA execution provider is a one-line UserError, and
+``latbench build-lut --backend ort`` builds a complete LUT."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from latbench.backends import BACKENDS, register
+from latbench.errors import UserError
+from latbench.timing import TimingConfig, available_backends, get_backend, measure
+from nas.ops import build_op
+
+QUICK = TimingConfig(warmup_s=0.02, min_samples=3, min_time_s=0.0, max_time_s=0.05, max_noise=0.5,
+                     target_sample_s=1e-4, threads=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    register()
+
+
+@pytest.fixture
+def backend(tmp_path):
+    return get_backend("ort", device="cpu", precision="fp32", threads=1, cache_dir=tmp_path)
+
+
+def test_registered_names():
+    assert {"ort", "compile", "trt"} <= set(available_backends())
+    assert set(BACKENDS) == {"ort", "compile", "trt"}
+    register()  # idempotent
+
+
+@pytest.mark.parametrize("op,shape,stride", [("sep_conv_3x3", (1, 8, 17, 33), 2), ("gpool_5x5", (1, 8, 9, 17), 1),
+                                             ("factorized_reduce", (2, 8, 9, 17), 2)])
+def test_bound_outputs_match_pytorch_and_time(backend, op, shape, stride):
+    torch.manual_seed(0)
+    if op == "factorized_reduce":
+        from nas.ops import FactorizedReduce
+
+        m = FactorizedReduce(shape[1], 8).eval()
+    else:
+        m = build_op(op, shape[1], 8, stride).eval()
+    x = torch.randn(shape)
+    prepared = backend.prepare(m, [x], QUICK)
+    try:
+        prepared.run()
+        got = prepared.outputs()[0]
+        ref = m(x).detach().numpy()
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-4
+        t = prepared.time(5)
+        assert 0 < t < 5
+        m1 = measure(prepared, config=QUICK)
+    finally:
+        prepared.close()
+    assert m1.ok and m1.median_us > 0 and m1.samples >= 3
+    assert m1.extra["onnx_exporter"] == "dynamo" and m1.extra["intra_op_threads"] == 1
+    assert m1.extra["onnx_match"] == "structure"
+
+
+def test_describe_records_versions_providers_and_session_options(tmp_path):
+    b = get_backend("ort", device="cpu", precision="fp32", threads=2, cache_dir=tmp_path,
+                    graph_optimization="basic")
+    d = b.describe()
+    assert d["backend"] == "ort" and d["onnxruntime"] == ort.__version__
+    assert d["providers"] == ["CPUExecutionProvider"]
+    assert d["session_options"]["intra_op_threads"] == 2
+    assert d["session_options"]["graph_optimization"] == "basic"
+    assert d["export"]["opset"] >= 17 and d["io_binding"] is True
+    json.dumps(d)  # JSON-able for the LUT metadata
+
+
+def test_measure_by_name_goes_through_the_backend(tmp_path):
+    m = build_op("conv_3x3", 8, 8).eval()
+    b = get_backend("ort", device="cpu", threads=1, cache_dir=tmp_path)
+    res = measure(m, [torch.randn(1, 8, 16, 16)], QUICK, backend=b)
+    assert res.ok and "onnx_sha256" in res.extra
+
+
+def test_fp16_runs_on_the_cpu_provider(tmp_path):
+    torch.manual_seed(0)
+    m = build_op("conv_3x3", 8, 8).eval()
+    x = torch.randn(1, 8, 17, 33)
+    b = get_backend("ort", device="cpu", precision="fp16", threads=1, cache_dir=tmp_path)
+    p = b.prepare(m, [x], QUICK)
+    try:
+        p.run()
+        got = p.outputs()[0]
+    finally:
+        p.close()
+    assert got.dtype == np.float16
+    ref = m(x).detach().numpy()
+    assert np.abs(got.astype(np.float32) - ref).max() / np.abs(ref).max() < 1e-2
+
+
+def test_export_failure_is_a_failed_measurement_not_a_crash(backend):
+    class Bad(torch.nn.Module):
+        def forward(self, x):
+            return x.numpy()  # not a tensor program: cannot be exported or traced
+
+    res = measure(Bad(), [torch.randn(1, 2, 4, 4)], QUICK, backend=backend)
+    assert not res.ok and res.error
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"device": "cuda:0"}, "onnxruntime-gpu"),
+    ({"device": "mps"}, "cpu or cuda"),
+    ({"graph_optimization": "max"}, "graph optimisation"),
+    ({"cuda_graph": True}, "need --device cuda"),
+])
+def test_bad_requests_are_one_line_user_errors(tmp_path, kw, match):
+    if kw.get("device", "").startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed here")
+    with pytest.raises(UserError, match=match) as info:
+        get_backend("ort", cache_dir=tmp_path, **{"device": "cpu", **kw})
+    assert "\n" not in info.value.message
+
+
+def test_build_lut_cli_with_ort_backend(tmp_path):
+    """``latbench build-lut --backend ort`` end to end (toy space, tiny protocol)."""
+    from latbench.cli import cli
+    from latbench.lut import read_lut
+
+    out = tmp_path / "toy-ort.parquet"
+    args = ["build-lut", "--gpu", "cpu", "--device", "cpu", "--backend", "ort", "--space", "toy_space:ToySpace",
+            "--resolution", "16x32", "--output", str(out), "--no-progress", "--json", "--warmup", "0",
+            "--min-time", "0", "--max-time", "0.02", "--max-noise", "0.5", "--threads", "1"]
+    env = {"LATBENCH_CACHE_DIR": str(tmp_path / "cache")}
+    r = CliRunner(env=env).invoke(cli, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["failed"] == 0 and summary["backend"] == "ort"
+    lut = read_lut(out)
+    assert lut.meta["complete"] is True and lut.meta["backend"] == "ort"
+    info = lut.meta["backend_info"]
+    assert info["onnxruntime"] == ort.__version__ and info["session_options"]["intra_op_threads"] == 1
+    assert set(lut.df.backend) == {"ort"}
+    assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))
