@@ -9,13 +9,17 @@ A concrete data set implements :meth:`SegDataset.load` (``uint8 [H, W, 3]`` RGB 
   epoch's ``DataLoader`` iterator, as with ``DistributedSampler``);
 - ``ds[(epoch, i)]`` names the epoch explicitly — safe with persistent workers, for a sampler
   that yields ``(epoch, index)`` pairs.
+
+Data sets read from image / label files on disk (Cityscapes, CamVid) derive from
+:class:`PairedFileDataset`, which pairs the files (:func:`pair_files`) and reads an item; they
+supply where the files are and how raw label values become train ids.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -112,6 +116,37 @@ def check_same_size(image: np.ndarray, label: np.ndarray, image_path: Any,
         )
 
 
+@dataclass(frozen=True)
+class Pair:
+    """An image file and its label file."""
+
+    image: Path
+    label: Path
+
+
+def pair_files(dataset: str, images: Sequence[Path], labels: Sequence[Path], *,
+               image_key: Callable[[Path], Hashable], label_key: Callable[[Path], Hashable],
+               label_path: Callable[[Path], Path], image_path: Callable[[Path], Path]) -> list[Pair]:
+    """Pair every image with the label file of the same key, in the images' order.
+
+    An image without a label file, or a label file without an image, is a :class:`UserError`
+    naming the file and the path its partner should have (``label_path(image)``,
+    ``image_path(label)``), the first one of ``images`` / ``labels`` in their order.
+    """
+    by_key = {label_key(lab): lab for lab in labels}
+    pairs = []
+    for img in images:
+        lab = by_key.get(image_key(img))
+        if lab is None:
+            raise UserError(f"missing {dataset} label file {label_path(img)} (for image {img})")
+        pairs.append(Pair(img, lab))
+    image_keys = {image_key(img) for img in images}
+    for lab in labels:
+        if label_key(lab) not in image_keys:
+            raise UserError(f"missing {dataset} image {image_path(lab)} (for label file {lab})")
+    return pairs
+
+
 class SegDataset(Dataset):
     """Base class: ``ds[i] -> (image float32 [3, H, W] normalised, label int64 [H, W])``."""
 
@@ -194,3 +229,45 @@ class SegDataset(Dataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(split={self.split!r}, n={len(self)}, "
                 f"classes={self.num_classes}, root={self.root!r})")
+
+
+class PairedFileDataset(SegDataset):
+    """A data set of (image file, label file) :class:`Pair` s found under a data root.
+
+    A subclass sets ``title`` (the data set's name in messages) and provides :meth:`label_spec`,
+    :meth:`find_pairs` and :meth:`convert_label` (raw label values → train ids, a
+    :class:`UserError` naming the file for a value it does not know).
+    """
+
+    title = "paired-file"
+
+    def __init__(self, root: str | Path | None, split: str, transform: Transform, *, seed: int = 0,
+                 augment: bool = False, crop: tuple[int, int] | None = None,
+                 resize: tuple[int, int] | None = None):
+        check_split(split)
+        root_p = check_root(root, self.title)
+        super().__init__(self.label_spec(), split, root_p, transform, seed=seed, augment=augment,
+                         crop=crop, resize=resize)
+        self.pairs: list[Pair] = self.find_pairs(root_p, split)
+
+    def label_spec(self) -> LabelSpec:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def find_pairs(self, root: Path, split: str) -> list[Pair]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def describe(self, index: int) -> str:
+        return str(self.pairs[index].image)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        pair = self.pairs[index]
+        image = read_image(pair.image)
+        raw = read_label(pair.label)
+        check_same_size(image, raw, pair.image, pair.label)
+        return image, self.convert_label(raw, pair.label)

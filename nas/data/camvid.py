@@ -14,26 +14,18 @@ file or a label file without an image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from latbench.errors import UserError
-from nas.data.base import (SegDataset, Transform, check_root, check_same_size, check_split,
-                           read_image, read_label)
+from nas.data.base import Pair, PairedFileDataset, pair_files
 from nas.data.palette import IGNORE_INDEX, camvid_spec
 
 NUM_CLASSES = 11
 VOID = 11
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
-
-
-@dataclass(frozen=True)
-class Pair:
-    image: Path
-    label: Path
 
 
 def _files(d: Path) -> list[Path]:
@@ -50,19 +42,10 @@ def find_pairs(root: Path, split: str) -> list[Pair]:
     images = _files(img_dir)
     if not images:
         raise UserError(f"no CamVid images (*.png) in {img_dir}")
-    labels = {p.stem: p for p in _files(lab_dir)}
-    pairs = []
-    for img in images:
-        lab = labels.get(img.stem)
-        if lab is None:
-            raise UserError(f"missing CamVid label file {lab_dir / (img.stem + '.png')} "
-                            f"(for image {img})")
-        pairs.append(Pair(img, lab))
-    stems = {p.stem for p in images}
-    for stem, lab in sorted(labels.items()):
-        if stem not in stems:
-            raise UserError(f"missing CamVid image {img_dir / lab.name} (for label file {lab})")
-    return pairs
+    stem = lambda p: p.stem  # noqa: E731 - an image and its label share the file name
+    return pair_files("CamVid", images, _files(lab_dir), image_key=stem, label_key=stem,
+                      label_path=lambda img: lab_dir / (img.stem + ".png"),
+                      image_path=lambda lab: img_dir / lab.name)
 
 
 def map_labels(raw: np.ndarray) -> np.ndarray:
@@ -74,33 +57,18 @@ def map_labels(raw: np.ndarray) -> np.ndarray:
     return np.where(raw == VOID, IGNORE_INDEX, raw)
 
 
-class CamVidDataset(SegDataset):
+class CamVidDataset(PairedFileDataset):
     """CamVid (SegNet layout), 11 classes, void → 255."""
 
-    def __init__(self, root: str | Path, split: str, transform: Transform, *, seed: int = 0,
-                 augment: bool = False, crop: tuple[int, int] | None = None,
-                 resize: tuple[int, int] | None = None):
-        check_split(split)
-        root_p = check_root(root, "CamVid")
-        super().__init__(camvid_spec(), split, root_p, transform, seed=seed, augment=augment,
-                         crop=crop, resize=resize)
-        self.pairs = find_pairs(root_p, split)
+    title = "CamVid"
+    label_spec = staticmethod(camvid_spec)
+    find_pairs = staticmethod(find_pairs)
 
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def describe(self, index: int) -> str:
-        return str(self.pairs[index].image)
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        pair = self.pairs[index]
-        image = read_image(pair.image)
-        raw = read_label(pair.label)
-        check_same_size(image, raw, pair.image, pair.label)
+    def convert_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
         try:
-            return image, map_labels(raw)
+            return map_labels(raw)
         except ValueError as e:
-            raise UserError(f"label file {pair.label}: {e} (CamVid labels are 0..10, "
+            raise UserError(f"label file {path}: {e} (CamVid labels are 0..10, "
                             f"11 = void)") from None
 
     def info_extra(self) -> dict[str, Any]:

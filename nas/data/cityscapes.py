@@ -12,15 +12,13 @@ is no Cityscapes id is reported with its file. (The official test split's labels
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from latbench.errors import UserError
-from nas.data.base import (SegDataset, Transform, check_root, check_same_size, check_split,
-                           read_image, read_label)
+from nas.data.base import Pair, PairedFileDataset, Transform, pair_files
 from nas.data.palette import IGNORE_INDEX, cityscapes_spec
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -65,12 +63,6 @@ class IdMapper:
         return out
 
 
-@dataclass(frozen=True)
-class Pair:
-    image: Path
-    label: Path
-
-
 def find_pairs(root: Path, split: str) -> list[Pair]:
     """All (image, labelIds) pairs of ``split``, sorted by image path; UserError on any gap."""
     img_dir = root / "leftImg8bit" / split
@@ -84,52 +76,36 @@ def find_pairs(root: Path, split: str) -> list[Pair]:
     images = sorted(img_dir.glob(f"*/*{IMAGE_SUFFIX}"))
     if not images:
         raise UserError(f"no Cityscapes images (*{IMAGE_SUFFIX}) in {img_dir}/CITY/")
-    pairs = []
-    for img in images:
-        stem = img.name[: -len(IMAGE_SUFFIX)]
-        lab = lab_dir / img.parent.name / f"{stem}{LABEL_SUFFIX}"
-        if not lab.is_file():
-            raise UserError(f"missing Cityscapes label file {lab} (for image {img})")
-        pairs.append(Pair(img, lab))
-    for lab in sorted(lab_dir.glob(f"*/*{LABEL_SUFFIX}")):
-        stem = lab.name[: -len(LABEL_SUFFIX)]
-        img = img_dir / lab.parent.name / f"{stem}{IMAGE_SUFFIX}"
-        if not img.is_file():
-            raise UserError(f"missing Cityscapes image {img} (for label file {lab})")
-    return pairs
+    labels = sorted(lab_dir.glob(f"*/*{LABEL_SUFFIX}"))
+
+    def partner(p: Path, suffix: str, folder: Path, other: str) -> Path:
+        """The file of the same city and frame in ``folder`` (``CITY/STEM{other}``)."""
+        return folder / p.parent.name / (p.name[: -len(suffix)] + other)
+
+    label_path = lambda img: partner(img, IMAGE_SUFFIX, lab_dir, LABEL_SUFFIX)  # noqa: E731
+    return pair_files("Cityscapes", images, labels, image_key=label_path, label_key=lambda lab: lab,
+                      label_path=label_path,
+                      image_path=lambda lab: partner(lab, LABEL_SUFFIX, img_dir, IMAGE_SUFFIX))
 
 
-class CityscapesDataset(SegDataset):
+class CityscapesDataset(PairedFileDataset):
     """Cityscapes fine annotations, 19 classes, ignore 255."""
 
-    def __init__(self, root: str | Path, split: str, transform: Transform, *, seed: int = 0,
-                 augment: bool = False, crop: tuple[int, int] | None = None,
-                 resize: tuple[int, int] | None = None):
-        check_split(split)
-        root_p = check_root(root, "Cityscapes")
-        super().__init__(cityscapes_spec(), split, root_p, transform, seed=seed,
-                         augment=augment, crop=crop, resize=resize)
-        self.pairs = find_pairs(root_p, split)
+    title = "Cityscapes"
+    label_spec = staticmethod(cityscapes_spec)
+    find_pairs = staticmethod(find_pairs)
+
+    def __init__(self, root: str | Path, split: str, transform: Transform, **kw: Any):
+        super().__init__(root, split, transform, **kw)
         self.mapper = IdMapper(id_to_train_id_table())
 
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def describe(self, index: int) -> str:
-        return str(self.pairs[index].image)
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        pair = self.pairs[index]
-        image = read_image(pair.image)
-        ids = read_label(pair.label)
-        check_same_size(image, ids, pair.image, pair.label)
+    def convert_label(self, ids: np.ndarray, path: Path) -> np.ndarray:
         try:
-            train_ids = self.mapper(ids)
+            return self.mapper(ids)
         except ValueError:
-            raise UserError(f"label file {pair.label} holds values that are no Cityscapes label "
+            raise UserError(f"label file {path} holds values that are no Cityscapes label "
                             f"id: {self.mapper.unknown(ids)[:10]} (expected "
                             f"*{LABEL_SUFFIX}, ids 0..33)") from None
-        return image, train_ids
 
     def info_extra(self) -> dict[str, Any]:
         return {"labels": "gtFine labelIds -> trainIds (cityscapesscripts)"}
