@@ -2,7 +2,8 @@
 
 Nothing here knows about LGCNet. What already exists elsewhere is reused rather than repeated:
 device names come from :func:`latbench.device.resolve_device`, atomic writes and JSON-lines logs
-from :mod:`latbench.fileio` (``atomic_write``, ``Journal``).
+from :mod:`latbench.fileio` (``atomic_write``, ``Journal``, ``truncate_journal`` for a log cut back to a
+checkpoint's position on resume). ``nas train`` and ``nas search`` both run on these pieces.
 
 - :class:`DistContext` / :func:`init_distributed` / :func:`teardown_distributed`: one process per
   device under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` in the environment), NCCL on
