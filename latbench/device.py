@@ -172,12 +172,19 @@ def name_matches(label: str, info: dict[str, Any]) -> bool:
 
     A CPU matches the labels ``cpu`` (or a label contained in the CPU model); a GPU matches when
     its name (case- and punctuation-insensitive) contains the label, e.g. ``h100`` in
-    ``NVIDIA H100 80GB HBM3``.
+    ``NVIDIA H100 80GB HBM3``. A label's first dash/underscore-separated word may carry the device
+    alone and the rest a variant (``cpu-ort``, ``h100-fp16``, ``cpu-t1``).
     """
+    import re
+
     norm = lambda s: "".join(ch for ch in str(s).lower() if ch.isalnum())  # noqa: E731
-    lab = norm(label)
-    if not lab:
-        return False
-    if info.get("type") == "cpu":
-        return lab == "cpu" or lab in norm(info.get("name", ""))
-    return lab in norm(info.get("name", ""))
+    name = norm(info.get("name", ""))
+    first = re.split(r"[-_.\s]+", str(label).strip().lower(), maxsplit=1)[0]
+    for lab in {norm(label), norm(first)}:
+        if not lab:
+            continue
+        if info.get("type") == "cpu" and (lab == "cpu" or lab in name):
+            return True
+        if info.get("type") != "cpu" and lab in name:
+            return True
+    return False

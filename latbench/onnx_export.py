@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from latbench.errors import UserError
-from latbench.fileio import atomic_write, atomic_write_text
+from latbench.fileio import atomic_write, atomic_write_text, file_sha256
 
 #: Opset written by default; 17 is the oldest accepted (LayerNorm, stable Resize semantics).
 DEFAULT_OPSET = 18
@@ -293,12 +293,6 @@ def _versions() -> dict[str, str]:
     return v
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --- export -----------------------------------------------------------------------------------

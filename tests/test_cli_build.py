@@ -125,3 +125,14 @@ def test_real_process_bad_input_has_no_traceback(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "malformed resolution" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_gpu_label_matching_accepts_variants_but_not_other_devices():
+    from latbench.device import name_matches
+
+    h100 = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}
+    cpu = {"type": "cpu", "name": "AMD EPYC 7B13"}
+    assert name_matches("h100", h100) and name_matches("h100-fp16", h100)
+    assert not name_matches("a100", h100) and not name_matches("titan-xp", h100)
+    assert name_matches("cpu", cpu) and name_matches("cpu-ort", cpu) and name_matches("epyc", cpu)
+    assert not name_matches("h100", cpu) and not name_matches("h100-cpu", cpu)

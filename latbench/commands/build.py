@@ -11,7 +11,8 @@ import click
 from latbench.errors import UserError
 
 
-def parse_space_opts(items: tuple[str, ...]) -> dict[str, Any]:
+def parse_space_opts(items: tuple[str, ...], option: str = "--space-opt",
+                     example: str = "init_channels=16") -> dict[str, Any]:
     """``("init_channels=16", "fusion_inputs=[0,7,13]", "mode=fast")`` -> a config dict (values
     parsed as JSON when they are JSON, else kept as strings)."""
     cfg: dict[str, Any] = {}
@@ -19,7 +20,7 @@ def parse_space_opts(items: tuple[str, ...]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise UserError(f"malformed --space-opt {item!r}: expected KEY=VALUE, e.g. init_channels=16")
+            raise UserError(f"malformed {option} {item!r}: expected KEY=VALUE, e.g. {example}")
         try:
             cfg[key] = json.loads(value)
         except ValueError:
@@ -60,11 +61,14 @@ def _load_space(name: str, cfg: dict[str, Any]):
 @click.option("--space", "space_name", default="lgcnet", show_default=True, help="Registered search space (or module:Class).")
 @click.option("--space-opt", "space_opts", multiple=True, metavar="KEY=VALUE",
               help="Search-space configuration; values parsed as JSON when possible. Repeatable.")
+@click.option("--backend-opt", "backend_opts", multiple=True, metavar="KEY=VALUE",
+              help="Backend setting, recorded in the LUT (e.g. mode=max-autotune for compile, "
+                   "graph_optimization=basic for ort, optimization_level=5 for trt). Repeatable.")
 @click.option("--retry-failed", is_flag=True, help="Re-time entries that failed in an earlier run of this build.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def build_lut(name, device, backend, resolutions, batch, precision, output, max_noise, max_time, min_time,
-              warmup, cold_cache, threads, space_name, space_opts, retry_failed, no_progress, as_json) -> None:
+              warmup, cold_cache, threads, space_name, space_opts, backend_opts, retry_failed, no_progress, as_json) -> None:
     """Time every candidate op at every position (and every fixed part) of a search space and
     write a LUT. Resumable: rerun the same command after a crash to time only what is missing."""
     from latbench.build import build_lut as run_build
@@ -87,7 +91,11 @@ def build_lut(name, device, backend, resolutions, batch, precision, output, max_
     out = check_writable(output or f"luts/{name}.parquet")
     config = TimingConfig(warmup_s=warmup, min_time_s=min_time, max_time_s=max_time, max_noise=max_noise,
                           cold_cache=cold_cache, threads=threads)
-    backend_obj = get_backend(backend, device=dev, precision=precision, threads=threads)
+    extra = parse_space_opts(backend_opts, "--backend-opt", "mode=max-autotune")
+    try:
+        backend_obj = get_backend(backend, device=dev, precision=precision, threads=threads, **extra)
+    except TypeError as exc:
+        raise UserError(f"backend {backend!r} does not take the option(s) {', '.join(extra) or '(none)'}: {exc}") from None
     space = _load_space(space_name, parse_space_opts(space_opts))
 
     info = describe_device(dev)

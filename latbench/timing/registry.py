@@ -38,11 +38,18 @@ ENTRY_POINT_GROUP = "latbench.backends"
 
 Factory = Union[Callable[..., Any], str]
 
-_REGISTRY: dict[str, Factory] = {
-    "cpu": "latbench.timing.cpu:CpuBackend",
-    "eager": "latbench.timing.cuda:EagerBackend",
-    "cudagraph": "latbench.timing.cuda:CudaGraphBackend",
-}
+def _builtin_backends() -> dict[str, Factory]:
+    from latbench.backends import BACKENDS  # deployment backends (ort, compile, trt); a light import
+
+    return {
+        "cpu": "latbench.timing.cpu:CpuBackend",
+        "eager": "latbench.timing.cuda:EagerBackend",
+        "cudagraph": "latbench.timing.cuda:CudaGraphBackend",
+        **BACKENDS,
+    }
+
+
+_REGISTRY: dict[str, Factory] = _builtin_backends()
 
 
 def register_backend(name: str, factory: Factory, *, replace: bool = False) -> None:
