@@ -134,6 +134,10 @@ class SearchSpace(Protocol):
     def build_architecture(self, arch: Mapping[str, Any]) -> Any:
         """The whole network for ``arch`` in inference form; forward takes one (N, 3, H, W) tensor."""
 
+    # Optional: ``sample_from_search(rng, path) -> arch`` draws an architecture from the
+    # distribution a search left in ``path`` (a space-specific file, e.g. a genotype with α's
+    # probabilities). ``latbench validate-lut --from-search`` uses it when the space has it.
+
 
 def available_spaces() -> list[str]:
     return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))

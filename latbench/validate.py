@@ -94,6 +94,7 @@ class ValidationResult:
     samples: list[ArchSample]
     fidelity: Fidelity
     device_info: dict[str, Any]
+    sampling: str = "uniform"
     date: str = field(default_factory=now_iso)
 
     @property
@@ -106,6 +107,7 @@ class ValidationResult:
         hb = [x.measurement.host_bound for x in ok if x.measurement.host_bound is not None]
         return {
             "lut": self.lut_path, "lut_name": self.lut_name, "date": self.date, "seed": self.seed,
+            "sampling": self.sampling,
             "space": s.space.identity(), "resolution": s.resolution, "batch": s.batch, "backend": s.backend,
             "precision": s.precision, "device": self.device_info, "versions": software_versions(),
             "protocol": s.protocol.to_dict(), "requested": len(self.samples), "measured": len(ok),
@@ -186,15 +188,25 @@ def predict_us(lut: LUT, rows: Sequence[tuple[str, str]], height: int, width: in
     return total
 
 
-def sample_architectures(space: Any, n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` architectures drawn uniformly with ``random.Random(seed)``; distinct while the space
-    allows (after 50·n draws duplicates are accepted)."""
+def sample_architectures(space: Any, n: int, seed: int, from_search: str | Path | None = None) -> list[dict[str, Any]]:
+    """``n`` architectures drawn with ``random.Random(seed)`` — uniformly, or from the distribution
+    a search left in ``from_search`` (through the space's optional ``sample_from_search``);
+    distinct while the space allows (after 50·n draws duplicates are accepted)."""
     rng = random.Random(seed)
+    if from_search is not None:
+        draw_from = getattr(space, "sample_from_search", None)
+        if draw_from is None:
+            raise UserError(f"search space {getattr(space, 'name', space)!r} cannot sample from a search's result")
+
+        def draw(r: random.Random) -> dict[str, Any]:
+            return draw_from(r, from_search)
+    else:
+        draw = space.sample_architecture
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     draws = 0
     while len(out) < n:
-        arch = space.sample_architecture(rng)
+        arch = draw(rng)
         draws += 1
         key = json.dumps(arch, sort_keys=True)
         if key in seen and draws < 50 * n:
@@ -220,7 +232,8 @@ def measure_architecture(space: Any, arch: Mapping[str, Any], backend: Any, setu
 # ---- the whole run -----------------------------------------------------------------------------
 def validate_lut(lut_path: str | Path, samples: int, seed: int = 0, resolution: tuple[int, int] | None = None,
                  device: str | None = None, space_name: str | None = None,
-                 on_sample: Callable[[ArchSample], None] | None = None) -> ValidationResult:
+                 on_sample: Callable[[ArchSample], None] | None = None,
+                 from_search: str | Path | None = None) -> ValidationResult:
     """Sample, predict, measure and score; see the module docstring."""
     if samples < 3:
         raise UserError(f"--samples must be at least 3 (an affine calibration needs 3 points), got {samples}")
@@ -228,7 +241,7 @@ def validate_lut(lut_path: str | Path, samples: int, seed: int = 0, resolution: 
     setup = resolve_setup(lut, resolution, device, space_name)
     backend = get_backend(setup.backend, device=setup.device, precision=setup.precision,
                           threads=setup.protocol.threads)
-    archs = sample_architectures(setup.space, samples, seed)
+    archs = sample_architectures(setup.space, samples, seed, from_search)
     # Predict everything first: a LUT that cannot price an architecture fails before any timing.
     preds = [predict_us(lut, setup.space.architecture_rows(a), setup.height, setup.width, setup.batch) for a in archs]
     results: list[ArchSample] = []
@@ -246,7 +259,8 @@ def validate_lut(lut_path: str | Path, samples: int, seed: int = 0, resolution: 
     info = describe_device(setup.device)
     if info.get("type") == "cpu" and setup.protocol.threads:
         info["threads"] = setup.protocol.threads
-    return ValidationResult(str(lut_path), lut.meta.get("name"), setup, seed, results, fid, info)
+    return ValidationResult(str(lut_path), lut.meta.get("name"), setup, seed, results, fid, info,
+                            sampling=f"search distribution in {from_search}" if from_search else "uniform")
 
 
 def save_calibration(lut_path: str | Path, result: ValidationResult) -> dict[str, Any]:

@@ -216,6 +216,27 @@ class LGCNetSpace:
         fusion = [rng.choice(c) for c in edge_candidates()] if cfg.fusion == "dcfc" else []
         return Architecture(cells, fusion).to_dict()
 
+    def sample_from_search(self, rng: random.Random, path: str) -> dict[str, Any]:
+        """An architecture drawn per edge from the α probabilities recorded in a search's
+        ``genotype.json`` (``meta.probabilities``: softmax of the GCN-updated logits)."""
+        from latbench.errors import UserError
+        from nas.genotype import Genotype
+
+        geno = Genotype.load(path)
+        if geno.config != self.config:
+            raise UserError(f"{path} was searched in another configuration of the space than the LUT's")
+        probs = geno.meta.get("probabilities") or {}
+        cells, fusion = probs.get("cells"), probs.get("fusion", [])
+        cands = edge_candidates() if self.config.fusion == "dcfc" else []
+        if (not isinstance(cells, list) or len(cells) != self.config.num_cells
+                or any(len(c) != self.config.num_edges() or any(len(e) != len(CELL_PRIMITIVES) for e in c) for c in cells)
+                or len(fusion) != len(cands) or any(len(p) != len(c) for p, c in zip(fusion, cands))):
+            raise UserError(f"{path} records no usable α probabilities (meta.probabilities); "
+                            "it must be a genotype written by `nas search`")
+        arch = Architecture([[rng.choices(CELL_PRIMITIVES, weights=e)[0] for e in c] for c in cells],
+                            [rng.choices(c, weights=p)[0] for p, c in zip(fusion, cands)])
+        return arch.to_dict()
+
     def architecture_rows(self, arch: Mapping[str, Any] | Architecture) -> list[tuple[str, str]]:
         a = arch if isinstance(arch, Architecture) else Architecture.from_dict(arch)
         a.validate(self.config)

@@ -130,3 +130,33 @@ def test_cli_bad_input_is_one_line_exit_2(toy_lut, args, message):
 def test_cli_missing_lut_is_exit_2(tmp_path):
     r = CliRunner().invoke(cli, ["validate-lut", str(tmp_path / "nope.parquet"), "--no-progress"])
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_sampling_from_a_search_follows_its_probabilities(tmp_path):
+    """--from-search draws each edge from the genotype's recorded α probabilities."""
+    import random as _random
+
+    from latbench.errors import UserError as _UserError
+    from latbench.validate import sample_architectures
+    from nas.config import SpaceConfig
+    from nas.fusion import edge_candidates
+    from nas.genotype import Architecture, Genotype
+    from nas.ops import CELL_PRIMITIVES
+    from nas.space import LGCNetSpace
+
+    cfg = SpaceConfig()
+    space = LGCNetSpace(cfg)
+    arch = Architecture.from_dict(space.sample_architecture(_random.Random(0)))
+    # cell edges: certain of conv_3x3, except cell 2 edge 1 which is 50/50 skip_connect / zero
+    cells = [[[1.0 if op == "conv_3x3" else 0.0 for op in CELL_PRIMITIVES] for _ in range(5)] for _ in range(14)]
+    cells[2][1] = [0.5 if op in ("skip_connect", "zero") else 0.0 for op in CELL_PRIMITIVES]
+    fusion = [[1.0 if i == len(c) - 1 else 0.0 for i in range(len(c))] for c in edge_candidates()]
+    path = Genotype(arch, cfg, {"probabilities": {"cells": cells, "fusion": fusion}}).save(tmp_path / "g.json")
+    archs = sample_architectures(space, 40, seed=1, from_search=path)
+    assert all(a["cells"][0] == ["conv_3x3"] * 5 for a in archs)
+    assert all(a["fusion"] == [c[-1] for c in edge_candidates()] for a in archs)
+    assert {a["cells"][2][1] for a in archs} == {"skip_connect", "zero"}
+    # a genotype without probabilities is refused with one clear line
+    bare = Genotype(arch, cfg, {}).save(tmp_path / "bare.json")
+    with pytest.raises(_UserError, match="no usable"):
+        sample_architectures(space, 3, seed=0, from_search=bare)

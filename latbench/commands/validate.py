@@ -19,7 +19,7 @@ def render_text(d: dict) -> str:
     dev = d["device"].get("name")
     lines = [
         f"LUT {d['lut']} ({d['backend']}, {d['precision']}, batch {d['batch']}, {d['resolution']}) on {dev}",
-        f"architectures: {d['measured']} measured of {d['requested']} (seed {d['seed']})"
+        f"architectures: {d['measured']} measured of {d['requested']} (seed {d['seed']}, {d.get('sampling', 'uniform')})"
         + (f", host-bound share {_fmt(d['host_bound_share'], '.0%')}" if d.get("host_bound_share") is not None else ""),
         f"MAPE            {_fmt(f['mape'], '.2f')} %",
         f"within ±5 %     {_fmt(f['within_5'], '.0%')}",
@@ -52,8 +52,13 @@ def render_text(d: dict) -> str:
               help="Store the fitted measured ≈ a·Σ LUT + b in the LUT's metadata (the search uses it).")
 @click.option("--space", "space_name", default=None,
               help="Load the space as package.module:Class (for a space not installed under the entry point).")
+@click.option("--from-search", "from_search", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Sample from the architecture distribution a search left in this file (for LGCNet: "
+                   "a genotype.json from `nas search`, whose α probabilities are drawn per edge) "
+                   "instead of uniformly.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def validate_lut(lut, samples, seed, resolution, device, as_json, plot_path, save_calibration, space_name, no_progress) -> None:
+def validate_lut(lut, samples, seed, resolution, device, as_json, plot_path, save_calibration, space_name,
+                 from_search, no_progress) -> None:
     """Sample architectures from the LUT's search space, measure them end to end with the LUT's own
     backend, precision, batch and protocol, and report MAPE, share within ±5 %/±10 %, Kendall τ,
     Spearman ρ and the affine calibration measured ≈ a·Σ LUT + b (with its leave-one-out error)."""
@@ -83,7 +88,7 @@ def validate_lut(lut, samples, seed, resolution, device, as_json, plot_path, sav
         task = progress.add_task("", total=samples)
     try:
         result = run(lut, samples, seed=seed, resolution=hw, device=device, space_name=space_name,
-                     on_sample=on_sample)
+                     on_sample=on_sample, from_search=from_search)
     finally:
         if progress is not None:
             progress.stop()
