@@ -10,6 +10,7 @@ from nas import __version__
 COMMANDS = {
     "search": "nas.commands.search:search",
     "derive": "nas.commands.derive:derive",
+    "sample": "nas.commands.sample:sample",
     "fps": "nas.commands.fps:fps",
     "report": "nas.commands.report:report",
     "train": "nas.commands.train:train",

@@ -1,0 +1,71 @@
+"""``nas sample``: the paper's random-search baselines (Table VII) as genotype files.
+
+Setting (a) draws architectures uniformly from the search space; setting (b) keeps only those
+whose LUT-predicted latency meets a speed requirement (the paper: "over 100 FPS"), by rejection
+sampling. Each genotype is written like a search's, so `nas fps`, `nas train` and `nas eval`
+treat random and searched networks alike.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import click
+
+from latbench.errors import UserError
+
+
+@click.command()
+@click.option("--lut", "lut_path", required=True, type=click.Path(dir_okay=False),
+              help="LUT of the space: its configuration defines the space and its rows price the samples.")
+@click.option("-n", "--num", "num", default=10, show_default=True, type=click.IntRange(min=1),
+              help="How many architectures (the paper averages ten).")
+@click.option("--min-fps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Setting (b): keep only architectures whose LUT-predicted latency gives at least this FPS "
+                   "(e.g. 100). Without it: setting (a), no constraint.")
+@click.option("--resolution", default=None, help="LUT resolution HxW. [default: the LUT's only resolution]")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--max-draws", default=100000, show_default=True, type=click.IntRange(min=1),
+              help="Give up after this many draws when the constraint is too tight.")
+@click.option("--out", "out_dir", default="runs/random", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for random-NNN.json genotypes.")
+def sample(lut_path: str, num: int, min_fps: float | None, resolution: str | None, seed: int, max_draws: int,
+           out_dir: str) -> None:
+    """Random-search baselines (paper Table VII): N genotypes drawn uniformly (a), or only among
+    architectures predicted faster than --min-fps (b)."""
+    from latbench.lut import read_lut
+    from latbench.space import parse_resolution
+    from nas.config import SpaceConfig
+    from nas.genotype import Architecture, Genotype
+    from nas.search.config import LUTConfig
+    from nas.search.latency import load_latency_table
+    from nas.space import LGCNetSpace
+
+    lut = read_lut(lut_path)
+    config = SpaceConfig.from_dict((lut.meta.get("space") or {}).get("config") or {})
+    hw = parse_resolution(resolution) if resolution else None
+    table, identity = load_latency_table(LUTConfig(path=lut_path, resolution=hw), config)
+    space = LGCNetSpace(config)
+    rng = random.Random(seed)
+    budget_us = 1e6 / min_fps if min_fps else None
+    out = Path(out_dir)
+    kept, draws = 0, 0
+    while kept < num:
+        if draws >= max_draws:
+            raise UserError(f"only {kept} of {num} architectures met {min_fps} FPS in {max_draws} draws; "
+                            "relax --min-fps or raise --max-draws")
+        draws += 1
+        arch = Architecture.from_dict(space.sample_architecture(rng))
+        lat = table.architecture_latency(arch)
+        if budget_us is not None and lat > budget_us:
+            continue
+        meta = {"random_search": {"setting": "b" if budget_us else "a", "min_fps": min_fps, "seed": seed,
+                                  "draw": draws},
+                "lut": identity,
+                "expected_latency": {"lut_sum_us": round(table.architecture_lut_sum(arch), 3),
+                                     "latency_us": round(lat, 3)}}
+        path = Genotype(arch, config, meta).save(out / f"random-{kept:03d}.json")
+        click.echo(f"{path}: predicted {lat / 1e3:.3f} ms ({1e6 / lat:.1f} FPS)")
+        kept += 1
+    click.echo(f"{kept} architectures kept of {draws} drawn" + (f" (≥ {min_fps} FPS predicted)" if budget_us else ""))
