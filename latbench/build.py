@@ -15,13 +15,12 @@ Crash safety and resume (DESIGN §4):
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch

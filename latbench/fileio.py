@@ -221,3 +221,16 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def save_png(fig, path: str | os.PathLike, dpi: int = 120, **savefig_kwargs: Any) -> Path:
+    """Write a matplotlib figure as PNG atomically (creating the folder) and close it."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", **savefig_kwargs))
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return out

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from latbench.fileio import atomic_write
+from latbench.fileio import save_png
 
 if TYPE_CHECKING:
     from latbench.compare import Comparison
@@ -73,7 +73,4 @@ def compare_plot(c: "Comparison", path: str | os.PathLike, dpi: int = 120) -> Pa
         hx.legend(fontsize=8)
         hx.grid(True, alpha=0.25)
     fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi)

@@ -17,7 +17,7 @@ finds them. latbench never imports a space's package by name.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 

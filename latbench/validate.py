@@ -314,11 +314,6 @@ def plot_validation(result: ValidationResult, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    out = Path(path)
-    from latbench.fileio import atomic_write
+    from latbench.fileio import save_png
 
-    try:
-        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    finally:
-        plt.close(fig)
-    return out
+    return save_png(fig, path, 120)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from latbench.errors import UserError
-from latbench.fileio import atomic_write, atomic_write_text
+from latbench.fileio import atomic_write_text, save_png
 
 MIOU_FORMAT = "nas-miou"
 MIOU_VERSION = 1
@@ -272,9 +272,4 @@ def plot_fps_miou(rows: Sequence[ReportRow], path: str | os.PathLike) -> Path:
     if groups:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="device · backend", title_fontsize=7)
     fig.tight_layout()
-    out = Path(path)
-    try:
-        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=130, format="png"))
-    finally:
-        plt.close(fig)
-    return out
+    return save_png(fig, path, 130)

@@ -61,7 +61,7 @@ def fps(arch_path, label, device, resolutions, backends, precision, batch, width
     from latbench.errors import UserError
     from latbench.lut import read_lut
     from latbench.space import parse_resolution
-    from latbench.timing import TimingConfig, default_backend
+    from latbench.timing import TimingConfig
     from nas.fps import FpsRequest, append_records, measure_fps, report_path
 
     dev = resolve_device(device)

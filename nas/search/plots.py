@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
+from latbench.fileio import save_png
 from nas.cell import cell_edges
 from nas.config import SpaceConfig
 from nas.genotype import Architecture
@@ -47,10 +48,8 @@ def _style(op: str) -> dict[str, Any]:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    return save_png(fig, path, 110, bbox_inches="tight")
 
 
 # ---------------------------------------------------------------------------------------------
