@@ -25,7 +25,7 @@ from nas.space import LGCNetSpace
 from nas.train.evaluate import evaluate_split
 
 SHORT = SpaceConfig(num_cells=5, reduction_cells=(1, 3), fusion_inputs=(0, 2, 4), init_channels=4,
-                    head_channels=8, fusion_channels=8)
+                    head_channels=8, fusion_channels=8, num_classes=5)
 
 
 # --------------------------------------------------------------------------- hand-computed

@@ -17,7 +17,7 @@ from nas.genotype import Architecture, Genotype
 from nas.space import LGCNetSpace
 
 SHORT = SpaceConfig(num_cells=5, reduction_cells=(1, 3), fusion_inputs=(0, 2, 4), init_channels=4,
-                    head_channels=8, fusion_channels=8)
+                    head_channels=8, fusion_channels=8, num_classes=5)
 
 
 def run(args):

@@ -16,10 +16,11 @@ from nas.genotype import Architecture, Genotype
 from nas.space import LGCNetSpace
 
 # The paper's topology (14 cells, fusion cell on cells 0/7/13) at a CPU-sized width.
-PAPER_TOPOLOGY_TINY = SpaceConfig(init_channels=4, head_channels=16, fusion_channels=16)
+# 5 classes: the synthetic data set takes its class count from the genotype (as nas search does).
+PAPER_TOPOLOGY_TINY = SpaceConfig(init_channels=4, head_channels=16, fusion_channels=16, num_classes=5)
 # Fewer cells for the mechanics tests (resume, init, loaders), to keep them fast.
 SHORT = SpaceConfig(num_cells=5, reduction_cells=(1, 3), fusion_inputs=(0, 2, 4), init_channels=4,
-                    head_channels=8, fusion_channels=8)
+                    head_channels=8, fusion_channels=8, num_classes=5)
 
 
 def write_genotype(path: Path, config: SpaceConfig, seed: int) -> Path:

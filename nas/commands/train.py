@@ -48,8 +48,9 @@ def parse_size(text: str | None, what: str) -> tuple[int, int] | None:
 @click.option("--checkpoint-every", default=None, type=click.IntRange(min=1), help="Also save last.pt every N steps.")
 @click.option("--stop-after", default=None, type=click.IntRange(min=1), help="Stop after N steps in total (resume later with --resume).")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Use only the first N items of each split (quick runs).")
-@click.option("--num-classes", "synthetic_classes", default=5, show_default=True, type=click.IntRange(min=2),
-              help="Classes of the synthetic data set.")
+@click.option("--num-classes", "synthetic_classes", default=None, type=click.IntRange(min=2),
+              help="Classes of the synthetic data set. [default: the genotype's, as in nas search, so that "
+                   "FPS and mIoU of the same network meet in nas report]")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(arch_path, dataset, data_root, epochs, batch_size, crop, lr, weight_decay, width_mult, init_path,
           out_dir, resume, seed, device, workers, val_every, val_resolution, base_size, amp, ohem_thresh,

@@ -96,7 +96,7 @@ class TrainConfig:
     resume: bool = False
     synthetic_size: tuple[int, int] = (64, 128)
     synthetic_length: int | None = None
-    synthetic_classes: int = 5
+    synthetic_classes: int | None = None         # None: the genotype's num_classes (as nas search)
     limit: int | None = None                     # real data sets: first N items of each split
     show_progress: bool = True
 
@@ -179,7 +179,7 @@ class _Run:
             raise UserError(f"batch size {cfg.batch_size} does not divide over {ctx.world_size} processes")
         self.rank_batch = cfg.batch_size // ctx.world_size
 
-        self.train_ds = self._train_dataset()
+        self.train_ds = self._train_dataset(genotype.config.num_classes)
         self.val_ds = eval_dataset(cfg.source(), cfg.val_split, num_classes=self.train_ds.num_classes,
                                    resolution=cfg.val_resolution)
         changes: dict[str, Any] = {"num_classes": self.train_ds.num_classes}
@@ -194,13 +194,13 @@ class _Run:
                             f"one batch of {cfg.batch_size}; lower --batch-size")
         self.total_steps = self.steps_per_epoch * cfg.epochs
 
-    def _train_dataset(self) -> SegDataset:
+    def _train_dataset(self, genotype_classes: int) -> SegDataset:
         cfg = self.cfg
         synth = cfg.dataset == "synthetic"
         return make_dataset(cfg.dataset, cfg.data_root, "train", crop=cfg.crop_size, augment=True,
                             resize=cfg.base_size, seed=cfg.seed,
                             length=cfg.synthetic_length if synth else cfg.limit,
-                            num_classes=cfg.synthetic_classes if synth else None,
+                            num_classes=(cfg.synthetic_classes or genotype_classes) if synth else None,
                             image_size=tuple(cfg.synthetic_size) if synth else None,  # type: ignore[arg-type]
                             scale_range=tuple(cfg.scale_range))  # type: ignore[arg-type]
 
