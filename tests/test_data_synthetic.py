@@ -43,8 +43,13 @@ def test_dataloader_workers_give_the_same_batches():
     ds.set_epoch(3)
     serial = list(DataLoader(ds, batch_size=4, num_workers=0))
     parallel = list(DataLoader(ds, batch_size=4, num_workers=2))
+    # Same augmentation draws in both: labels (nearest) are identical; images may differ in the last
+    # float bits because workers run with one intra-op thread and the main process with several
+    # (bilinear resampling sums in a different order), which a different crop/flip/scale would exceed
+    # by orders of magnitude.
     for (xs, ys), (xp, yp) in zip(serial, parallel):
-        assert torch.equal(xs, xp) and torch.equal(ys, yp)
+        assert torch.equal(ys, yp)
+        assert torch.allclose(xs, xp, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("k", [2, 5, 9])
