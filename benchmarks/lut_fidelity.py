@@ -123,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     meta = read_lut(args.lut).meta
     d["lut_provenance"] = {k: meta.get(k) for k in ("name", "created", "device", "versions", "backend_info", "build")}
     date = datetime.now(timezone.utc).strftime("%Y%m%d")
-    stem = Path(args.out_dir) / f"lut_fidelity-{_slug(result.device_info.get('type', '') + '-' + str(result.device_info.get('name')))}-{date}"
+    dev_type = str(result.device_info.get("type", ""))
+    backend = result.setup.backend
+    # one file per device, backend and day (the backend is left out when it is the device type: cpu)
+    tag = dev_type + "-" + str(result.device_info.get("name")) + ("" if backend == dev_type else "-" + backend)
+    stem = Path(args.out_dir) / f"lut_fidelity-{_slug(tag)}-{date}"
     atomic_write_text(stem.with_suffix(".json"), json.dumps(d, indent=2, default=str) + "\n")
     atomic_write_text(stem.with_suffix(".md"), render_md(d, command))
     plot_validation(result, stem.with_suffix(".png"))
