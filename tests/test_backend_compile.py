@@ -61,6 +61,32 @@ def test_compiled_op_matches_eager(backend, op, shape, stride):
     assert res.p90_us * 1e-6 < p.info["compile_s"]
 
 
+def test_identity_skip_is_a_timed_passthrough_not_a_failure(backend):
+    """A stride-1 skip returns its input: Dynamo makes no graph for it (a compiled network drops it),
+    so the backend times the plain call and records that nothing was compiled."""
+    m = build_op("skip_connect", 8, 8, 1).eval()
+    x = torch.randn(1, 8, 9, 17)
+    p = backend.prepare(m, [x], QUICK)
+    try:
+        assert p.info["compiled_graphs"] == 0 and p.info["passthrough"] is True
+        res = measure(p, config=QUICK)
+    finally:
+        p.close()
+    assert res.ok and res.median_us >= 0
+
+
+def test_a_module_that_computes_but_compiles_to_nothing_is_refused():
+    from latbench.backends.compile import CompileSettings, compile_module
+
+    class Graphless(torch.nn.Module):
+        @torch._dynamo.disable
+        def forward(self, x):  # computes, but Dynamo is told to skip it: it would run eagerly
+            return x * 2
+
+    with pytest.raises(RuntimeError, match="no graph"):
+        compile_module(Graphless().eval(), [torch.randn(3)], CompileSettings())
+
+
 def test_many_modules_of_one_class_each_really_compile(backend):
     """Past Dynamo's recompile limit a frame silently runs eagerly; prepare resets Dynamo so that
     every module is compiled (here with the limit lowered to 1 to make the point cheaply)."""

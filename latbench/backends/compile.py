@@ -77,6 +77,14 @@ def compile_module(module: torch.nn.Module, inputs: Sequence[torch.Tensor], sett
     compile_s = time.perf_counter() - t0
     graphs = _graph_count() - before
     if graphs < 1:
+        # A pure pass-through (e.g. an identity skip) has nothing to compile: Dynamo makes no graph
+        # and a compiled network drops it. Time the plain call and say so; anything else that
+        # compiled to nothing is an error (Dynamo would silently run it eagerly).
+        with torch.inference_mode():
+            out = module(*inputs)
+        if isinstance(out, torch.Tensor) and any(out is t for t in inputs):
+            return module, {"compile_s": round(compile_s, 3), "compiled_graphs": 0, "passthrough": True,
+                            "recompiles_after_warmup": 0}
         raise RuntimeError("torch.compile produced no graph for this module (Dynamo would run it eagerly)")
     # A second round: Inductor's cudagraph trees record on the first runs; nothing may compile now.
     for ctx in contexts:
