@@ -13,6 +13,7 @@ COMMANDS = {
     "compare-lut": "latbench.commands.compare:compare_lut",
     "merge-lut": "latbench.commands.merge:merge_lut",
     "validate-lut": "latbench.commands.validate:validate_lut",
+    "fit": "latbench.commands.fit:fit",
 }
 
 
@@ -23,7 +24,8 @@ def cli() -> None:
 
     Typical use: `latbench build-lut --gpu h100` times every candidate op of the search space at
     every position and writes luts/h100.parquet; `latbench show`, `compare-lut`, `merge-lut` and
-    `validate-lut` inspect, compare, combine and check LUTs.
+    `validate-lut` inspect, compare, combine and check LUTs;
+    `latbench fit` fits the latency model that turns a LUT into whole-network predictions.
     """
 
 

@@ -74,3 +74,36 @@ def compare_plot(c: "Comparison", path: str | os.PathLike, dpi: int = 120) -> Pa
         hx.grid(True, alpha=0.25)
     fig.tight_layout()
     return save_png(fig, path, dpi)
+
+
+def plot_fit(d: dict, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """``latbench fit``'s figure: one panel per network set (fit, held-out uniform, held-out from
+    search), measured vs predicted latency for the raw LUT sum and for the latency model, y = x."""
+    plt = _pyplot()
+    sets = [s for s in ("fit", "test", "search") if any(n["set"] == s and n["measured_us"] for n in d["networks"])]
+    fig, axes = plt.subplots(1, len(sets), figsize=(5.2 * len(sets), 5), squeeze=False)
+    titles = {"fit": "fit networks", "test": "held-out uniform", "search": "held-out from search"}
+    for ax, s in zip(axes[0], sets):
+        nets = [n for n in d["networks"] if n["set"] == s and n["measured_us"]]
+        m = np.array([n["measured_us"] for n in nets]) / 1e3
+        raw = np.array([n["raw_sum_us"] for n in nets]) / 1e3
+        mod = np.array([n["model_us"] for n in nets]) / 1e3
+        f = (d["figures"].get(s) or {})
+        fr, fm = f.get("raw", {}), f.get("model", {})
+        ax.scatter(m, raw, s=14, color="tab:grey", alpha=0.7,
+                   label=f"Σ LUT: MAPE {fr.get('mape', float('nan')):.1f} %, τ {fr.get('kendall_tau') or float('nan'):.2f}")
+        ax.scatter(m, mod, s=18, color="tab:red",
+                   label=f"model: MAPE {fm.get('mape', float('nan')):.2f} %, τ {fm.get('kendall_tau') or float('nan'):.2f}")
+        lo = float(min(m.min(), raw.min(), mod.min()))
+        hi = float(max(m.max(), raw.max(), mod.max()))
+        ax.plot([lo, hi], [lo, hi], "--", color="black", lw=0.8)
+        ax.set_xlabel("measured (ms)")
+        ax.set_ylabel("predicted (ms)")
+        ax.set_title(f"{titles[s]} (n={len(nets)})", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    sc = d["scope"]
+    fig.suptitle(f"{Path(d['lut']).name}: {sc['backend']} {sc['precision']} {sc['height']}x{sc['width']} on "
+                 f"{d['device'].get('name')}", fontsize=10)
+    fig.tight_layout()
+    return save_png(fig, path, dpi)

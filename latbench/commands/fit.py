@@ -1,0 +1,150 @@
+"""``latbench fit``: fit a latency model for a LUT on measured networks and judge it on held-out ones."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import click
+
+MECH_LABELS = {
+    "raw": "Σ LUT (raw)",
+    "affine": "affine a·Σ+b",
+    "overhead": "− per-call overhead",
+    "overhead+global": "overhead + global fit",
+    "model": "latency model",
+}
+SET_LABELS = {"fit": "fit networks (in-sample)", "test": "held-out uniform", "search": "held-out from search"}
+
+
+def _f(v, spec: str = ".2f") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def render_text(d: dict) -> str:
+    """A human summary of :meth:`latbench.fit.FitResult.to_dict`."""
+    m = d["model"]
+    meas = d["measurement"]
+    prov = m.get("provenance") or {}
+    lines = [
+        f"LUT {d['lut']}: {d['scope']['backend']} {d['scope']['precision']} {d['scope']['height']}x{d['scope']['width']} "
+        f"batch {d['scope']['batch']} on {d['device'].get('name')}",
+        f"measured {len([n for n in d['networks'] if n['measured_us'] is not None])} networks in "
+        f"{meas['rounds']['rounds']} interleaved rounds ({meas['statistic']}), {meas['elapsed_s']:.0f} s; "
+        f"median network noise {_f((meas.get('median_network_noise') or 0) * 100)} %; "
+        f"reference p10–p90 spread {_f((meas.get('reference_p10_p90_spread') or 0) * 100, '.1f')} %; "
+        f"{len(meas['drift_events'])} drift event(s); load {meas['loadavg_before']}",
+        f"per-call overhead {d['overhead_us']:.2f} µs; model: {m['group_by']} groups, "
+        f"λ {_f(prov.get('lambda'), 'g')}, constant {m['constant_us']:.1f} µs, "
+        f"cross-validated MAPE on the fit set {_f(prov.get('cv_mape'))} %",
+        "",
+    ]
+    for s, figs in d["figures"].items():
+        lines.append(f"{SET_LABELS.get(s, s)} (n={next(iter(figs.values()))['n']}):")
+        lines.append(f"  {'mechanism':<24} {'MAPE %':>7} {'worst %':>8} {'±5 %':>6} {'±10 %':>6} {'τ':>6} {'ρ':>6}")
+        for name, f in figs.items():
+            lines.append(f"  {MECH_LABELS.get(name, name):<24} {_f(f['mape']):>7} {_f(f['worst']):>8} "
+                         f"{_f(f['within_5'], '.0%'):>6} {_f(f['within_10'], '.0%'):>6} "
+                         f"{_f(f['kendall_tau'], '.3f'):>6} {_f(f['spearman_rho'], '.3f'):>6}")
+    return "\n".join(lines)
+
+
+@click.command("fit")
+@click.argument("lut", type=click.Path(dir_okay=False))
+@click.option("--fit-networks", default=40, show_default=True, type=int,
+              help="Architectures sampled uniformly and measured to fit the model (at least 8).")
+@click.option("--test-networks", default=20, show_default=True, type=int,
+              help="Held-out uniform architectures the fitted model is judged on (0: none).")
+@click.option("--from-search", "from_search", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Also judge the model on architectures drawn from a search's α (for LGCNet: a "
+                   "genotype.json written by `nas search`): searched networks sit where uniform samples rarely go.")
+@click.option("--search-networks", default=20, show_default=True, type=int,
+              help="How many architectures to draw with --from-search.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
+@click.option("--resolution", default=None, help="Input HxW; required when the LUT holds several.")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N. [default: the LUT's device type]")
+@click.option("--rounds", default=15, show_default=True, type=click.IntRange(min=1),
+              help="Interleaved rounds: every network is measured once per round.")
+@click.option("--window", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds each network is sampled per round.")
+@click.option("--statistic", default="fastest-half", show_default=True, type=click.Choice(["fastest-half", "median"]),
+              help="A network's figure: mean of the fastest half of its per-round minima (robust on shared "
+                   "machines), or the median of its per-round medians.")
+@click.option("--drift-tolerance", default=0.05, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Relative drift of the reference network that marks a slow episode (the networks measured "
+                   "during it are measured again).")
+@click.option("--no-save", is_flag=True, help="Report only; do not store the model in the LUT.")
+@click.option("--space", "space_name", default=None,
+              help="Load the space as package.module:Class (for a space not installed under the entry point).")
+@click.option("--json", "as_json", is_flag=True, help="Print every figure, the model and every network as JSON.")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+              help="Write a PNG: measured vs predicted on the held-out networks, raw sum and model.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def fit(lut, fit_networks, test_networks, from_search, search_networks, seed, resolution, device, rounds, window,
+        statistic, drift_tolerance, no_save, space_name, as_json, plot_path, no_progress) -> None:
+    """Fit a latency model for LUT: sample and measure whole networks with the LUT's own backend and
+    protocol (interleaved rounds, a reference network watching for slow episodes), fit per-row
+    corrections (measured per-call overhead, per-op-group slope and per-row terms, a constant)
+    on the fit networks, and report MAPE, worst error, ±5/±10 %, Kendall τ and Spearman ρ on
+    held-out networks for the raw sum, the affine calibration and the model side by side. The
+    model is stored in the LUT (one per backend/precision/resolution/batch/device) and used by
+    `nas search`, `nas fps` and `nas sample`. Resumable: rerun the same command after a crash."""
+    from latbench.errors import UserError
+    from latbench.fileio import check_writable
+    from latbench.fit import FitRequest, run_fit
+    from latbench.interleave import RoundsConfig
+    from latbench.space import parse_resolution
+
+    hw = parse_resolution(resolution) if resolution else None
+    if plot_path:
+        check_writable(plot_path)
+    try:
+        rc = RoundsConfig(rounds=rounds, window_s=window, statistic=statistic, drift_tolerance=drift_tolerance)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    req = FitRequest(lut_path=lut, fit_networks=fit_networks, test_networks=test_networks,
+                     search_networks=search_networks, from_search=from_search, seed=seed, resolution=hw,
+                     device=device, space_name=space_name, rounds=rc, save=not no_save)
+    progress = None
+    tasks: dict[str, int] = {}
+    if not no_progress:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("[bold]{task.fields[phase]}[/]"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"),
+                            console=Console(stderr=True), transient=True)
+
+    def on_progress(phase: str, done: int, total: int, what: str) -> None:
+        if progress is None:
+            return
+        if phase not in tasks:
+            tasks[phase] = progress.add_task("", total=total, phase=phase)
+        progress.update(tasks[phase], completed=done, total=total, description=str(what)[:50])
+
+    def on_event(msg: str) -> None:
+        if progress is not None:
+            progress.console.print(f"[yellow]{msg}[/]")
+        else:
+            click.echo(msg, err=True)
+
+    if progress is not None:
+        progress.start()
+    try:
+        result = run_fit(req, on_event=on_event, on_progress=on_progress)
+    finally:
+        if progress is not None:
+            progress.stop()
+    d = result.to_dict()
+    if plot_path:
+        from latbench.plots import plot_fit
+
+        d["plot"] = str(plot_fit(d, plot_path))
+    if as_json:
+        click.echo(json.dumps(d, indent=2, default=str))
+    else:
+        click.echo(render_text(d))
+        if result.saved:
+            click.echo(f"saved the latency model ({result.model.model_id}) into {lut}")
+        if plot_path:
+            click.echo(f"wrote {plot_path}")
