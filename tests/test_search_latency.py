@@ -93,18 +93,85 @@ def test_calibration_from_lut_metadata(lut_path, tmp_path):
     lut = read_lut(lut_path)
     p = tmp_path / "cal.parquet"
     write_lut(lut.with_calibration(1.5, 100.0), p)
-    raw, _ = _table(lut_path)
-    cal, ident = _table(p)
+    raw, _ = _table(lut_path, latency_scope="network")
+    cal, ident = _table(p, latency_scope="network")
     z = torch.softmax(torch.randn(raw.cell.shape, dtype=torch.float64), -1)
     fz = [torch.softmax(torch.randn(t.shape, dtype=torch.float64), -1) for t in raw.fusion]
     assert float(cal.latency(z, fz)) == pytest.approx(1.5 * float(raw.latency(z, fz)) + 100.0)
     assert ident["calibration"] == {"a": 1.5, "b": 100.0}
-    off, ident_off = _table(p, use_calibration=False)
+    # the paper's cells scope prices the cells' edges only: no calibration there
+    cells, _ = _table(p)
+    assert float(cells.latency(z, fz)) == pytest.approx(float((z * raw.cell).sum()))
+    off, ident_off = _table(p, use_calibration=False, latency_scope="network")
     assert float(off.latency(z, fz)) == pytest.approx(float(raw.latency(z, fz)))
     assert ident_off["calibration"] is None
     write_lut(lut.with_calibration(1.0, -1e9), p)
     with pytest.raises(UserError, match="non-positive"):
         _table(p)
+
+
+def _model_lut(lut_path, tmp_path, **scope_changes):
+    """The tiny LUT with a latency model stored in its metadata (per-op slopes, a per-row term,
+    an overhead, a constant: every part of the model is exercised)."""
+    from latbench.model import LatencyModel, ModelScope, with_model
+    from latbench.lut import LUT
+
+    lut = read_lut(lut_path)
+    scope = ModelScope.of_lut(lut.meta, *RESOLUTION, 1)
+    if scope_changes:
+        scope = ModelScope(**{**scope.to_dict(), **scope_changes})
+    model = LatencyModel(scope, overhead_us=3.0, constant_us=250.0, group_by="op",
+                         slopes={"conv_3x3": 1.5, "sep_conv_3x3": 0.7}, per_row={"conv_3x3": -2.0},
+                         default_slope=1.1, default_per_row=1.0, provenance={"by": "test"})
+    p = tmp_path / "model.parquet"
+    write_lut(LUT(lut.df, with_model(lut.meta, model)), p)
+    return p, model
+
+
+def test_a_latency_model_prices_every_row_and_the_expectation_is_exact(lut_path, tmp_path):
+    from latbench.model import lut_rows
+    from nas.genotype import Architecture
+
+    p, model = _model_lut(lut_path, tmp_path)
+    net, ident = _table(p, latency_scope="network")
+    cells, _ = _table(p)
+    raw, _ = _table(p, latency_model="none", latency_scope="network")
+    assert ident["latency_model"]["id"] == model.model_id and "latency model" in ident["priced_by"]
+    assert net.model is not None and raw.model is None
+    lut = read_lut(p)
+    space = LGCNetSpace(tiny_space())
+    rng = random.Random(3)
+    for _ in range(4):
+        a = Architecture.from_dict(space.sample_architecture(rng))
+        rows = lut_rows(lut, space.architecture_rows(a.to_dict()), *RESOLUTION)
+        assert net.architecture_latency(a) == pytest.approx(model.predict_rows(rows), rel=1e-9)
+        assert net.architecture_lut_sum(a) == pytest.approx(raw.architecture_lut_sum(a), rel=1e-12)
+        assert cells.architecture_latency(a) == pytest.approx(model.predict_rows(rows), rel=1e-9)
+    # a soft choice: LAT is linear in z, so the expectation equals the z-weighted sum of priced rows
+    z = torch.softmax(torch.randn(net.cell.shape, dtype=torch.float64), -1)
+    fz = [torch.softmax(torch.randn(t.shape, dtype=torch.float64), -1) for t in net.fusion]
+    want = net.fixed + float((z * net.cell).sum()) + sum(float((v * t).sum()) for v, t in zip(fz, net.fusion))
+    assert float(net.latency(z, fz)) == pytest.approx(want)
+    assert float(cells.latency(z, fz)) == pytest.approx(float((z * cells.cell).sum()))
+    # a checkpoint round trip keeps the priced and the raw tables and the model's summary
+    from nas.search.latency import LatencyTable
+
+    back = LatencyTable.from_state_dict(net.state_dict())
+    assert back.model == net.model and back.scope == "network"
+    assert float(back.latency(z, fz)) == pytest.approx(float(net.latency(z, fz)))
+
+
+@pytest.mark.parametrize("change", [{"backend": "ort"}, {"precision": "fp16"}, {"height": 65, "width": 129},
+                                    {"device": {"type": "cuda", "name": "NVIDIA H100"}}])
+def test_a_model_fitted_for_something_else_is_refused(lut_path, tmp_path, change):
+    p, _ = _model_lut(lut_path, tmp_path, **change)
+    with pytest.raises(UserError, match="latency model was fitted for") as exc:
+        _table(p)
+    assert "\n" not in exc.value.message
+    table, ident = _table(p, latency_model="none")  # the raw sum is still there for who asks
+    assert table.model is None and ident["latency_model"] is None
+    with pytest.raises(UserError, match="no latency model"):
+        _table(lut_path, latency_model="require")
 
 
 def test_missing_rows_are_listed_before_training(lut_path, tmp_path):
@@ -133,7 +200,7 @@ def test_many_missing_rows_are_truncated(lut_path, tmp_path):
 
 @pytest.mark.parametrize("kw, match", [
     (dict(space=dict(init_channels=8)), "init_channels: LUT 4, search 8"),
-    (dict(space=dict(fusion="aspp")), "fusion: LUT 'dcfc', search 'aspp'"),
+    (dict(space=dict(num_classes=7)), "num_classes: LUT 5, search 7"),
     (dict(resolution=(65, 129)), "no rows at resolution 65x129"),
     (dict(batch=2), "no rows at batch 2"),
     (dict(backend="cudagraph"), "no backend 'cudagraph'"),

@@ -75,7 +75,8 @@ def _saved_values(cfg) -> dict[str, Any]:
         "num_cells": sp.num_cells, "reduction_cells": ",".join(map(str, sp.reduction_cells)),
         "fusion_channels": sp.fusion_channels, "head_channels": sp.head_channels, "num_classes": sp.num_classes,
         "length": data.length, "lut_batch": lut.batch, "backend": lut.backend, "precision": lut.precision,
-        "no_calibration": not lut.use_calibration, "amp": cfg.amp, "channels_last": cfg.channels_last,
+        "no_calibration": not lut.use_calibration, "latency_model": lut.latency_model,
+        "latency_scope": lut.latency_scope, "amp": cfg.amp, "channels_last": cfg.channels_last,
         "checkpoint_every": cfg.checkpoint_every,
     }
 
@@ -147,7 +148,8 @@ def build_config(p: dict[str, Any], given: set[str]):
     return SearchConfig(
         space=space_cfg,
         lut=LUTConfig(path=os.path.abspath(p["lut"]), resolution=resolution, batch=p["lut_batch"],
-                      backend=p["backend"], precision=p["precision"], use_calibration=not p["no_calibration"]),
+                      backend=p["backend"], precision=p["precision"], use_calibration=not p["no_calibration"],
+                      latency_model=p["latency_model"], latency_scope=p["latency_scope"]),
         arch=ArchConfig(cells=cells),
         ggm=ggm,
         optim=optim,
@@ -204,7 +206,14 @@ def build_config(p: dict[str, Any], given: set[str]):
 @click.option("--lut-batch", default=1, show_default=True, type=click.IntRange(min=1), help="LUT batch size (latency batch).")
 @click.option("--backend", default=None, help="Require the LUT's rows of this timing backend.")
 @click.option("--precision", default=None, help="Require the LUT's rows of this precision.")
-@click.option("--no-calibration", is_flag=True, help="Ignore the LUT's fitted calibration a·ΣLUT+b.")
+@click.option("--no-calibration", is_flag=True, help="Ignore the LUT's legacy affine calibration a·ΣLUT+b (used "
+              "only in the network scope, and only when the LUT has no latency model).")
+@click.option("--latency-model", default="auto", show_default=True, type=click.Choice(["auto", "none", "require"]),
+              help="How LUT rows are priced: auto = by the LUT's latency model for these rows when it has one "
+                   "(`latbench fit`), else the raw medians; none = raw medians; require = refuse a LUT without a model.")
+@click.option("--latency-scope", default="cells", show_default=True, type=click.Choice(["cells", "network"]),
+              help="What LAT sums: cells = the 14 cells' edges (the paper's eq. 9, so β means what Fig. 7 says); "
+                   "network = the whole network's predicted latency (cells, fusion cell, fixed parts, the model's constant).")
 # running
 @click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "off", "bf16", "fp16"]), help="Mixed precision (CUDA only; auto = bf16 on GPU, off on CPU).")
 @click.option("--channels-last", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]))
@@ -219,11 +228,17 @@ def search(ctx: click.Context, **p: Any) -> None:
     """Search an LGCNet architecture: Gumbel-softmax supernet + GCN-guided module + fusion cell,
     loss CE + β·log(LAT) with LAT from a latbench LUT (µs). Writes OUT/genotype.json, checkpoints,
     log.jsonl and plots. Multi-GPU / multi-process: run under torchrun."""
+    from latbench.fileio import check_outputs
     from nas.search.config import SearchConfig
     from nas.search.derive import load_checkpoint
     from nas.search.trainer import RunOptions, SearchRun
 
     given = {name for name in p if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    out = p["out"] or os.path.join("runs", "search-" + time.strftime("%Y%m%d-%H%M%S"))
+    check_outputs(folders={"--out": out})
+    if p["batch_size"] < 2 and not p["resume"]:
+        raise UserError("--batch-size must be at least 2: the supernet's BatchNorm layers (after global "
+                        "pooling) need more than one value per channel in training")
     if p["resume"]:
         if not p["out"]:
             raise UserError("--resume needs --out DIR (the run folder to continue)")
@@ -234,7 +249,6 @@ def search(ctx: click.Context, **p: Any) -> None:
         check_resume_options(p, given, config)
     else:
         config = build_config(p, given)
-    out = p["out"] or os.path.join("runs", "search-" + time.strftime("%Y%m%d-%H%M%S"))
     rank0 = int(os.environ.get("RANK", "0")) == 0
     progress = not p["no_progress"] and sys.stderr.isatty()
     run = RunOptions(out=out, device=p["device"], workers=p["workers"], progress=progress, resume=p["resume"],

@@ -83,9 +83,15 @@ class LUTConfig:
     backend: str | None = None
     precision: str | None = None
     use_calibration: bool = True
+    latency_model: str = "auto"      # auto: the LUT's model for these rows if it has one; none; require
+    latency_scope: str = "cells"     # what LAT prices: cells (paper eq. 9) or network (whole network)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resolution", _tuple(self.resolution))
+        if self.latency_model not in ("auto", "none", "require"):
+            raise UserError(f"latency_model must be auto, none or require, not {self.latency_model!r}")
+        if self.latency_scope not in ("cells", "network"):
+            raise UserError(f"latency_scope must be cells or network, not {self.latency_scope!r}")
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,8 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SearchConfig":
+        if not isinstance(d, Mapping):
+            raise UserError(f"invalid search configuration: a dictionary is needed, not {type(d).__name__}")
         d = dict(d)
         parts = {"space": SpaceConfig.from_dict, "lut": lambda x: LUTConfig(**x),
                  "arch": ArchConfig.from_dict, "ggm": GGMConfig.from_dict,
@@ -137,7 +145,7 @@ class SearchConfig:
                 if k in d:
                     d[k] = make(d[k])
             return cls(**d)
-        except TypeError as exc:
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:  # a file from anywhere
             raise UserError(f"invalid search configuration: {exc}") from None
 
     def replace(self, **changes: Any) -> "SearchConfig":
