@@ -16,3 +16,14 @@ class UserError(click.ClickException):
 
 class LUTError(UserError):
     """A LUT file that cannot be used: unreadable, corrupt, unknown schema, wrong configuration."""
+
+
+class OutputError(UserError):
+    """An output that cannot be written: a read-only or full disk, no permission, a file where a
+    folder is wanted (or the reverse). Raised up front by the output checks of
+    :mod:`latbench.fileio`, and by its writers when the disk refuses a write half-way."""
+
+
+class ResourceError(UserError):
+    """A request that cannot fit the machine (memory), refused before the work starts or caught
+    when the allocator gives up."""
