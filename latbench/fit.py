@@ -179,38 +179,45 @@ def sample_sets(space: Any, request: FitRequest) -> tuple[list[Network], dict[st
     return out, reference
 
 
-def _prepare_all(setup: Any, backend: Any, archs: dict[str, dict[str, Any]], batch_probe: int,
-                 on_progress: Callable[[int, int, str], None] | None) -> dict[str, Any]:
-    from latbench.probe import probe_module, probe_inputs
+def measure_networks(setup: Any, backend: Any, archs: dict[str, dict[str, Any]], rounds: RoundsConfig, *,
+                     reference: str | None = None, done: Sequence[Window] = (),
+                     on_window: Callable[[Window], None] | None = None,
+                     on_event: Callable[[str], None] | None = None,
+                     on_progress: Callable[[str, int, int, str], None] | None = None) -> InterleavedResult:
+    """Build and prepare every architecture (and the per-call overhead probe, item ``probe``) with
+    ``backend`` and ``setup``'s protocol, measure them in interleaved rounds, close them.
+    ``on_progress(phase, done, total, what)`` with phase ``prepare`` then ``measure``."""
+    from latbench.probe import probe_inputs, probe_module
+    from latbench.timing.loop import describe_error
 
     prepared: dict[str, Any] = {}
     total = len(archs) + 1
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(setup.batch, 3, setup.height, setup.width, generator=g)
+    x = torch.randn(setup.batch, 3, setup.height, setup.width, generator=torch.Generator().manual_seed(0))
     try:
         for i, (key, arch) in enumerate(archs.items()):
             if on_progress is not None:
-                on_progress(i, total, f"preparing {key}")
+                on_progress("prepare", i, total, key)
             net = setup.space.build_architecture(arch)
             if isinstance(net, torch.nn.Module):
                 net.eval()
             try:
                 prepared[key] = backend.prepare(net, (x,), setup.protocol)
             except Exception as exc:
-                from latbench.timing.loop import describe_error
-
-                raise UserError(f"cannot prepare network {key} with backend {setup.backend}: {describe_error(exc)}") from None
-        prepared[PROBE] = backend.prepare(probe_module(), tuple(probe_inputs(batch_probe)), setup.protocol)
+                raise UserError(f"cannot prepare network {key} with backend {setup.backend}: "
+                                f"{describe_error(exc)}") from None
+        prepared[PROBE] = backend.prepare(probe_module(), tuple(probe_inputs(setup.batch)), setup.protocol)
         if on_progress is not None:
-            on_progress(total, total, "prepared")
-    except BaseException:
+            on_progress("prepare", total, total, "prepared")
+        return measure_interleaved(
+            prepared, setup.protocol, rounds, reference=reference, done=done, on_window=on_window,
+            on_event=on_event,
+            on_progress=(lambda d, t, w: on_progress("measure", d, t, w)) if on_progress else None)
+    finally:
         for p in prepared.values():
             try:
                 p.close()
             except Exception:
                 pass
-        raise
-    return prepared
 
 
 def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = None,
@@ -262,25 +269,17 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
     lock = FileLock(lock_path(jpath), purpose="a latbench fit")
     lock.acquire()
     journal: Journal | None = None
-    prepared: dict[str, Any] = {}
     load_before = list(os.getloadavg())
     try:
         journal = Journal(jpath)
         if header is None:
             journal.append({"type": "header", "key": key, "created": now_iso(), "pid": os.getpid()})
-        prepared = _prepare_all(setup, backend, archs, setup.batch,
-                                (lambda d, t, w: on_progress("prepare", d, t, w)) if on_progress else None)
         jr = journal
-        res: InterleavedResult = measure_interleaved(
-            prepared, setup.protocol, request.rounds, reference=REFERENCE, done=done,
+        res: InterleavedResult = measure_networks(
+            setup, backend, archs, request.rounds, reference=REFERENCE, done=done,
             on_window=lambda w: jr.append({"type": "window", "window": w.to_dict()}), on_event=on_event,
-            on_progress=(lambda d, t, w: on_progress("measure", d, t, w)) if on_progress else None)
+            on_progress=on_progress)
     finally:
-        for p in prepared.values():
-            try:
-                p.close()
-            except Exception:
-                pass
         if journal is not None:
             journal.close()
         lock.release()
@@ -310,6 +309,7 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
         figs[s] = {name: figures([f(n.rows) for n in nets], y) for name, f in ladder.items()}
     noises = [r.noise for k, r in res.items.items() if r.ok and k not in (PROBE, REFERENCE) and math.isfinite(r.noise)]
     measurement = {"statistic": request.rounds.statistic, "rounds": request.rounds.to_dict(),
+                   "resumed_windows": len(done),
                    "protocol": setup.protocol.to_dict(), "median_network_noise": float(np.median(noises)) if noises else None,
                    "failed": failed, "loadavg_before": [round(v, 2) for v in load_before],
                    "loadavg_after": [round(v, 2) for v in os.getloadavg()], **res.summary()}

@@ -148,6 +148,16 @@ def fit_fixed(rows_per_net: Sequence[Sequence[Row]], y: Sequence[float], scope: 
     return _model(scope, overhead_us, group_by, co, column)
 
 
+UNFITTED = "measured-overhead-only"
+
+
+def overhead_model(scope: ModelScope, overhead_us: float, column: str = "median_us") -> LatencyModel:
+    """The model with nothing fitted: every row minus the measured per-call overhead, plus one
+    overhead for the network."""
+    return LatencyModel(scope=scope, overhead_us=float(overhead_us), constant_us=float(overhead_us),
+                        column=column, provenance={"fitted": False})
+
+
 def _folds(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
     idx = np.random.default_rng(seed).permutation(n)
     return [idx[i::k] for i in range(k)]
@@ -188,10 +198,13 @@ def select(rows: RowsByColumn, y: Sequence[float], scope: ModelScope, overhead_u
     y = np.asarray(y, dtype=np.float64)
     tried = []
     for col, rows_per_net in rows.items():
+        # the measured overhead alone, nothing fitted: what a fit must beat to be worth its parameters
+        tried.append((col, UNFITTED, math.inf, float(100.0 * np.mean(
+            [abs(overhead_model(scope, overhead_us, col).predict_rows(r) - t) / t for r, t in zip(rows_per_net, y)]))))
         for gb in groupings:
             for lam in ([math.inf] if gb == "none" else [v for v in lambdas if not math.isinf(v)]):
                 tried.append((col, gb, lam, cross_validated_mape(rows_per_net, y, scope, overhead_us, gb, lam, k)))
-    best = min(tried, key=lambda t: (round(t[3], 6), t[0] != "median_us", t[1] != "none"))
+    best = min(tried, key=lambda t: (round(t[3], 6), t[0] != "median_us", t[1] != UNFITTED, t[1] != "none"))
     return Selection(best[0], best[1], best[2], best[3], tuple(tried))
 
 
@@ -203,13 +216,17 @@ def fit_model(rows: RowsByColumn, y: Sequence[float], scope: ModelScope, overhea
     if len(y) < 5:
         raise ValueError(f"a latency model needs at least 5 measured fit networks, got {len(y)}")
     sel = select(rows, y, scope, overhead_us, groupings, k=k)
-    m = fit_fixed(rows[sel.column], y, scope, overhead_us, sel.group_by, sel.lam, sel.column)
+    if sel.group_by == UNFITTED:
+        m = overhead_model(scope, overhead_us, sel.column)
+    else:
+        m = fit_fixed(rows[sel.column], y, scope, overhead_us, sel.group_by, sel.lam, sel.column)
     prov = dict(provenance or {})
     prov.update({"lambda": None if math.isinf(sel.lam) else sel.lam, "cv_mape": sel.cv_mape,
                  "cv_folds": max(2, min(k, len(y))),
+                 "fitted": sel.group_by != UNFITTED,
                  "selection": [{"column": c, "group_by": g, "lambda": None if math.isinf(lam) else lam, "cv_mape": v}
                                for c, g, lam, v in sel.table]})
-    return LatencyModel(**{**m.__dict__, "provenance": prov}), sel
+    return LatencyModel(**{**m.__dict__, "provenance": {**dict(m.provenance), **prov}}), sel
 
 
 # ---- the ablation ladder -------------------------------------------------------------------------

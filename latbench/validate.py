@@ -5,31 +5,33 @@
 1. reads the LUT (:func:`latbench.lut.read_lut`) and, from its metadata, the search space
    (``space``: name + config, loaded with :func:`latbench.space.load_space`), the timing backend,
    precision, batch and protocol (``protocol``, a :class:`~latbench.timing.TimingConfig`);
-2. samples N distinct architectures uniformly with ``random.Random(seed)``
-   (``space.sample_architecture``);
+2. samples N distinct architectures with ``random.Random(seed)`` — uniformly
+   (``space.sample_architecture``) or, with ``from_search``, from the distribution a search left
+   in a file (the space's optional ``sample_from_search``, e.g. LGCNet's α probabilities);
 3. predicts each one as Σ LUT over ``space.architecture_rows(arch)`` at the chosen resolution —
    every row must be present and ``ok`` (or analytic), otherwise a :class:`UserError` names the
-   missing ones;
+   missing ones — and, when the LUT holds a latency model for these rows (``latbench fit``,
+   :mod:`latbench.model`), with that model too;
 4. builds each one (``space.build_architecture``) and measures it end to end through the *same*
-   backend, precision, batch and protocol (:func:`latbench.timing.measure`) on the same kind of
-   device the LUT was measured on (a different device is refused: that comparison is
-   ``compare-lut``'s job);
-5. reports the figures of :func:`latbench.metrics_fit.fidelity` (MAPE, share within ±5 % / ±10 %,
-   Kendall τ, Spearman ρ, the affine calibration measured ≈ a·ΣLUT + b with its leave-one-out
-   error and the MAPE after calibration).
+   backend, precision, batch and protocol on the same kind of device the LUT was measured on (a
+   different device is refused: that comparison is ``compare-lut``'s job), all networks in
+   interleaved rounds (:mod:`latbench.interleave`), so a slow episode of a shared machine cannot
+   bias a few networks;
+5. reports the figures of :func:`latbench.metrics_fit.fidelity` for the raw sum (MAPE, share within
+   ±5 % / ±10 %, Kendall τ, Spearman ρ, the affine calibration measured ≈ a·ΣLUT + b with its
+   leave-one-out error and the MAPE after calibration) and, side by side, the model's.
 
 :func:`save_calibration` stores the fitted ``a``, ``b`` in the LUT's metadata (``calibration``)
 through :meth:`latbench.lut.LUT.with_calibration` and an atomic :func:`latbench.lut.write_lut`,
-holding the LUT's build lock so a concurrent build is refused rather than overwritten.
-
-Not done: sampling from a search's α (``--from-alpha``). The space protocol has no way to turn
-per-position choices back into an architecture, so it would need a new protocol method.
+holding the LUT's build lock so a concurrent build is refused rather than overwritten. (A latency
+model, ``latbench fit``, supersedes it: the search and ``nas fps`` prefer the model.)
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,12 +67,14 @@ class LutSetup:
 
 @dataclass
 class ArchSample:
-    """One sampled architecture: its LUT prediction and its end-to-end measurement (µs)."""
+    """One sampled architecture: its LUT prediction (Σ LUT, and the latency model's when the LUT
+    has one) and its end-to-end measurement (µs)."""
 
     index: int
     arch: dict[str, Any]
     predicted_us: float
     measurement: Measurement
+    model_us: float | None = None
 
     @property
     def measured_us(self) -> float:
@@ -78,7 +82,7 @@ class ArchSample:
 
     def to_dict(self) -> dict[str, Any]:
         m = self.measurement
-        return {"index": self.index, "predicted_us": self.predicted_us, "measured_us": None if math.isnan(m.median_us) else m.median_us,
+        return {"index": self.index, "predicted_us": self.predicted_us, "model_us": self.model_us, "measured_us": None if math.isnan(m.median_us) else m.median_us,
                 "p10_us": None if math.isnan(m.p10_us) else m.p10_us, "p90_us": None if math.isnan(m.p90_us) else m.p90_us,
                 "noise": None if math.isnan(m.noise) else m.noise, "samples": m.samples, "host_bound": m.host_bound,
                 "enqueue_us": m.enqueue_us, "throttled": m.throttled, "status": m.status, "error": m.error,
@@ -96,6 +100,9 @@ class ValidationResult:
     device_info: dict[str, Any]
     sampling: str = "uniform"
     date: str = field(default_factory=now_iso)
+    model: Any = None                     # the LUT's latency model for these rows, if any
+    model_figures: dict[str, Any] | None = None
+    measurement: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok_samples(self) -> list[ArchSample]:
@@ -114,6 +121,9 @@ class ValidationResult:
             "failed": len(self.samples) - len(ok),
             "host_bound_share": (sum(hb) / len(hb)) if hb else None,
             "fidelity": self.fidelity.to_dict(),
+            "latency_model": self.model.summary() if self.model is not None else None,
+            "model_fidelity": self.model_figures,
+            "measurement": self.measurement,
             "samples": [x.to_dict() for x in self.samples],
         }
 
@@ -217,7 +227,8 @@ def sample_architectures(space: Any, n: int, seed: int, from_search: str | Path 
 
 
 def measure_architecture(space: Any, arch: Mapping[str, Any], backend: Any, setup: LutSetup, seed: int = 0) -> Measurement:
-    """Build ``arch`` and time it end to end with ``setup``'s protocol through ``backend``."""
+    """Build ``arch`` and time it end to end with ``setup``'s protocol through ``backend`` (one
+    network on its own; :func:`validate_lut` measures many in interleaved rounds instead)."""
     net = space.build_architecture(arch)
     if isinstance(net, torch.nn.Module):
         net.eval()
@@ -229,25 +240,55 @@ def measure_architecture(space: Any, arch: Mapping[str, Any], backend: Any, setu
         del net
 
 
+def _as_measurement(r: Any, statistic: str) -> Measurement:
+    """An interleaved item's figure as a :class:`Measurement` (samples = rounds)."""
+    if not r.ok:
+        err = next((w.error for w in r.windows if w.error), "not measured")
+        return Measurement.failed(str(err))
+    return Measurement(median_us=r.median_us, samples=r.rounds, noise=r.noise,
+                       extra={"statistic": statistic, "rounds": r.rounds, "windows": len(r.windows),
+                              "noise_reached": bool(r.noise <= 0.01)})
+
+
 # ---- the whole run -----------------------------------------------------------------------------
 def validate_lut(lut_path: str | Path, samples: int, seed: int = 0, resolution: tuple[int, int] | None = None,
                  device: str | None = None, space_name: str | None = None,
                  on_sample: Callable[[ArchSample], None] | None = None,
-                 from_search: str | Path | None = None) -> ValidationResult:
-    """Sample, predict, measure and score; see the module docstring."""
+                 from_search: str | Path | None = None, rounds: Any = None, latency_model: str = "auto",
+                 on_event: Callable[[str], None] | None = None,
+                 on_progress: Callable[[str, int, int, str], None] | None = None) -> ValidationResult:
+    """Sample, predict, measure (interleaved rounds, ``rounds``: a
+    :class:`latbench.interleave.RoundsConfig`) and score; see the module docstring."""
+    from latbench.fit import PROBE, measure_networks
+    from latbench.interleave import RoundsConfig
+    from latbench.model import ModelScope, lut_rows, model_for
+
     if samples < 3:
         raise UserError(f"--samples must be at least 3 (an affine calibration needs 3 points), got {samples}")
+    rounds = rounds or RoundsConfig()
     lut = read_lut(lut_path)
     setup = resolve_setup(lut, resolution, device, space_name)
+    model = None
+    if latency_model != "none":
+        model = model_for(lut.meta, ModelScope.of_lut(lut.meta, setup.height, setup.width, setup.batch,
+                                                      setup.backend, setup.precision),
+                          required=latency_model == "require")
     backend = get_backend(setup.backend, device=setup.device, precision=setup.precision,
                           threads=setup.protocol.threads)
     archs = sample_architectures(setup.space, samples, seed, from_search)
     # Predict everything first: a LUT that cannot price an architecture fails before any timing.
-    preds = [predict_us(lut, setup.space.architecture_rows(a), setup.height, setup.width, setup.batch) for a in archs]
+    all_rows = [setup.space.architecture_rows(a) for a in archs]
+    preds = [predict_us(lut, r, setup.height, setup.width, setup.batch) for r in all_rows]
+    model_preds = [model.predict_rows(lut_rows(lut, r, setup.height, setup.width, setup.batch, model.column))
+                   if model is not None else None for r in all_rows]
+    keys = {f"net{i:03d}": a for i, a in enumerate(archs)}
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    res = measure_networks(setup, backend, {"reference": setup.space.sample_architecture(random.Random(f"ref-{seed}")),
+                                            **keys}, rounds, reference="reference", on_event=on_event,
+                           on_progress=on_progress)
     results: list[ArchSample] = []
-    for i, (arch, pred) in enumerate(zip(archs, preds)):
-        m = measure_architecture(setup.space, arch, backend, setup, seed=seed + i)
-        s = ArchSample(i, arch, pred, m)
+    for i, (key, arch) in enumerate(keys.items()):
+        s = ArchSample(i, arch, preds[i], _as_measurement(res.items[key], rounds.statistic), model_preds[i])
         results.append(s)
         if on_sample is not None:
             on_sample(s)
@@ -256,11 +297,22 @@ def validate_lut(lut_path: str | Path, samples: int, seed: int = 0, resolution: 
         errors = "; ".join(sorted({str(s.measurement.error) for s in results if not s.measurement.ok}))[:300]
         raise UserError(f"only {len(ok)} of {len(results)} architectures could be measured ({errors})")
     fid = fidelity([s.predicted_us for s in ok], [s.measured_us for s in ok])
+    model_figs = None
+    if model is not None:
+        from latbench.fit import figures
+
+        model_figs = figures([s.model_us for s in ok], [s.measured_us for s in ok])
     info = describe_device(setup.device)
     if info.get("type") == "cpu" and setup.protocol.threads:
         info["threads"] = setup.protocol.threads
+    probe = res.items.get(PROBE)
+    measurement = {"statistic": rounds.statistic, "rounds": rounds.to_dict(),
+                   "overhead_us": probe.median_us if probe is not None and probe.ok else None,
+                   "loadavg_before": load_before, "loadavg_after": [round(v, 2) for v in os.getloadavg()],
+                   **res.summary()}
     return ValidationResult(str(lut_path), lut.meta.get("name"), setup, seed, results, fid, info,
-                            sampling=f"search distribution in {from_search}" if from_search else "uniform")
+                            sampling=f"search distribution in {from_search}" if from_search else "uniform",
+                            model=model, model_figures=model_figs, measurement=measurement)
 
 
 def save_calibration(lut_path: str | Path, result: ValidationResult) -> dict[str, Any]:
@@ -297,7 +349,14 @@ def plot_validation(result: ValidationResult, path: str | Path) -> Path:
     m = np.array([s.measured_us for s in ok]) / 1e3
     f = result.fidelity
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.scatter(p, m, s=22, color="tab:blue", zorder=3, label="sampled architectures")
+    ax.scatter(p, m, s=22, color="tab:blue", zorder=3, label="Σ LUT")
+    if result.model is not None and result.model_figures:
+        mp = np.array([s.model_us for s in ok]) / 1e3
+        mf = result.model_figures
+        ax.scatter(mp, m, s=22, color="tab:red", marker="x", zorder=4,
+                   label=f"latency model: MAPE {mf['mape']:.2f} %, τ {mf['kendall_tau'] or float('nan'):.3f}")
+        p = np.concatenate([p, mp])
+        m = np.concatenate([m, m])
     lo, hi = float(min(p.min(), m.min())), float(max(p.max(), m.max()))
     pad = 0.05 * (hi - lo or hi)
     xs = np.linspace(lo - pad, hi + pad, 50)
@@ -307,7 +366,7 @@ def plot_validation(result: ValidationResult, path: str | Path) -> Path:
         ax.plot(xs, c.a * xs + c.b / 1e3, color="tab:red", lw=1.2,
                 label=f"fit: {c.a:.3f}·Σ LUT + {c.b / 1e3:.3f} ms (LOO MAPE {c.loo_mape:.2f} %)")
     s = result.setup
-    ax.set_xlabel("Σ LUT (ms)")
+    ax.set_xlabel("predicted (ms)")
     ax.set_ylabel("measured end to end (ms)")
     ax.set_title(f"{result.lut_name or Path(result.lut_path).stem}: {s.backend} {s.precision} {s.resolution} b{s.batch}\n"
                  f"n={f.n}  MAPE {f.mape:.2f} %  τ {f.kendall_tau:.3f}  ρ {f.spearman_rho:.3f}", fontsize=9)

@@ -16,8 +16,9 @@ hooks on ``nn.Conv2d``, ``nn.ConvTranspose2d`` and ``nn.Linear``:
   interpolation and element-wise sums are not counted (they are memory-bound and small; the usual
   convention of segmentation papers). ``params`` counts every parameter of the folded network.
 
-A LUT given with ``--lut`` adds its prediction Σ LUT over ``LGCNetSpace.architecture_rows`` (and
-``a·Σ + b`` when the LUT holds a calibration) beside each measurement; the LUT must describe the
+A LUT given with ``--lut`` adds its predictions beside each measurement: Σ LUT over
+``LGCNetSpace.architecture_rows``, ``a·Σ + b`` when the LUT holds a legacy calibration, and the
+latency model's prediction when the LUT holds a model for these rows (``latbench fit``); the LUT must describe the
 same space configuration (width multiplier included) and hold the resolution.
 
 Report files (``REPORTS/fps/NAME.json``, one per GPU or CPU; NAME from ``--gpu`` or the device's
@@ -139,9 +140,6 @@ def check_lut_for(lut: LUT, genotype: Genotype, resolutions: Sequence[tuple[int,
                         f"the genotype is {mine['name']!r} v{mine['version']}")
     theirs = ident.get("config") or {}
     diff = sorted(k for k in set(theirs) | set(mine["config"]) if theirs.get(k) != mine["config"].get(k))
-    if diff:
-        shown = ", ".join(f"{k}: LUT {theirs.get(k)!r} vs network {mine['config'].get(k)!r}" for k in diff[:3])
-        raise UserError(f"LUT was built for another LGCNet configuration ({shown})")
     have = lut.resolutions()
     for hw in resolutions:
         if tuple(hw) not in have:
@@ -149,10 +147,28 @@ def check_lut_for(lut: LUT, genotype: Genotype, resolutions: Sequence[tuple[int,
                             f"{', '.join(format_resolution(r) for r in have) or 'nothing'}")
     if int(lut.meta.get("batch", 1)) != int(batch):
         raise UserError(f"LUT was measured at batch {lut.meta.get('batch')}, not {batch}")
+    # one LUT prices every fusion ablation: what must match is every row of this network (same
+    # op key), not the LUT's configuration (nas.search.latency.check_lut)
+    from nas.search.latency import compare_rows
+
+    for hw in resolutions:
+        _, missing, failed, other = compare_rows(lut, genotype.config, tuple(hw), int(batch))
+        if other:
+            shown = ", ".join(f"{k}: LUT {theirs.get(k)!r} vs network {mine['config'].get(k)!r}" for k in diff[:3])
+            raise UserError(f"LUT was built for another LGCNet configuration ({shown or 'other op shapes'})")
+        if missing or failed:
+            pos, op = (missing or failed)[0]
+            raise UserError(f"LUT lacks {len(missing) + len(failed)} rows of this network at {format_resolution(hw)} "
+                            f"(e.g. {pos}/{op}); nas search names the build-lut command that adds them")
 
 
-def lut_prediction(lut: LUT, lut_path: str, genotype: Genotype, height: int, width: int, batch: int) -> dict[str, Any]:
-    """Σ LUT (µs) for the genotype at ``height``×``width``, and the calibrated value if stored."""
+def lut_prediction(lut: LUT, lut_path: str, genotype: Genotype, height: int, width: int, batch: int,
+                   latency_model: str = "auto") -> dict[str, Any]:
+    """What the LUT predicts for the genotype at ``height``×``width`` (µs): the raw Σ LUT, the
+    legacy calibrated a·Σ + b if stored, and the latency model's prediction (``latbench fit``)
+    when the LUT has a model for these rows (``latency_model="none"`` skips it; a LUT whose
+    models were all fitted for another scope is refused in one line)."""
+    from latbench.model import ModelScope, lut_rows, model_for
     from latbench.validate import predict_us
     from nas.space import LGCNetSpace
 
@@ -160,10 +176,16 @@ def lut_prediction(lut: LUT, lut_path: str, genotype: Genotype, height: int, wid
     total = predict_us(lut, rows, height, width, batch)
     cal = lut.meta.get("calibration")
     calibrated = float(cal["a"]) * total + float(cal["b"]) if isinstance(cal, dict) and "a" in cal else None
+    model = None
+    if latency_model != "none":
+        model = model_for(lut.meta, ModelScope.of_lut(lut.meta, height, width, batch),
+                          required=latency_model == "require")
+    predicted = model.predict_rows(lut_rows(lut, rows, height, width, batch, model.column)) if model else None
     return {"path": lut_path, "name": lut.meta.get("name"), "backend": lut.meta.get("backend"),
             "precision": lut.meta.get("precision"), "device": (lut.meta.get("device") or {}).get("name"),
             "sum_us": total, "calibrated_us": calibrated,
-            "calibration": cal if isinstance(cal, dict) else None}
+            "calibration": cal if isinstance(cal, dict) else None,
+            "model_us": predicted, "model": model.summary() if model else None}
 
 
 # ---- measurement --------------------------------------------------------------------------------
@@ -179,6 +201,7 @@ class FpsRequest:
     timing: TimingConfig = field(default_factory=TimingConfig)
     lut_path: str | None = None
     label: str | None = None
+    latency_model: str = "auto"
 
 
 def effective_genotype(genotype: Genotype, width_mult: float | None) -> Genotype:
@@ -203,6 +226,8 @@ def make_record(*, request: FpsRequest, genotype: Genotype, genotype_file_sha: s
                     "config": genotype.config.to_dict()},
         "resolution": format_resolution(hw), "height": hw[0], "width": hw[1], "batch": request.batch,
         "backend": getattr(backend, "name", None), "precision": request.precision,
+        # effective fp32 math (strict IEEE or TF32) and the flags behind it
+        "precision_mode": (backend.describe().get("precision_mode") if hasattr(backend, "describe") else None),
         "status": m.status, "error": m.error,
         "latency_ms": ms(m.median_us), "p10_ms": ms(m.p10_us), "p90_ms": ms(m.p90_us),
         "fps": request.batch * 1e6 / m.median_us if ok else None,
@@ -231,7 +256,11 @@ def measure_fps(request: FpsRequest, on_record: Callable[[dict[str, Any]], None]
     """Measure every (resolution, backend) of ``request``; returns ``(report NAME, records)``.
 
     Every input is checked before the first timing (backends exist and run on the device, the LUT
-    fits), so bad input fails fast with a :class:`UserError`."""
+    fits), so bad input fails fast with a :class:`UserError`. The network is built once on the CPU
+    and stays there: each backend times its own copy on the device (:func:`latbench.timing.measure`
+    never moves or casts the module it is given), so every backend and resolution starts from the
+    same fp32 CPU network."""
+    from nas.memory import check_network_fits
     from nas.network import inference_network
 
     genotype = Genotype.load(request.genotype_path)
@@ -254,11 +283,17 @@ def measure_fps(request: FpsRequest, on_record: Callable[[dict[str, Any]], None]
         lut = read_lut(request.lut_path)
         check_lut_for(lut, genotype, request.resolutions, request.batch)
 
+    for hw in request.resolutions:  # refuse what cannot fit before building anything
+        check_network_fits(genotype.config, genotype.arch, request.device, batch=request.batch, resolution=hw,
+                           what="measuring the network")
+    # every LUT prediction before the first timing: a model fitted for something else fails fast
+    preds = {hw: lut_prediction(lut, str(request.lut_path), genotype, hw[0], hw[1], request.batch,
+                                request.latency_model) for hw in request.resolutions} if lut else {}
     net = inference_network(genotype.config, genotype.arch)
     records = []
     for hw in request.resolutions:
         cost = count_cost(net, (1, 3, hw[0], hw[1]))
-        pred = lut_prediction(lut, str(request.lut_path), genotype, hw[0], hw[1], request.batch) if lut else None
+        pred = preds.get(hw)
         x = torch.randn(request.batch, 3, hw[0], hw[1], generator=torch.Generator().manual_seed(0))
         for backend in backends:
             m = measure(net, [x], request.timing, backend=backend)

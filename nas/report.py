@@ -72,6 +72,16 @@ class MiouRecord:
         for k in ("dataset", "split", "resolution"):
             if not isinstance(d.get(k), str):
                 raise UserError(f"{source} lacks {k}")
+        if not _is_resolution(d["resolution"]):
+            raise UserError(f"{source}: resolution must read HxW, e.g. 769x1537, not {d['resolution']!r}")
+        if g.get("path") is not None and not isinstance(g.get("path"), str):
+            raise UserError(f"{source}: genotype.path must be a string")
+        per_class = d.get("per_class") or {}
+        if not isinstance(per_class, Mapping) or not all(
+                v is None or (_is_number(v) and 0.0 <= v <= 1.0) for v in per_class.values()):
+            raise UserError(f"{source}: per_class must map class names to fractions in [0, 1] (or null)")
+        if d.get("date") is not None and not isinstance(d.get("date"), str):
+            raise UserError(f"{source}: date must be a string")
         known = {"format", "version", "genotype", "dataset", "split", "resolution", "miou", "per_class", "date"}
         return cls(genotype_sha=g["sha"], genotype_path=g.get("path"), dataset=d["dataset"], split=d["split"],
                    resolution=d["resolution"], miou=float(miou), per_class=dict(d.get("per_class") or {}),
@@ -116,13 +126,67 @@ class ReportRow:
     status: str = "ok"
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_resolution(v: Any) -> bool:
+    parts = v.split("x") if isinstance(v, str) else []
+    return len(parts) == 2 and all(p.isdigit() for p in parts)
+
+
+# field -> (check, what it must be), for the fields of an FPS record the report reads
+_FPS_FIELDS: dict[str, tuple[Any, str]] = {
+    "backend": (lambda v: isinstance(v, str), "a string"),
+    "precision": (lambda v: isinstance(v, str), "a string"),
+    "batch": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    "resolution": (_is_resolution, "a string HxW"),
+    "date": (lambda v: v is None or isinstance(v, str), "a string"),
+    "status": (lambda v: v is None or isinstance(v, str), "a string"),
+    "report": (lambda v: v is None or isinstance(v, str), "a string"),
+    "latency_ms": (lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 or null"),
+    "p10_ms": (lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 or null"),
+    "p90_ms": (lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 or null"),
+    "fps": (lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 or null"),
+    "host_bound": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+    "device": (lambda v: v is None or (isinstance(v, Mapping) and (v.get("name") is None or isinstance(v.get("name"), str))),
+               "an object with a string name"),
+    "network": (lambda v: v is None or (isinstance(v, Mapping) and all(
+        v.get(k) is None or (isinstance(v.get(k), int) and not isinstance(v.get(k), bool)) for k in ("params", "flops"))
+        and (v.get("width_mult") is None or _is_number(v.get("width_mult")))),
+        "an object with integer params / flops and a numeric width_mult"),
+    "lut": (lambda v: v is None or (isinstance(v, Mapping) and all(
+        v.get(k) is None or _is_number(v.get(k)) for k in ("sum_us", "calibrated_us", "model_us"))),
+        "an object with numeric sum_us / calibrated_us / model_us"),
+}
+
+
+def check_fps_record(r: Any, where: str) -> dict[str, Any]:
+    """``r`` if it is an FPS record the report can place (``nas fps`` writes them); else a one-line
+    :class:`UserError` naming ``where`` (file and record number) and the field."""
+    if not isinstance(r, Mapping):
+        raise UserError(f"{where} is not an FPS record (a JSON object) but {type(r).__name__}")
+    g = r.get("genotype")
+    if not isinstance(g, Mapping) or not isinstance(g.get("sha"), str) or not g.get("sha"):
+        raise UserError(f"{where} names no genotype (genotype.sha), so it cannot be placed in the table")
+    if g.get("name") is not None and not isinstance(g.get("name"), str):
+        raise UserError(f"{where}: genotype.name must be a string")
+    for key, (ok, what) in _FPS_FIELDS.items():
+        if key in ("backend", "precision", "batch", "resolution") and key not in r:
+            raise UserError(f"{where} lacks {key}")
+        if not ok(r.get(key)):
+            raise UserError(f"{where}: {key} must be {what}, not {str(json.dumps(r.get(key), default=str))[:40]}")
+    return dict(r)
+
+
 def load_fps_records(reports_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every record of ``REPORTS/fps/*.json``, each checked by :func:`check_fps_record`."""
     from nas.fps import read_report
 
     folder = Path(reports_dir) / "fps"
     out: list[dict[str, Any]] = []
     for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        out += [r for r in read_report(p)["records"] if isinstance(r, dict)]
+        out += [check_fps_record(r, f"{p} record {i}") for i, r in enumerate(read_report(p)["records"])]
     return out
 
 
@@ -158,7 +222,8 @@ def build_rows(fps_records: Sequence[Mapping[str, Any]], miou: Sequence[MiouReco
     for (sha, dev, backend, precision, batch, res), r in latest.items():
         net = r.get("network") or {}
         lut = r.get("lut") or {}
-        lut_us = lut.get("calibrated_us") if lut.get("calibrated_us") is not None else lut.get("sum_us")
+        # the best prediction the LUT made: its latency model's, else the calibrated, else the raw Σ
+        lut_us = next((lut.get(k) for k in ("model_us", "calibrated_us", "sum_us") if lut.get(k) is not None), None)
         name = str(r["genotype"].get("name") or sha)
         wm = net.get("width_mult")
         if isinstance(wm, (int, float)) and wm != 1.0:
@@ -202,7 +267,18 @@ def render_markdown(rows: Sequence[ReportRow]) -> str:
             f"| {h} × {w} | {miou} | {_num(r.latency_ms, '.2f')} | {spread} | {_num(r.fps, '.1f')} "
             f"| {_num(r.lut_ms, '.2f')} | {_num(r.params / 1e6 if r.params is not None else None, '.3f')} "
             f"| {_num(r.flops / 1e9 if r.flops is not None else None, '.2f')} | {'; '.join(notes)} |")
+    lines += ["", paper_line()]
     return "\n".join(lines) + "\n"
+
+
+def paper_line() -> str:
+    """The paper's figures for its searched network, printed under every table for comparison."""
+    from nas import paper
+
+    h, w = paper.CITYSCAPES_RESOLUTION
+    return (f"Paper, for comparison: LGCNet (Fig. 9) has {paper.PARAMS / 1e6:.2f} M params (Table VI d); "
+            f"{paper.LATENCY_MS:.2f} ms = {paper.FPS:.1f} FPS at {h} × {w} on a Titan Xp, PyTorch, batch 1 "
+            f"({paper.FPS_TENSORRT:.1f} FPS with TensorRT; Table IV).")
 
 
 def plot_fps_miou(rows: Sequence[ReportRow], path: str | os.PathLike) -> Path:

@@ -13,10 +13,13 @@ from scipy import stats
 from latbench.build import build_lut
 from latbench.cli import cli
 from latbench.errors import UserError
+from latbench.interleave import RoundsConfig
 from latbench.lut import read_lut, write_lut
 from latbench.validate import predict_us, sample_architectures, save_calibration, validate_lut
 
 TOY = "toy_space:ToySpace"
+FAST = RoundsConfig(rounds=3, window_s=0.01)  # interleaved rounds, short: for behaviour, not accuracy
+FAST_CLI = ["--rounds", "3", "--window", "0.01"]
 
 
 @pytest.fixture
@@ -36,7 +39,7 @@ def _lgcnet_lut(tmp_path, fast_config, hw=(33, 65)):
 
 
 def test_figures_equal_independent_computation(toy_lut, toy_space):
-    result = validate_lut(toy_lut, samples=8, seed=3, space_name=TOY)
+    result = validate_lut(toy_lut, samples=8, seed=3, space_name=TOY, rounds=FAST)
     d = result.to_dict()
     assert d["measured"] == 8 and d["backend"] == "cpu" and d["resolution"] == "16x24"
     # predictions: Σ of the LUT's rows, computed here straight from the table
@@ -73,7 +76,7 @@ def test_sampling_is_seeded_and_distinct(toy_space):
 
 def test_save_calibration_writes_metadata_and_keeps_rows(toy_lut):
     before = read_lut(toy_lut)
-    result = validate_lut(toy_lut, samples=5, seed=0, space_name=TOY)
+    result = validate_lut(toy_lut, samples=5, seed=0, space_name=TOY, rounds=FAST)
     stored = save_calibration(toy_lut, result)
     after = read_lut(toy_lut)
     cal = after.meta["calibration"]
@@ -92,13 +95,13 @@ def test_missing_rows_and_foreign_devices_are_refused(toy_lut):
     other = toy_lut.parent / "other.parquet"
     write_lut(lut, other)
     with pytest.raises(UserError, match="its own device"):
-        validate_lut(other, samples=3, space_name=TOY)
+        validate_lut(other, samples=3, space_name=TOY, rounds=FAST)
 
 
 def test_cli_json_on_the_lgcnet_space(tmp_path, fast_config):
     path = _lgcnet_lut(tmp_path, fast_config)
     png = tmp_path / "v.png"
-    r = CliRunner().invoke(cli, ["validate-lut", str(path), "--samples", "4", "--json", "--no-progress",
+    r = CliRunner().invoke(cli, ["validate-lut", str(path), "--samples", "4", "--json", "--no-progress", *FAST_CLI,
                                  "--plot", str(png), "--save-calibration"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)

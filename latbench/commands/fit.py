@@ -90,14 +90,13 @@ def fit(lut, fit_networks, test_networks, from_search, search_networks, seed, re
     model is stored in the LUT (one per backend/precision/resolution/batch/device) and used by
     `nas search`, `nas fps` and `nas sample`. Resumable: rerun the same command after a crash."""
     from latbench.errors import UserError
-    from latbench.fileio import check_writable
+    from latbench.fileio import check_outputs
     from latbench.fit import FitRequest, run_fit
     from latbench.interleave import RoundsConfig
     from latbench.space import parse_resolution
 
     hw = parse_resolution(resolution) if resolution else None
-    if plot_path:
-        check_writable(plot_path)
+    check_outputs(files={"--plot": plot_path, "the LUT": None if no_save else lut})
     try:
         rc = RoundsConfig(rounds=rounds, window_s=window, statistic=statistic, drift_tolerance=drift_tolerance)
     except ValueError as exc:
@@ -105,36 +104,10 @@ def fit(lut, fit_networks, test_networks, from_search, search_networks, seed, re
     req = FitRequest(lut_path=lut, fit_networks=fit_networks, test_networks=test_networks,
                      search_networks=search_networks, from_search=from_search, seed=seed, resolution=hw,
                      device=device, space_name=space_name, rounds=rc, save=not no_save)
-    progress = None
-    tasks: dict[str, int] = {}
-    if not no_progress:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from latbench.progress import PhaseProgress
 
-        progress = Progress(TextColumn("[bold]{task.fields[phase]}[/]"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"),
-                            console=Console(stderr=True), transient=True)
-
-    def on_progress(phase: str, done: int, total: int, what: str) -> None:
-        if progress is None:
-            return
-        if phase not in tasks:
-            tasks[phase] = progress.add_task("", total=total, phase=phase)
-        progress.update(tasks[phase], completed=done, total=total, description=str(what)[:50])
-
-    def on_event(msg: str) -> None:
-        if progress is not None:
-            progress.console.print(f"[yellow]{msg}[/]")
-        else:
-            click.echo(msg, err=True)
-
-    if progress is not None:
-        progress.start()
-    try:
-        result = run_fit(req, on_event=on_event, on_progress=on_progress)
-    finally:
-        if progress is not None:
-            progress.stop()
+    with PhaseProgress(not no_progress) as progress:
+        result = run_fit(req, on_event=progress.event, on_progress=progress.update)
     d = result.to_dict()
     if plot_path:
         from latbench.plots import plot_fit

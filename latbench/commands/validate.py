@@ -28,6 +28,17 @@ def render_text(d: dict) -> str:
         f"Spearman ρ      {_fmt(f['spearman_rho'])}",
         f"measured/Σ LUT  {_fmt(f['mean_ratio'])} (mean)",
     ]
+    mf = d.get("model_fidelity")
+    if mf:
+        m = d.get("latency_model") or {}
+        lines += [
+            f"latency model {m.get('id')} ({m.get('group_by')} groups, fitted on {m.get('fitted_on')} networks):",
+            f"  MAPE          {_fmt(mf['mape'], '.2f')} %   (Σ LUT {_fmt(f['mape'], '.2f')} %)",
+            f"  worst         {_fmt(mf['worst'], '.2f')} %",
+            f"  within ±5 %   {_fmt(mf['within_5'], '.0%')}, ±10 % {_fmt(mf['within_10'], '.0%')}",
+            f"  Kendall τ     {_fmt(mf['kendall_tau'])}   (Σ LUT {_fmt(f['kendall_tau'])})",
+            f"  Spearman ρ    {_fmt(mf['spearman_rho'])}",
+        ]
     if c:
         lines += [
             f"calibration     measured ≈ {c['a']:.4f}·Σ LUT + {c['b']:.1f} µs",
@@ -56,42 +67,41 @@ def render_text(d: dict) -> str:
               help="Sample from the architecture distribution a search left in this file (for LGCNet: "
                    "a genotype.json from `nas search`, whose α probabilities are drawn per edge) "
                    "instead of uniformly.")
+@click.option("--rounds", default=15, show_default=True, type=click.IntRange(min=1),
+              help="Interleaved rounds: every network is measured once per round.")
+@click.option("--window", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds each network is sampled per round.")
+@click.option("--statistic", default="fastest-half", show_default=True, type=click.Choice(["fastest-half", "median"]),
+              help="A network's figure: mean of the fastest half of its per-round minima, or the median of its "
+                   "per-round medians.")
+@click.option("--latency-model", default="auto", show_default=True, type=click.Choice(["auto", "none", "require"]),
+              help="auto: also report the LUT's latency model for these rows when it has one; none: Σ LUT only; "
+                   "require: refuse a LUT without one.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def validate_lut(lut, samples, seed, resolution, device, as_json, plot_path, save_calibration, space_name,
-                 from_search, no_progress) -> None:
+                 from_search, rounds, window, statistic, latency_model, no_progress) -> None:
     """Sample architectures from the LUT's search space, measure them end to end with the LUT's own
-    backend, precision, batch and protocol, and report MAPE, share within ±5 %/±10 %, Kendall τ,
-    Spearman ρ and the affine calibration measured ≈ a·Σ LUT + b (with its leave-one-out error)."""
+    backend, precision, batch and protocol (all of them in interleaved rounds), and report MAPE,
+    share within ±5 %/±10 %, Kendall τ, Spearman ρ and the affine calibration measured ≈ a·Σ LUT + b
+    (with its leave-one-out error) — and, when the LUT holds a latency model for these rows
+    (`latbench fit`), the model's figures side by side."""
+    from latbench.errors import UserError
+    from latbench.fileio import check_outputs
+    from latbench.interleave import RoundsConfig
+    from latbench.progress import PhaseProgress
     from latbench.space import parse_resolution
     from latbench.validate import plot_validation, save_calibration as store, validate_lut as run
 
     hw = parse_resolution(resolution) if resolution else None
-    progress = None
-    task = None
-    if not no_progress:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(TextColumn("[bold]measuring[/]"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"),
-                            console=Console(stderr=True), transient=True)
-
-    def on_sample(s) -> None:
-        if progress is not None:
-            m = s.measurement
-            desc = f"last: Σ LUT {s.predicted_us / 1e3:.2f} ms, measured " + \
-                (f"{m.median_us / 1e3:.2f} ms" if m.ok else f"failed ({m.error})")
-            progress.update(task, advance=1, description=desc[:70])
-
-    if progress is not None:
-        progress.start()
-        task = progress.add_task("", total=samples)
+    check_outputs(files={"--plot": plot_path, "--save-calibration (the LUT)": lut if save_calibration else None})
     try:
+        rc = RoundsConfig(rounds=rounds, window_s=window, statistic=statistic)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    with PhaseProgress(not no_progress) as progress:
         result = run(lut, samples, seed=seed, resolution=hw, device=device, space_name=space_name,
-                     on_sample=on_sample, from_search=from_search)
-    finally:
-        if progress is not None:
-            progress.stop()
+                     from_search=from_search, rounds=rc, latency_model=latency_model,
+                     on_event=progress.event, on_progress=progress.update)
     d = result.to_dict()
     if save_calibration:
         d["saved_calibration"] = store(lut, result)

@@ -9,11 +9,13 @@ import click
 
 
 def _fmt_record(r: dict) -> str:
+    from nas.paper import params_note
+
     if r["status"] != "ok":
         return f"{r['resolution']:>10}  {r['backend']:<10} {r['precision']}  failed: {r['error']}"
     line = (f"{r['resolution']:>10}  {r['backend']:<10} {r['precision']}  b{r['batch']}  "
             f"median {r['latency_ms']:.3f} ms  (p10 {r['p10_ms']:.3f}, p90 {r['p90_ms']:.3f})  {r['fps']:.1f} FPS  "
-            f"{r['network']['params'] / 1e6:.3f} M params  {r['network']['flops'] / 1e9:.2f} GFLOPs")
+            f"{params_note(r['network']['params'])}  {r['network']['flops'] / 1e9:.2f} GFLOPs")
     if r.get("host_bound"):
         line += f"  HOST-BOUND (enqueue {r['enqueue_us'] / 1e3:.3f} ms)"
     lut = r.get("lut")
@@ -21,6 +23,9 @@ def _fmt_record(r: dict) -> str:
         line += f"  | Σ LUT {lut['sum_us'] / 1e3:.3f} ms"
         if lut.get("calibrated_us") is not None:
             line += f", calibrated {lut['calibrated_us'] / 1e3:.3f} ms"
+        if lut.get("model_us") is not None:
+            err = 100.0 * (lut["model_us"] / 1e3 - r["latency_ms"]) / r["latency_ms"]
+            line += f", latency model {lut['model_us'] / 1e3:.3f} ms ({err:+.1f} %)"
         line += f" ({lut['backend']})"
     return line
 
@@ -36,13 +41,18 @@ def _fmt_record(r: dict) -> str:
 @click.option("--backend", "backends", default=None,
               help="Comma-separated timing backends (eager, cudagraph, trt, ort, compile, cpu). "
                    "[default: eager,cudagraph on a GPU, cpu on the CPU]")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16"]))
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "tf32", "fp16"]),
+              help="fp32: strict IEEE fp32 math; tf32: fp32 tensors with TF32 math on NVIDIA GPUs; fp16.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--width-mult", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Width multiplier of the deployed network (overrides the genotype's).")
 @click.option("--lut", "lut_path", default=None, type=click.Path(dir_okay=False),
-              help="A LUT of the same space: its Σ (and calibrated) prediction is shown beside the measurement, "
-                   "and its protocol is used unless timing options are given.")
+              help="A LUT of the same space: its predictions (Σ LUT, and the latency model's when the LUT has one "
+                   "for these rows) are shown beside the measurement, and its protocol is used unless timing "
+                   "options are given.")
+@click.option("--latency-model", default="auto", show_default=True, type=click.Choice(["auto", "none", "require"]),
+              help="With --lut: auto = show the LUT's latency model's prediction when it has one for these rows; "
+                   "none = Σ LUT only; require = refuse a LUT without a model.")
 @click.option("--reports", "reports_dir", default="reports", show_default=True, type=click.Path(file_okay=False),
               help="Folder of the report files.")
 @click.option("--warmup", default=None, type=click.FloatRange(min=0), help="Warm-up seconds. [default 0.2]")
@@ -52,19 +62,23 @@ def _fmt_record(r: dict) -> str:
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads for the cpu backend.")
 @click.option("--no-save", is_flag=True, help="Do not append to the report file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON on stdout.")
-def fps(arch_path, label, device, resolutions, backends, precision, batch, width_mult, lut_path, reports_dir,
-        warmup, max_time, min_time, threads, no_save, as_json) -> None:
+def fps(arch_path, label, device, resolutions, backends, precision, batch, width_mult, lut_path, latency_model,
+        reports_dir, warmup, max_time, min_time, threads, no_save, as_json) -> None:
     """Measure a genotype's derived network end to end (median, p10, p90 latency and FPS) with
     latbench's protocol, per backend and resolution; count parameters and FLOPs; show the LUT's
     prediction beside it; flag host-bound runs; append everything to reports/fps/NAME.json."""
+    from pathlib import Path
+
     from latbench.device import resolve_device
     from latbench.errors import UserError
+    from latbench.fileio import check_outputs
     from latbench.lut import read_lut
     from latbench.space import parse_resolution
     from latbench.timing import TimingConfig
     from nas.fps import FpsRequest, append_records, measure_fps, report_path
 
     dev = resolve_device(device)
+    check_outputs(folders={"--reports": None if no_save else Path(reports_dir) / "fps"})
     res = []
     for r in resolutions:
         hw = parse_resolution(r)
@@ -86,7 +100,7 @@ def fps(arch_path, label, device, resolutions, backends, precision, batch, width
     timing = TimingConfig.from_dict({**base.to_dict(), **over})
     request = FpsRequest(genotype_path=arch_path, resolutions=tuple(res), backends=tuple(names), device=dev,
                          precision=precision, batch=batch, width_mult=width_mult, timing=timing,
-                         lut_path=lut_path, label=label)
+                         lut_path=lut_path, label=label, latency_model=latency_model)
     on_record = None if as_json else (lambda r: click.echo(_fmt_record(r)))
     name, records = measure_fps(request, on_record=on_record)
     out = None

@@ -28,12 +28,16 @@ from latbench.errors import UserError
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--max-draws", default=100000, show_default=True, type=click.IntRange(min=1),
               help="Give up after this many draws when the constraint is too tight.")
+@click.option("--latency-model", default="auto", show_default=True, type=click.Choice(["auto", "none", "require"]),
+              help="How predicted latency is priced: auto = the LUT's latency model for these rows when it has one "
+                   "(`latbench fit`), else Σ LUT (calibrated if the LUT has a calibration); none = Σ LUT.")
 @click.option("--out", "out_dir", default="runs/random", show_default=True, type=click.Path(file_okay=False),
               help="Folder for random-NNN.json genotypes.")
 def sample(lut_path: str, num: int, min_fps: float | None, resolution: str | None, seed: int, max_draws: int,
-           out_dir: str) -> None:
+           latency_model: str, out_dir: str) -> None:
     """Random-search baselines (paper Table VII): N genotypes drawn uniformly (a), or only among
     architectures predicted faster than --min-fps (b)."""
+    from latbench.fileio import check_outputs
     from latbench.lut import read_lut
     from latbench.space import parse_resolution
     from nas.config import SpaceConfig
@@ -42,10 +46,14 @@ def sample(lut_path: str, num: int, min_fps: float | None, resolution: str | Non
     from nas.search.latency import load_latency_table
     from nas.space import LGCNetSpace
 
+    check_outputs(folders={"--out": out_dir})
     lut = read_lut(lut_path)
     config = SpaceConfig.from_dict((lut.meta.get("space") or {}).get("config") or {})
     hw = parse_resolution(resolution) if resolution else None
-    table, identity = load_latency_table(LUTConfig(path=lut_path, resolution=hw), config)
+    # an FPS constraint is about the whole network: priced by the LUT's latency model when it has
+    # one for these rows (else the calibrated or raw Σ LUT)
+    table, identity = load_latency_table(LUTConfig(path=lut_path, resolution=hw, latency_model=latency_model),
+                                         config, scope="network")
     space = LGCNetSpace(config)
     rng = random.Random(seed)
     budget_us = 1e6 / min_fps if min_fps else None
@@ -66,6 +74,9 @@ def sample(lut_path: str, num: int, min_fps: float | None, resolution: str | Non
                 "expected_latency": {"lut_sum_us": round(table.architecture_lut_sum(arch), 3),
                                      "latency_us": round(lat, 3)}}
         path = Genotype(arch, config, meta).save(out / f"random-{kept:03d}.json")
-        click.echo(f"{path}: predicted {lat / 1e3:.3f} ms ({1e6 / lat:.1f} FPS)")
+        raw = table.architecture_lut_sum(arch)
+        how = f"latency model, Σ LUT {raw / 1e3:.3f} ms" if table.model else "Σ LUT" if table.calibration is None \
+            else f"calibrated, Σ LUT {raw / 1e3:.3f} ms"
+        click.echo(f"{path}: predicted {lat / 1e3:.3f} ms ({1e6 / lat:.1f} FPS; {how})")
         kept += 1
     click.echo(f"{kept} architectures kept of {draws} drawn" + (f" (≥ {min_fps} FPS predicted)" if budget_us else ""))
