@@ -239,3 +239,49 @@ def test_a_killed_fit_resumes_from_its_journal(tmp_path, toy_space, fast_config)
     journal.write_text(json.dumps({"type": "header", "key": {"other": 1}}) + "\n")
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "unfinished fit with other settings" in out.stderr
+
+
+# ---- a space latbench has never seen: an MBConv chain, priced by a backend that fuses ----------
+def _leaf_cost_us(m: nn.Module, in_network: bool) -> float:
+    if isinstance(m, nn.Conv2d):
+        return (2.0 + 1e-3 * m.weight.numel()) * (1.15 if in_network else 1.0)
+    if isinstance(m, nn.BatchNorm2d):
+        return 0.0 if in_network else 0.8  # folded into the conv when the whole network is compiled
+    if isinstance(m, nn.ReLU6):
+        return 0.25 if in_network else 0.5  # fused into the conv's epilogue, half the cost
+    if isinstance(m, nn.Linear):
+        return 1.0
+    return 0.0
+
+
+class FusingBackend(FakeBackend):
+    """Any module: one call's overhead + the cost of its leaves; a whole network fuses BN and ReLU
+    and pays the overhead once."""
+
+    name = "fake-fusing"
+
+    def prepare(self, module, inputs, config):
+        if isinstance(module, CallProbe):
+            return FakePrepared(OVERHEAD_US)
+        whole = bool(getattr(module, "whole_network", False))
+        return FakePrepared(OVERHEAD_US + sum(_leaf_cost_us(m, whole) for m in module.modules()))
+
+
+register_backend("fake-fusing", FusingBackend, replace=True)
+
+
+def test_fit_is_generic_over_search_spaces(tmp_path):
+    from mbconv_space import MBConvSpace
+
+    space = MBConvSpace()
+    path = tmp_path / "mb.parquet"
+    build_lut(space, [(32, 32)], FusingBackend(), PROTO, path, "cpu-fusing", progress=False)
+    res = run_fit(FitRequest(str(path), fit_networks=16, test_networks=10, seed=0, space_name="mbconv_space:MBConvSpace",
+                             rounds=FAST))
+    t = res.figures["test"]
+    assert t["raw"]["mape"] > 5.0
+    assert t["model"]["mape"] < 0.2 and t["model"]["kendall_tau"] > 0.99
+    for n in res.networks:
+        net = space.build_architecture(n.arch)
+        truth = OVERHEAD_US + sum(_leaf_cost_us(m, True) for m in net.modules())
+        assert res.model.predict_rows(n.rows[res.model.column]) == pytest.approx(truth, rel=3e-3)
