@@ -157,16 +157,41 @@ def test_cli_ablations_run(lut_path, tmp_path, ablation):
         assert not any(".w1." in k for k in ck["ggm"]) and any("gcn_w" in k for k in ck["ggm"])
 
 
-def test_cli_fusion_ablation_needs_a_matching_lut(lut_path, tmp_path):
-    aspp = build_tiny_lut(tmp_path / "aspp.parquet", fusion="aspp")
-    r = _invoke(["search", "--lut", str(aspp), "--dataset", "synthetic", "--epochs", "1", "--batch-size", "4",
-                 "--length", "4", "--out", str(tmp_path / "a"), "--workers", "0", "--no-plots"])
+def test_cli_fusion_ablations_from_one_lut(lut_path, tmp_path):
+    """The fusion-cell LUT also prices the Table X ablations (its build times their rows too), and a
+    LUT built for ASPP prices the fusion cell; other shapes still need their own LUT."""
+    r = _invoke(["search", "--lut", str(lut_path), "--fusion", "ppm", "--dataset", "synthetic", "--epochs", "1",
+                 "--batch-size", "4", "--length", "4", "--out", str(tmp_path / "b"), "--workers", "0", "--no-plots"])
     assert r.exit_code == 0, r.output
-    geno = Genotype.load(tmp_path / "a" / "genotype.json")
-    assert geno.config.fusion == "aspp" and geno.arch.fusion == ()
-    r = _invoke(["search", "--lut", str(lut_path), "--fusion", "ppm", "--dataset", "synthetic",
-                 "--out", str(tmp_path / "b")])
-    assert r.exit_code == 2 and "fusion: LUT 'dcfc', search 'ppm'" in r.output
+    geno = Genotype.load(tmp_path / "b" / "genotype.json")
+    assert geno.config.fusion == "ppm" and geno.arch.fusion == ()
+    assert geno.meta["expected_latency"]["lut_sum_us"] > 0
+    aspp = build_tiny_lut(tmp_path / "aspp.parquet", fusion="aspp")
+    r = _invoke(["search", "--lut", str(aspp), "--fusion", "dcfc", "--dataset", "synthetic", "--epochs", "1",
+                 "--batch-size", "4", "--length", "4", "--out", str(tmp_path / "a"), "--workers", "0", "--no-plots"])
+    assert r.exit_code == 0, r.output
+    assert len(Genotype.load(tmp_path / "a" / "genotype.json").arch.fusion) == 13
+    r = _invoke(["search", "--lut", str(lut_path), "--init-channels", "8", "--dataset", "synthetic",
+                 "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "init_channels: LUT 4, search 8" in r.output
+
+
+def test_supernet_searches_at_init_channels_and_the_genotype_has_the_luts_width(tmp_path):
+    """A LUT of the widened (deployed) network prices a search whose supernet is at the search width;
+    the genotype records the LUT's width, so the network trained and timed is the one the LUT priced."""
+    from nas.search.trainer import SearchModel
+
+    wide = build_tiny_lut(tmp_path / "wide.parquet", width_mult=2.0)
+    r = _invoke(["search", "--lut", str(wide), "--dataset", "synthetic", "--epochs", "1", "--batch-size", "4",
+                 "--length", "4", "--out", str(tmp_path / "w"), "--workers", "0", "--no-plots"])
+    assert r.exit_code == 0, r.output
+    geno = Genotype.load(tmp_path / "w" / "genotype.json")
+    assert geno.config.width_mult == 2.0 and geno.config.channels == 8
+    ck = torch.load(tmp_path / "w" / "checkpoints" / "last.pt", weights_only=True)
+    stem = ck["model"]["stem.0.weight"]
+    assert stem.shape[0] == 2 * geno.config.init_channels          # the supernet: width 1, 4 channels
+    model = SearchModel(tiny_search_config(wide, space=geno.config), torch.Generator().manual_seed(0))
+    assert model.supernet.stem[0].out_channels == 2 * geno.config.init_channels
 
 
 def _one_line_error(r, *needles):
@@ -219,3 +244,36 @@ def test_cli_resume_refuses_changed_options(lut_path, tmp_path):
                  "--resolution", "33x65", "--length", "8"])
     assert r.exit_code == 0, r.output
     assert (out / "genotype.json").exists()
+
+
+def test_a_search_priced_by_a_latency_model_resumes_exactly_and_says_which_model(lut_path, tmp_path):
+    from latbench.lut import LUT, read_lut, write_lut
+    from latbench.model import LatencyModel, ModelScope, with_model
+    from nas.search.config import LUTConfig
+    from search_support import RESOLUTION
+
+    lut = read_lut(lut_path)
+    model = LatencyModel(ModelScope.of_lut(lut.meta, *RESOLUTION, 1), overhead_us=2.0, constant_us=300.0,
+                         group_by="op", slopes={"conv_3x3": 1.4}, per_row={"sep_conv_3x3": 3.0}, default_slope=1.1)
+    path = tmp_path / "model.parquet"
+    write_lut(LUT(lut.df, with_model(lut.meta, model)), path)
+    import dataclasses
+
+    cfg = tiny_search_config(path, checkpoint_every=2)
+    cfg = dataclasses.replace(cfg, lut=LUTConfig(path=str(path), resolution=RESOLUTION, latency_scope="network"))
+    full = _run(cfg, tmp_path / "full")
+    _run(cfg, tmp_path / "part", stop_after_steps=3)
+    done = _run(cfg, tmp_path / "part", resume=True)
+    assert full.finished and done.finished
+    a, b = _steps(tmp_path / "full"), _steps(tmp_path / "part")
+    assert [(r["ce"], r["loss"], r["latency_us"]) for r in a] == [(r["ce"], r["loss"], r["latency_us"]) for r in b]
+    geno = json.loads((tmp_path / "part/genotype.json").read_text())
+    assert geno["meta"]["lut"]["latency_model"]["id"] == model.model_id
+    assert geno["meta"]["lut"]["latency_scope"] == "network"
+    # the genotype's predicted latency is the model's, not the raw sum
+    from latbench.model import lut_rows
+    from nas.space import LGCNetSpace
+
+    rows = LGCNetSpace(cfg.space).architecture_rows({"cells": geno["cells"], "fusion": geno["fusion"]})
+    want = model.predict_rows(lut_rows(read_lut(path), rows, *RESOLUTION))
+    assert geno["meta"]["expected_latency"]["latency_us"] == pytest.approx(want, rel=1e-6)
