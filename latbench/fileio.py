@@ -438,14 +438,36 @@ class FileLock:
         finally:
             os.close(fd)  # releases the flock
 
+    def _read_settled(self) -> tuple[os.stat_result, bytes]:
+        """The lock file's status and content, after waiting for a creator that is writing its
+        owner into it right now (it holds ``flock`` while it writes; a file found empty a moment
+        after its creation is read again, up to half a second)."""
+        deadline = time.monotonic() + 0.5
+        while True:
+            fd = os.open(str(self.path), os.O_RDONLY)
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_SH)  # a creator holds LOCK_EX until its owner is written
+                raw = b""
+                while True:
+                    chunk = os.read(fd, 1 << 16)
+                    if not chunk:
+                        break
+                    raw += chunk
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if raw.strip() or time.monotonic() > deadline or time.time() - st.st_mtime > 1.0:
+                return st, raw
+            time.sleep(0.005)
+
     def acquire(self) -> "FileLock":
         for _ in range(5):
             if self._try_create():
                 self._held = True
                 return self
             try:
-                st = os.stat(self.path)
-                raw = self.path.read_bytes()
+                st, raw = self._read_settled()
             except FileNotFoundError:
                 continue  # released between our attempts
             except OSError as exc:

@@ -3,7 +3,10 @@ batch), provenance as JSON in the Parquet schema metadata (key ``latbench``). DE
 
 :func:`read_lut` is the project's one LUT reader: ``show``, ``compare-lut``, ``validate-lut`` and
 the search all go through it. It refuses (one-line :class:`LUTError`) a file that is not Parquet,
-is corrupt, has no latbench metadata, has a schema version it does not know or lacks columns.
+is corrupt, has no latbench metadata, has a schema version it does not know, lacks columns, has a
+column of the wrong type, metadata fields of the wrong type (e.g. a calibration that is not two
+finite numbers), rows without their identity (position, op, resolution, batch...), or latencies
+that are negative or infinite anywhere, or missing / NaN in an ``ok`` row — naming the rows.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ class LUT:
         self.df = df
         self.meta = dict(meta)
         self._index: dict[tuple, float | None] | None = None
+        self._rows: dict[tuple, tuple[int, str, bool]] | None = None
 
     def __len__(self) -> int:
         return len(self.df)
@@ -130,6 +134,24 @@ class LUT:
         """Median µs of ``op`` at ``position`` for input ``height``×``width``; None if missing or
         failed; 0 for an analytic entry (e.g. ``zero``)."""
         return self._lookup_index().get((position, op, int(height), int(width), int(batch)))
+
+    def row_info(self, position: str, op: str, height: int, width: int, batch: int = 1,
+                 column: str = "median_us") -> tuple[str, str, float, bool] | None:
+        """``(op, stage, value, analytic)`` of a usable row, ``value`` read from ``column``
+        (``median_us`` or ``p10_us``; 0 for an analytic row): what a latency model needs to
+        correct it (:mod:`latbench.model`). None if the row is missing or failed."""
+        if self.lookup(position, op, height, width, batch) is None:
+            return None
+        if self._rows is None:
+            d = self.df
+            self._rows = {(str(p), str(o), int(h), int(w), int(b)): (i, str(s), st == "analytic")
+                          for i, (p, o, h, w, b, s, st) in enumerate(zip(d["position"], d["op"], d["height"], d["width"],
+                                                                         d["batch"], d["stage"], d["status"]))}
+        i, stage, analytic = self._rows[(position, op, int(height), int(width), int(batch))]
+        v = 0.0 if analytic else float(self.df[column].iat[i])
+        if not math.isfinite(v):  # e.g. no p10 recorded: the median stands in
+            v = float(self.df["median_us"].iat[i])
+        return op, stage, v, analytic
 
     def latency_table(self, positions: Sequence[str], candidates: Sequence[Sequence[str]], height: int,
                       width: int, batch: int = 1):
@@ -224,8 +246,11 @@ def to_table(lut: LUT) -> pa.Table:
 
 
 def write_lut(lut: LUT, path: str | os.PathLike) -> None:
-    """Write ``lut`` to ``path`` atomically (temporary file + ``os.replace``)."""
+    """Write ``lut`` to ``path`` atomically (temporary file + ``os.replace``). What
+    :func:`read_lut` would refuse is never written (:class:`LUTError`)."""
     table = to_table(lut)
+    check_meta(json.loads(table.schema.metadata[META_KEY]), f"LUT for {str(path)!r}")
+    check_rows(table.to_pandas(), f"LUT for {str(path)!r}")
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
@@ -257,13 +282,139 @@ def read_lut(path: str | os.PathLike) -> LUT:
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise LUTError(f"{str(path)!r} lacks LUT column(s): {', '.join(missing)}")
+    where = repr(str(path))
+    check_meta(meta, where)
+    check_column_types(table.schema, where)
     df = table.to_pandas()
     for c in ("position", "op", "key", "kind", "stage", "backend", "precision", "cache", "status"):
         df[c] = df[c].astype(object)
     bad = set(df["status"].dropna().unique()) - set(STATUSES)
     if bad:
         raise LUTError(f"{str(path)!r} has unknown status value(s): {', '.join(sorted(map(str, bad)))}")
+    check_rows(df, where)
     return LUT(df, meta)
+
+
+# ---- validation (read_lut) ---------------------------------------------------------------------
+# Rows without these cannot be looked up (or counted) at all.
+IDENTITY_COLUMNS = ("position", "op", "key", "height", "width", "batch", "backend", "precision", "status")
+LATENCY_COLUMNS = ("median_us", "p10_us", "p90_us", "iqr_us", "mean_us", "enqueue_us")
+SHOW_BAD_ROWS = 3
+
+
+def _arrow_type_fits(expected: pa.DataType, got: pa.DataType) -> bool:
+    if pa.types.is_dictionary(got):
+        got = got.value_type
+    if pa.types.is_null(got):  # a column of nothing but nulls
+        return True
+    if pa.types.is_floating(expected):
+        return pa.types.is_floating(got) or pa.types.is_integer(got)
+    if pa.types.is_integer(expected):
+        return pa.types.is_integer(got)
+    if pa.types.is_boolean(expected):
+        return pa.types.is_boolean(got)
+    if pa.types.is_string(expected):
+        return pa.types.is_string(got) or pa.types.is_large_string(got)
+    return got == expected
+
+
+def check_column_types(schema: pa.Schema, where: str) -> None:
+    """:class:`LUTError` naming every LUT column whose Arrow type cannot hold what it must
+    (e.g. ``median_us`` stored as strings). Integers are accepted for float columns."""
+    bad = []
+    for name, expected in COLUMNS.items():
+        if name in schema.names:
+            got = schema.field(name).type
+            if not _arrow_type_fits(expected, got):
+                bad.append(f"{name} is {got}, expected {expected}")
+    if bad:
+        raise LUTError(f"{where} has LUT column(s) of the wrong type: {'; '.join(bad)}")
+
+
+def _describe_rows(df: pd.DataFrame, mask, column: str | None = None) -> str:
+    idx = list(df.index[mask])
+    shown = []
+    for i in idx[:SHOW_BAD_ROWS]:
+        r = df.loc[i]
+        what = f"row {i} ({r.get('position')} / {r.get('op')} at {r.get('height')}x{r.get('width')}"
+        what += f", {r.get('status')})" if column is None else f", {r.get('status')}): {r.get(column)!r}"
+        shown.append(what)
+    more = f" and {len(idx) - SHOW_BAD_ROWS} more" if len(idx) > SHOW_BAD_ROWS else ""
+    return f"{len(idx)} row(s), e.g. {'; '.join(shown)}{more}"
+
+
+def check_rows(df: pd.DataFrame, where: str) -> None:
+    """:class:`LUTError` naming rows that lack their identity, have a resolution or batch below 1,
+    or carry a latency that is negative or infinite — or missing / NaN in an ``ok`` row."""
+    import numpy as np
+
+    if df.empty:
+        return
+    for col in IDENTITY_COLUMNS:
+        null = df[col].isna()
+        if null.any():
+            raise LUTError(f"{where}: column {col} is empty in {_describe_rows(df, null)}")
+    for col in ("height", "width", "batch"):
+        small = df[col] < 1
+        if small.any():
+            raise LUTError(f"{where}: {col} must be at least 1, not so in {_describe_rows(df, small, col)}")
+    ok = (df["status"] == "ok").to_numpy()
+    for col in LATENCY_COLUMNS:
+        if col not in df.columns:
+            continue
+        v = df[col].to_numpy(dtype=float, na_value=np.nan)
+        finite = np.isfinite(v)
+        bad = (~np.isnan(v) & ~finite) | (finite & (v < 0))
+        if col == "median_us":
+            bad |= ok & ~finite
+        if bad.any():
+            kind = "median_us must be a finite number >= 0 (and present in ok rows)" if col == "median_us" else \
+                f"{col} must be a finite number >= 0 (or empty)"
+            raise LUTError(f"{where}: {kind}; not so in {_describe_rows(df, bad, col)}")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+META_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "backend": (str,), "precision": (str,), "cache": (str,), "host": (str,),
+    "created": (str,), "updated": (str,), "complete": (bool,), "device": (dict,), "space": (dict,),
+    "protocol": (dict,), "versions": (dict,), "backend_info": (dict,), "build": (dict,),
+    "calibration": (dict,), "resolutions": (list,),
+}
+
+
+def check_meta(meta: dict[str, Any], where: str) -> None:
+    """:class:`LUTError` for provenance fields of the wrong type (``null`` is allowed): what
+    readers dereference (device, space, protocol, batch, calibration...) must be what it says."""
+    for key, types in META_TYPES.items():
+        v = meta.get(key)
+        if v is not None and not isinstance(v, types):
+            raise LUTError(f"{where}: metadata field {key!r} must be a JSON {_json_kind(types)}, "
+                           f"not {type(v).__name__} {_short(v)}")
+    batch = meta.get("batch")
+    if batch is not None and not (isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1):
+        raise LUTError(f"{where}: metadata field 'batch' must be an integer >= 1, not {_short(batch)}")
+    space = meta.get("space") or {}
+    for key, types in (("name", (str,)), ("config", (dict,))):
+        v = space.get(key)
+        if v is not None and not isinstance(v, types):
+            raise LUTError(f"{where}: metadata field 'space.{key}' must be a JSON {_json_kind(types)}, not {_short(v)}")
+    cal = meta.get("calibration")
+    if cal is not None and not (_is_number(cal.get("a")) and _is_number(cal.get("b"))):
+        raise LUTError(f"{where}: its calibration must hold two finite numbers a and b (measured ≈ a·ΣLUT + b), "
+                       f"not a={_short(cal.get('a'))}, b={_short(cal.get('b'))}; rerun validate-lut "
+                       "--save-calibration")
+
+
+def _json_kind(types: tuple[type, ...]) -> str:
+    return {str: "string", bool: "boolean", dict: "object", list: "array"}.get(types[0], types[0].__name__)
+
+
+def _short(v: Any, n: int = 40) -> str:
+    s = repr(v)
+    return s if len(s) <= n else s[: n - 1] + "…"
 
 
 def dedupe_rows(df: pd.DataFrame) -> pd.DataFrame:

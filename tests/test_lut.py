@@ -128,3 +128,75 @@ def test_lut_errors_are_one_line(tmp_path):
     with pytest.raises(LUTError) as ei:
         read_lut(p)
     assert "\n" not in str(ei.value.message)
+
+
+# ---- values and types: the one reader refuses what no consumer could use ----------------------
+def _raw_lut(tmp_path, small_lut, name="raw.parquet", meta_changes=None, **column_changes):
+    df = small_lut.df.copy()
+    for col, (row, value) in column_changes.items():
+        df[col] = df[col].astype(object)
+        df.at[row, col] = value
+    meta = {"schema_version": SCHEMA_VERSION, **small_lut.meta, **(meta_changes or {})}
+    p = tmp_path / name
+    _write_raw(p, df, meta)
+    return p
+
+
+@pytest.mark.parametrize("value", [-1.0, math.inf, -math.inf, math.nan, None])
+def test_refuses_an_ok_row_whose_median_is_not_a_finite_nonnegative_number(tmp_path, small_lut, value):
+    p = _raw_lut(tmp_path, small_lut, median_us=(1, value))
+    with pytest.raises(LUTError) as ei:
+        read_lut(p)
+    msg = ei.value.message
+    assert "median_us must be a finite number >= 0" in msg and "row 1 (cell0.e0 / skip at 16x32, ok)" in msg
+    assert "\n" not in msg
+
+
+def test_failed_and_analytic_rows_may_lack_a_median_but_no_row_may_hold_a_negative_or_infinite_one(tmp_path, small_lut):
+    assert read_lut(_raw_lut(tmp_path, small_lut, "nan-failed.parquet", median_us=(4, math.nan))).lookup(
+        "cell0.e1", "skip", 16, 32) is None
+    for col, row, value in (("median_us", 4, math.inf), ("p10_us", 4, -3.0), ("p90_us", 0, math.inf),
+                            ("mean_us", 2, -1.0)):
+        with pytest.raises(LUTError, match=f"{col} must be a finite number >= 0.*row {row} "):
+            read_lut(_raw_lut(tmp_path, small_lut, f"{col}.parquet", **{col: (row, value)}))
+
+
+@pytest.mark.parametrize("col,value", [("median_us", "10.0"), ("height", "16"), ("batch", 1.5),
+                                       ("status", 3), ("throttled", "no"), ("samples", "ten")])
+def test_refuses_a_column_of_the_wrong_type(tmp_path, small_lut, col, value):
+    df = small_lut.df.copy()
+    df[col] = [value] * len(df)
+    p = tmp_path / "types.parquet"
+    _write_raw(p, df, {"schema_version": SCHEMA_VERSION, **small_lut.meta})
+    with pytest.raises(LUTError, match=f"wrong type: {col} is"):
+        read_lut(p)
+
+
+@pytest.mark.parametrize("col", ["position", "op", "height", "status"])
+def test_refuses_rows_without_their_identity(tmp_path, small_lut, col):
+    with pytest.raises(LUTError, match=f"column {col} is empty in 1 row"):
+        read_lut(_raw_lut(tmp_path, small_lut, **{col: (3, None)}))
+
+
+@pytest.mark.parametrize("changes,fragment", [
+    ({"calibration": {"a": math.nan, "b": 1.0}}, "calibration must hold two finite numbers"),
+    ({"calibration": {"a": "1.1", "b": 0}}, "calibration must hold two finite numbers"),
+    ({"calibration": [1.1, 0.0]}, "'calibration' must be a JSON object"),
+    ({"device": "cpu"}, "'device' must be a JSON object"),
+    ({"space": 5}, "'space' must be a JSON object"),
+    ({"space": {"name": "toy", "config": [1]}}, "'space.config' must be a JSON object"),
+    ({"batch": "1"}, "'batch' must be an integer >= 1"),
+    ({"batch": 0}, "'batch' must be an integer >= 1"),
+    ({"protocol": "fast"}, "'protocol' must be a JSON object"),
+])
+def test_refuses_metadata_of_the_wrong_type(tmp_path, small_lut, changes, fragment):
+    with pytest.raises(LUTError, match=fragment):
+        read_lut(_raw_lut(tmp_path, small_lut, meta_changes=changes))
+
+
+def test_writer_never_writes_what_the_reader_refuses(tmp_path, small_lut):
+    bad = LUT(small_lut.df.copy(), small_lut.meta)
+    bad.df.loc[0, "median_us"] = math.inf
+    with pytest.raises(LUTError, match="median_us"):
+        write_lut(bad, tmp_path / "w.parquet")
+    assert not (tmp_path / "w.parquet").exists() and list(tmp_path.iterdir()) == []
