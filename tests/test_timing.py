@@ -117,6 +117,23 @@ def test_warmup_is_by_time_not_count():
         assert (m.extra["warmup_calls"] > 100) == expect_many
 
 
+def test_a_first_call_longer_than_the_warmup_does_not_end_it_nor_size_the_samples():
+    # The first call takes 1 s (cuDNN autotuning a whole network, ONNX Runtime's exhaustive
+    # search): longer than the whole 0.2 s warm-up. Later calls take 100 µs.
+    clock = FakeClock()
+    p = FakePrepared(clock, lambda i: 1.0 if i == 0 else 1e-4)
+    m = measure(p, config=cfg(min_time_s=0.0), clock=clock)
+    assert m.extra["warmup_rounds"] >= 3  # several warm-up batches, not the slow one alone
+    assert m.extra["warmup_last_call_us"] == pytest.approx(100.0)
+    assert m.calls_per_sample == 10  # sized from the last batch (1 ms / 100 µs), not from the 1 s call
+    assert m.median_us == pytest.approx(100.0)
+    # with one warm-up round allowed, the old behaviour: one call per sample, sized from the slow call
+    clock = FakeClock()
+    p = FakePrepared(clock, lambda i: 1.0 if i == 0 else 1e-4)
+    m1 = measure(p, config=cfg(min_time_s=0.0, warmup_rounds=1), clock=clock)
+    assert m1.extra["warmup_rounds"] == 1 and m1.calls_per_sample == 1
+
+
 def test_warmup_excludes_slow_first_calls_from_samples():
     # The first 0.25 s of calls are 10x slower (algorithm selection, clocks ramping).
     clock = FakeClock()
@@ -233,8 +250,9 @@ def test_measurement_stats_reported_in_microseconds_per_call():
     p = FakePrepared(clock, lambda i: seq[i % 3])
     m = measure(p, config=cfg(warmup_s=0.0, min_time_s=0.0, max_time_s=1e9, min_samples=30, max_noise=10.0),
                 clock=clock)
-    # per-call times of the counted samples, reconstructed from what the fake reported
-    per_call = np.array([seq[i % 3] for i in range(1, 1 + m.samples)]) * 1e6
+    # per-call times of the counted samples (those after the warm-up batches), from what the fake reported
+    w = m.extra["warmup_rounds"]
+    per_call = np.array([seq[i % 3] for i in range(w, w + m.samples)]) * 1e6
     assert m.median_us == pytest.approx(np.median(per_call))
     assert m.mean_us == pytest.approx(per_call.mean())
     assert m.p10_us == pytest.approx(np.percentile(per_call, 10))
@@ -248,6 +266,11 @@ def test_config_validation_and_dict_roundtrip():
         TimingConfig(min_samples=0)
     with pytest.raises(ValueError):
         TimingConfig(max_noise=0)
+    with pytest.raises(ValueError):
+        TimingConfig(warmup_rounds=0)
+    # a protocol recorded before warmup_rounds existed reads with the default
+    old = {k: v for k, v in TimingConfig().to_dict().items() if k != "warmup_rounds"}
+    assert TimingConfig.from_dict(old).warmup_rounds == 3
     m = Measurement(median_us=3.0, samples=4)
     assert Measurement.from_dict(m.to_dict()).median_us == 3.0
 

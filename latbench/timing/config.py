@@ -12,6 +12,10 @@ class TimingConfig:
     """How one thing (an op or a whole network) is timed.
 
     - ``warmup_s``: warm up *by time* before any sample counts (clocks ramp, cuDNN picks algorithms).
+    - ``warmup_rounds``: and for at least this many timed batches of calls, whatever the time: a
+      first call that outlasts ``warmup_s`` (cuDNN autotuning a whole network, ONNX Runtime's
+      exhaustive algorithm search, a lazy initialisation) would otherwise end the warm-up alone and
+      size the samples from its own slowness. Calls per sample are sized from the last batch.
     - ``min_samples`` / ``min_time_s``: never stop before both are reached (``min_time_s`` is
       clipped to ``max_time_s``).
     - ``max_time_s``: per-entry cap on the sampling phase (warm-up not included).
@@ -27,6 +31,7 @@ class TimingConfig:
     """
 
     warmup_s: float = 0.2
+    warmup_rounds: int = 3
     min_samples: int = 10
     min_time_s: float = 0.5
     max_time_s: float = 5.0
@@ -39,6 +44,8 @@ class TimingConfig:
     def __post_init__(self) -> None:
         if self.warmup_s < 0 or self.min_time_s < 0 or self.max_time_s <= 0:
             raise ValueError("warmup_s and min_time_s must be >= 0 and max_time_s > 0")
+        if self.warmup_rounds < 1:
+            raise ValueError("warmup_rounds must be >= 1")
         if self.min_samples < 1:
             raise ValueError("min_samples must be >= 1")
         if not self.max_noise > 0:

@@ -1,4 +1,5 @@
-"""The ``cpu`` backend: wall clock (``time.perf_counter_ns``) around back-to-back calls."""
+"""The ``cpu`` backend: wall clock (``time.perf_counter_ns``) around back-to-back calls, all of them
+(warm-up and samples) under :data:`GRAD_MODE` (``torch.inference_mode``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import torch
 
 from latbench.errors import UserError
 from latbench.timing.config import TimingConfig
-from latbench.timing.precision import DTYPES, convert
+from latbench.timing.precision import check_precision, convert, precision_mode
+
+#: The grad mode of every call the CPU timer makes (``compile`` on the CPU compiles under it too).
+GRAD_MODE = torch.inference_mode
 
 
 class CpuPrepared:
@@ -27,7 +31,7 @@ class CpuPrepared:
 
     def time(self, calls: int) -> float:
         fn, inputs = self._fn, self._inputs
-        with torch.inference_mode():
+        with GRAD_MODE():
             t0 = time.perf_counter_ns()
             for _ in range(calls):
                 fn(*inputs)
@@ -48,10 +52,8 @@ class CpuBackend:
         if str(device) != "cpu":
             raise UserError(f"timing backend 'cpu' runs on the CPU, not on {device!r}; use --device cpu "
                             "or a CUDA backend (eager, cudagraph)")
-        if precision not in DTYPES:
-            raise UserError(f"unknown precision {precision!r}; expected one of {', '.join(DTYPES)}")
         self.device = "cpu"
-        self.precision = precision
+        self.precision = check_precision(precision, "cpu", self.name)
         self.threads = threads
 
     def prepare(self, module: Any, inputs: Sequence[torch.Tensor], config: TimingConfig) -> CpuPrepared:
@@ -60,4 +62,5 @@ class CpuBackend:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device": self.device, "precision": self.precision,
-                "threads": self.threads or torch.get_num_threads(), "clock": "perf_counter_ns"}
+                "threads": self.threads or torch.get_num_threads(), "clock": "perf_counter_ns",
+                "grad_mode": GRAD_MODE.__name__, "precision_mode": precision_mode(self.precision, self.device)}

@@ -2,14 +2,33 @@
 (several calls captured in one CUDA graph, replays timed with CUDA events, divided by the calls).
 
 Both set ``torch.backends.cudnn.benchmark = True`` (DESIGN §5.1) and never change GPU settings.
-With ``TimingConfig.cold_cache`` a buffer twice the L2 size is allocated once and zeroed on the
-timing stream before each sample, i.e. before the start event: outside the timed region.
+
+- **One grad mode.** Warm-up, capture, timing and enqueue timing all run under
+  :data:`GRAD_MODE` (``torch.no_grad``), so a compiled callable (``compile`` backend) is compiled
+  for, captured with and timed in the same mode: Dynamo guards on the grad mode, and a different
+  mode would mean a second compilation and a different graph.
+- **One fp32 math mode.** ``precision`` ``fp32`` is strict IEEE fp32 (TF32 off for cuDNN
+  convolutions and cuBLAS matmuls), ``tf32`` allows TF32 (:func:`latbench.timing.precision.fp32_math`);
+  set around preparation (cuDNN's algorithm choice depends on it), capture and every timed batch,
+  and the caller's settings are restored in between.
+- **Cold cache** (``TimingConfig.cold_cache``): a buffer twice the L2 size is allocated once and
+  zeroed on the timing stream before each sample, i.e. before the start event, outside the timed
+  region. Each cold sample is then one call: ``eager`` launches it; ``cudagraph`` replays a graph
+  that holds one call. The flush runs for tens of µs on the GPU, long enough for the host to
+  enqueue the start event and the call behind it, so host launch cost stays hidden; the device-side
+  start of the graph (or of the first kernel) is inside the sample. For µs-scale ops that start is
+  a visible share of a cold number; warm numbers capture several calls per graph and do not carry it.
+- **Pass-throughs** (a callable that returns its input, e.g. an identity skip): nothing runs on the
+  GPU, a graph would be empty (torch warns) and a "time" would be the replay of nothing. The
+  ``cudagraph`` backend refuses them (a failed measurement saying so); LUT builds never time them
+  (:func:`latbench.timing.passthrough.is_passthrough`, status ``analytic``, 0 µs).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from typing import Any, Sequence
 
 import torch
@@ -17,10 +36,13 @@ import torch
 from latbench.errors import UserError
 from latbench.timing.clock import ClockMonitor
 from latbench.timing.config import TimingConfig
-from latbench.timing.precision import DTYPES, convert
+from latbench.timing.precision import check_precision, convert, fp32_math, precision_mode
 
 # A graph holds at most this many calls; fewer if capture runs out of memory.
 MAX_CALLS_PER_GRAPH = 128
+
+#: The grad mode of every CUDA warm-up, capture and timed call (see the module docstring).
+GRAD_MODE = torch.no_grad
 
 
 def _check_cuda_device(backend: str, device: str) -> torch.device:
@@ -42,25 +64,45 @@ def _l2_flush_buffer(dev: torch.device) -> torch.Tensor:
     return torch.empty(2 * l2 // 4, dtype=torch.int32, device=dev)
 
 
+def _returns_an_input(out: Any, inputs: Sequence[Any]) -> bool:
+    return isinstance(out, torch.Tensor) and any(out is t for t in inputs)
+
+
 class _CudaPrepared:
+    """Base of the CUDA timers. ``precision`` (``fp32`` | ``tf32`` | ``fp16``) sets the fp32 math
+    mode around every call made here; ``None`` leaves torch's flags alone (e.g. a TensorRT engine,
+    whose math was fixed when it was built)."""
+
     granularity = 1
 
-    def __init__(self, fn, inputs: Sequence[torch.Tensor], dev: torch.device, config: TimingConfig) -> None:
+    def __init__(self, fn, inputs: Sequence[torch.Tensor], dev: torch.device, config: TimingConfig,
+                 precision: str | None = None) -> None:
         self._fn = fn
         self._inputs = tuple(inputs)
         self._dev = dev
+        self._precision = precision
         self._stream = torch.cuda.Stream(dev)
         self._flush = _l2_flush_buffer(dev) if config.cold_cache else None
         self._start = torch.cuda.Event(enable_timing=True)
         self._end = torch.cuda.Event(enable_timing=True)
         self.clock = ClockMonitor.for_device(dev.index)
-        self.info: dict[str, Any] = {"cold_cache": config.cold_cache}
+        self.info: dict[str, Any] = {"cold_cache": config.cold_cache, "grad_mode": GRAD_MODE.__name__}
+        if precision is not None:
+            self.info["fp32_math"] = "tf32" if precision == "tf32" else "ieee"
+
+    def _math(self):
+        return fp32_math(self._precision) if self._precision is not None else nullcontext()
+
+    def _ctx(self):
+        """Device, timing stream, grad mode (entered in this order by the callers)."""
+        return torch.cuda.device(self._dev), torch.cuda.stream(self._stream), GRAD_MODE()
 
     def _launch(self, calls: int) -> None:
         raise NotImplementedError
 
     def time(self, calls: int) -> float:
-        with torch.cuda.device(self._dev), torch.cuda.stream(self._stream), torch.inference_mode():
+        dev_ctx, stream_ctx, grad_ctx = self._ctx()
+        with self._math(), dev_ctx, stream_ctx, grad_ctx:
             if self._flush is not None:
                 self._flush.zero_()
             self._start.record(self._stream)
@@ -72,7 +114,8 @@ class _CudaPrepared:
     def enqueue_time(self, calls: int) -> float:
         """Host seconds to enqueue ``calls`` calls (the GPU work is waited for outside the clock)."""
         self._stream.synchronize()
-        with torch.cuda.device(self._dev), torch.cuda.stream(self._stream), torch.inference_mode():
+        dev_ctx, stream_ctx, grad_ctx = self._ctx()
+        with self._math(), dev_ctx, stream_ctx, grad_ctx:
             t0 = time.perf_counter()
             self._launch(calls)
             t1 = time.perf_counter()
@@ -104,14 +147,22 @@ class CudaGraphPrepared(_CudaPrepared):
     ``config.target_sample_s`` (at most :data:`MAX_CALLS_PER_GRAPH`; halved on out-of-memory);
     with a cold cache one call per graph. ``time(calls)`` needs a multiple of ``granularity``."""
 
-    def __init__(self, fn, inputs, dev, config: TimingConfig) -> None:
-        super().__init__(fn, inputs, dev, config)
-        # Eager warm-up on the side stream before capture (cuDNN picks its algorithms here).
-        with torch.cuda.device(dev), torch.cuda.stream(self._stream), torch.inference_mode():
+    def __init__(self, fn, inputs, dev, config: TimingConfig, precision: str | None = None) -> None:
+        super().__init__(fn, inputs, dev, config, precision)
+        # Eager warm-up on the side stream before capture (cuDNN picks its algorithms here), in
+        # the grad mode and fp32 math mode of the capture.
+        dev_ctx, stream_ctx, grad_ctx = self._ctx()
+        with self._math(), dev_ctx, stream_ctx, grad_ctx:
+            out = None
             for _ in range(3):
-                fn(*self._inputs)
+                out = fn(*self._inputs)
+            if _returns_an_input(out, self._inputs):
+                raise ValueError("a pass-through (the callable returns its input): nothing runs on the GPU, so "
+                                 "there is nothing to capture or time; latbench treats it as analytic (0 µs)")
+            del out
         self._stream.synchronize()
-        with torch.cuda.device(dev), torch.cuda.stream(self._stream), torch.inference_mode():
+        dev_ctx, stream_ctx, grad_ctx = self._ctx()
+        with self._math(), dev_ctx, stream_ctx, grad_ctx:
             self._start.record(self._stream)
             _run_calls(fn, self._inputs, 3)
             self._end.record(self._stream)
@@ -135,7 +186,7 @@ class CudaGraphPrepared(_CudaPrepared):
     def _capture(self, n: int) -> torch.cuda.CUDAGraph:
         g = torch.cuda.CUDAGraph()
         fn, inputs = self._fn, self._inputs
-        with torch.cuda.device(self._dev), torch.no_grad():
+        with self._math(), torch.cuda.device(self._dev), GRAD_MODE():
             with torch.cuda.graph(g, stream=self._stream):
                 for _ in range(n):
                     out = fn(*inputs)
@@ -160,20 +211,19 @@ class _CudaBackend:
     prepared_cls: type = EagerPrepared
 
     def __init__(self, device: str = "cuda:0", precision: str = "fp32", threads: int | None = None) -> None:
-        if precision not in DTYPES:
-            raise UserError(f"unknown precision {precision!r}; expected one of {', '.join(DTYPES)}")
         self.dev = _check_cuda_device(self.name, str(device))
         self.device = str(self.dev)
-        self.precision = precision
+        self.precision = check_precision(precision, self.device, self.name)
         torch.backends.cudnn.benchmark = True
 
     def prepare(self, module: Any, inputs: Sequence[torch.Tensor], config: TimingConfig):
         module, inputs = convert(module, inputs, self.device, self.precision)
-        return self.prepared_cls(module, inputs, self.dev, config)
+        return self.prepared_cls(module, inputs, self.dev, config, self.precision)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device": self.device, "precision": self.precision,
-                "clock": "cuda events", "cudnn_benchmark": True}
+                "clock": "cuda events", "cudnn_benchmark": True, "grad_mode": GRAD_MODE.__name__,
+                "precision_mode": precision_mode(self.precision, self.device)}
 
 
 class EagerBackend(_CudaBackend):

@@ -1,8 +1,10 @@
 """The one adaptive measurement loop, used for single ops and whole networks alike (DESIGN §5).
 
-1. warm up by time (``warmup_s``), growing the calls per sample as the op's speed becomes known;
-2. choose calls per sample so one sample lasts about ``target_sample_s`` (a multiple of the
-   prepared object's ``granularity``, e.g. calls per CUDA graph; one call with a cold cache);
+1. warm up by time (``warmup_s``) and for at least ``warmup_rounds`` timed batches, growing the
+   calls per batch as the op's speed becomes known;
+2. choose calls per sample from the *last* warm-up batch so that one sample lasts about
+   ``target_sample_s`` (a multiple of the prepared object's ``granularity``, e.g. calls per CUDA
+   graph; one call with a cold cache);
 3. sample until ``min_samples`` and ``min_time_s`` are reached *and* the median's relative noise is
    at most ``max_noise`` -- or until ``max_time_s`` (always at least one sample);
 4. poll NVML between samples; a throttled pass is repeated up to ``max_throttle_retries`` times;
@@ -67,20 +69,23 @@ def _one_pass(prepared: Any, config: TimingConfig, clock: Clock) -> Measurement:
     g = max(1, int(getattr(prepared, "granularity", 1) or 1))
     monitor = getattr(prepared, "clock", None)
 
-    # 1. warm-up by time
+    # 1. warm-up by time, and by at least ``warmup_rounds`` batches (a first call slower than the
+    #    whole warm-up time must not end it, nor size the samples)
     t0 = clock()
     calls = g
     warm_calls = 0
+    rounds = 0
     while True:
         dt = prepared.time(calls)
         warm_calls += calls
+        rounds += 1
         per_call = dt / calls
-        if clock() - t0 >= config.warmup_s:
+        if rounds >= config.warmup_rounds and clock() - t0 >= config.warmup_s:
             break
         calls = g if config.cold_cache else calls_for(per_call, config.target_sample_s, g)
     warmup_s = clock() - t0
 
-    # 2. calls per sample
+    # 2. calls per sample, from the last warm-up batch
     calls = g if config.cold_cache else calls_for(per_call, config.target_sample_s, g)
 
     # 3. adaptive sampling
@@ -114,7 +119,8 @@ def _one_pass(prepared: Any, config: TimingConfig, clock: Clock) -> Measurement:
         samples=s.n, noise=s.noise, calls_per_sample=calls,
         sm_clock_mhz=monitor.mean_mhz if monitor is not None else None,
         throttled=bool(monitor.throttled) if monitor is not None else False,
-        extra={"stop": stop, "warmup_s": warmup_s, "warmup_calls": warm_calls, "sampling_s": elapsed,
+        extra={"stop": stop, "warmup_s": warmup_s, "warmup_calls": warm_calls, "warmup_rounds": rounds,
+               "warmup_last_call_us": per_call * 1e6, "sampling_s": elapsed,
                "noise_reached": s.noise <= config.max_noise},
     )
     if monitor is not None and monitor.throttled:
