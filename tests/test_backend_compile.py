@@ -75,6 +75,46 @@ def test_identity_skip_is_a_timed_passthrough_not_a_failure(backend):
     assert res.ok and res.median_us >= 0
 
 
+def test_one_grad_mode_one_compilation_and_timing_compiles_nothing(backend):
+    """Compilation, warm-up and timing run in one grad mode (the CPU timer's inference_mode), so
+    Dynamo compiles the module exactly once and the measurement compiles nothing more."""
+    from torch._dynamo.utils import counters
+
+    from latbench.timing.cpu import GRAD_MODE
+
+    m = build_op("conv_3x3", 8, 8).eval()
+    x = torch.randn(1, 8, 9, 17)
+    p = backend.prepare(m, [x], QUICK)
+    try:
+        assert p.info["compiled_graphs"] == 1 and p.info["recompiles_after_warmup"] == 0
+        assert p.info["compile_grad_mode"] == GRAD_MODE.__name__
+        graphs, frames = counters["stats"]["unique_graphs"], sum(counters["frames"].values())
+        res = measure(p, config=QUICK)
+        assert res.ok and res.extra["compile_s"] > 0
+        assert counters["stats"]["unique_graphs"] == graphs  # no compilation while timing
+        assert sum(counters["frames"].values()) == frames
+    finally:
+        p.close()
+
+
+def test_compile_module_compiles_in_the_grad_mode_it_is_given():
+    """The CUDA path compiles under no_grad, the mode of latbench's CUDA timers (checked here on
+    the CPU): calling the result in that mode compiles nothing new."""
+    from torch._dynamo.utils import counters
+
+    from latbench.backends.compile import CompileSettings, compile_module
+
+    m = build_op("sep_conv_3x3", 8, 8, 1).eval()
+    x = torch.randn(1, 8, 9, 17)
+    fn, facts = compile_module(m, [x], CompileSettings(), torch.no_grad)
+    assert facts["compiled_graphs"] == 1 and facts["recompiles_after_warmup"] == 0
+    assert facts["compile_grad_mode"] == "no_grad"
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        fn(x)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 def test_a_module_that_computes_but_compiles_to_nothing_is_refused():
     from latbench.backends.compile import CompileSettings, compile_module
 

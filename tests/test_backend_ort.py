@@ -143,3 +143,33 @@ def test_build_lut_cli_with_ort_backend(tmp_path):
     assert info["onnxruntime"] == ort.__version__ and info["session_options"]["intra_op_threads"] == 1
     assert set(lut.df.backend) == {"ort"}
     assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+
+
+def test_probe_of_a_provider_that_cannot_start_fails_once_with_the_reason():
+    """The probe session is real: asking this (CPU) onnxruntime for its CUDA provider is exactly the
+    failure onnxruntime-gpu shows when the provider's CUDA libraries cannot load: no exception, a
+    session on the CPU provider. The probe turns that into one clear UserError."""
+    from latbench.backends.ort import probe_provider
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider")
+    with pytest.raises(UserError) as info:
+        probe_provider("CUDAExecutionProvider", {"device_id": "0", "use_tf32": "0"})
+    msg = info.value.message
+    assert "\n" not in msg and "CUDAExecutionProvider" in msg and "CPUExecutionProvider" in msg
+    assert "pip install" in msg  # says what to do
+    # a provider that does start passes and reports the session's providers
+    assert probe_provider("CPUExecutionProvider") == ["CPUExecutionProvider"]
+
+
+def test_cuda_sessions_time_device_time_not_synchronous_latency():
+    """Settings only (no GPU here): the timed runs disable ONNX Runtime's per-run stream sync and
+    the provider gets the fp32 math the precision asks for."""
+    from latbench.backends.ort import NO_SYNC, OrtSessionSettings, cuda_provider_options
+
+    assert NO_SYNC == "disable_synchronize_execution_providers"
+    s = OrtSessionSettings(intra_op_threads=1)
+    assert s.synchronize is False and s.use_tf32 is False
+    assert cuda_provider_options("cuda:1", s)["use_tf32"] == "0"
+    assert cuda_provider_options("cuda:1", s)["device_id"] == "1"
+    assert cuda_provider_options("cuda:0", OrtSessionSettings(intra_op_threads=1, use_tf32=True))["use_tf32"] == "1"

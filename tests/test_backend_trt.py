@@ -54,9 +54,26 @@ def test_build_lut_backend_trt_without_tensorrt_exits_2_with_one_line(tmp_path):
 
 # --- real engines (TensorRT + GPU) ---------------------------------------------------------------
 
+def test_timing_cache_key_leaves_out_the_network_and_keeps_the_rest():
+    """Without TensorRT: the shared timing cache is keyed like an engine minus its network."""
+    from latbench.backends.trt import BuilderSettings, timing_cache_key
+
+    gpu = {"gpu": "NVIDIA H200", "compute_capability": "9.0"}
+    k = timing_cache_key("10.9.0", gpu, "fp32", BuilderSettings())
+    assert k == timing_cache_key("10.9.0", dict(gpu), "fp32", BuilderSettings())
+    assert len({k, timing_cache_key("10.9.0", gpu, "fp16", BuilderSettings()),
+                timing_cache_key("10.9.0", gpu, "fp32", BuilderSettings(tf32=True)),
+                timing_cache_key("10.9.0", gpu, "fp32", BuilderSettings(optimization_level=5)),
+                timing_cache_key("10.13.0", gpu, "fp32", BuilderSettings()),
+                timing_cache_key("10.9.0", {**gpu, "gpu": "NVIDIA H100"}, "fp32", BuilderSettings())}) == 6
+    assert BuilderSettings().timing_cache is True and BuilderSettings().tf32 is False
+
+
+# fp32 is strict (TF32 tactics off) and holds 1e-3 against PyTorch on the CPU; tf32 engines round
+# their products' inputs to 10-bit mantissas (~3e-4 relative per product, more over long sums).
 @pytest.mark.trt
 @needs_trt
-@pytest.mark.parametrize("precision,tol", [("fp32", 1e-3), ("fp16", 2e-2)])
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-3), ("tf32", 1e-2), ("fp16", 2e-2)])
 @pytest.mark.parametrize("op,shape,stride", [("sep_conv_3x3", (1, 16, 33, 65), 2), ("gpool_5x5", (1, 48, 17, 33), 1),
                                              ("dil_sep_conv_3x3_d8", (1, 32, 17, 33), 1)])
 def test_engine_outputs_match_pytorch_and_time(tmp_path, op, shape, stride, precision, tol):
@@ -83,6 +100,30 @@ def test_engine_outputs_match_pytorch_and_time(tmp_path, op, shape, stride, prec
         assert p2.info["engine_cached"] is True
     finally:
         p2.close()
+    # the first build left the shared timing cache; the mode is recorded
+    assert b.timing_cache_path().is_file() and b.timing_cache_path().stat().st_size > 0
+    assert b.describe()["precision_mode"]["trt_builder_tf32"] is (precision == "tf32")
+
+
+@pytest.mark.trt
+@needs_trt
+def test_engines_share_one_timing_cache(tmp_path):
+    from nas.ops import build_op
+
+    b = get_backend("trt", device="cuda:0", precision="fp32", cache_dir=tmp_path)
+    tc = b.timing_cache_path()
+    assert not tc.exists()
+    sizes = []
+    for w in (33, 35):  # two networks (two engines) with layers of the same kinds
+        m = build_op("conv_3x3", 16, 16, 1).eval()
+        p = b.prepare(m, [torch.randn(1, 16, 17, w)], QUICK)
+        try:
+            assert p.info["engine_cached"] is False
+            sizes.append(tc.stat().st_size)
+        finally:
+            p.close()
+    assert sizes[0] > 0 and sizes[1] >= sizes[0]  # merged, never replaced by a smaller one
+    assert b.describe()["timing_cache"] == str(tc)
 
 
 @pytest.mark.trt

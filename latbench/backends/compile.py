@@ -1,8 +1,12 @@
 """The ``compile`` backend: ``torch.compile`` (Inductor), timed with latbench's protocol.
 
 ``prepare`` compiles the module for the exact input shapes (``dynamic=False``), runs it until
-compilation is over and reports the compilation time separately (``info["compile_s"]``), never
-inside a sample. Then:
+compilation is over and reports the compilation time separately (``info["compile_s"]``, which
+``latbench build-lut`` prints per entry), never inside a sample. Compilation, warm-up, capture and
+timing all run in one grad mode, the timer's (``torch.no_grad`` on a GPU, ``torch.inference_mode``
+on the CPU): Dynamo guards on the grad mode, so compiling in one mode and timing in another would
+compile every entry twice and time a graph other than the one compiled. ``info`` records the
+graphs compiled and any recompilation after the warm-up. Then:
 
 - on a GPU, modes without Inductor's own CUDA graphs (``default``, ``max-autotune-no-cudagraphs``)
   are captured as CUDA-graph replays by latbench's ``cudagraph`` machinery (several calls per
@@ -28,7 +32,7 @@ import torch
 
 from latbench.errors import UserError
 from latbench.timing.config import TimingConfig
-from latbench.timing.precision import DTYPES, convert
+from latbench.timing.precision import check_precision, convert, fp32_math, precision_mode
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: Modes in which Inductor captures CUDA graphs itself.
@@ -57,43 +61,42 @@ def _graph_count() -> int:
 
 
 def compile_module(module: torch.nn.Module, inputs: Sequence[torch.Tensor], settings: CompileSettings,
-                   contexts: Sequence[Any] = ()) -> tuple[Any, dict[str, Any]]:
-    """``torch.compile`` ``module`` and run it until compiled under each grad-mode context in
-    ``contexts`` (those the timing will use). Returns the compiled callable and facts about it;
-    raises RuntimeError if Dynamo compiled nothing (it would otherwise run eagerly)."""
+                   grad_mode: Any = torch.inference_mode) -> tuple[Any, dict[str, Any]]:
+    """``torch.compile`` ``module`` and run it until compiled, under ``grad_mode`` (a context
+    manager class: the one the timer will call it in). Returns the compiled callable and facts
+    about it (``compile_s``: the first call, i.e. the compilation; ``compiled_graphs``;
+    ``recompiles_after_warmup``, which must stay 0); raises RuntimeError if Dynamo compiled nothing
+    (it would otherwise run eagerly)."""
     import torch._dynamo
 
     torch._dynamo.reset()
     before = _graph_count()
     compiled = torch.compile(module, mode=settings.mode, fullgraph=settings.fullgraph,
                              dynamic=settings.dynamic, backend=settings.backend)
-    contexts = list(contexts) or [torch.inference_mode]
     sync = torch.cuda.synchronize if any(t.is_cuda for t in inputs) else (lambda: None)
     t0 = time.perf_counter()
-    for ctx in contexts:
-        with ctx():
-            compiled(*inputs)
+    with grad_mode():
+        compiled(*inputs)
     sync()
     compile_s = time.perf_counter() - t0
     graphs = _graph_count() - before
+    facts: dict[str, Any] = {"compile_s": round(compile_s, 3), "compiled_graphs": graphs,
+                             "compile_grad_mode": grad_mode.__name__}
     if graphs < 1:
         # A pure pass-through (e.g. an identity skip) has nothing to compile: Dynamo makes no graph
         # and a compiled network drops it. Time the plain call and say so; anything else that
         # compiled to nothing is an error (Dynamo would silently run it eagerly).
-        with torch.inference_mode():
+        with grad_mode():
             out = module(*inputs)
         if isinstance(out, torch.Tensor) and any(out is t for t in inputs):
-            return module, {"compile_s": round(compile_s, 3), "compiled_graphs": 0, "passthrough": True,
-                            "recompiles_after_warmup": 0}
+            return module, {**facts, "passthrough": True, "recompiles_after_warmup": 0}
         raise RuntimeError("torch.compile produced no graph for this module (Dynamo would run it eagerly)")
-    # A second round: Inductor's cudagraph trees record on the first runs; nothing may compile now.
-    for ctx in contexts:
-        with ctx():
-            compiled(*inputs)
+    # A second call: Inductor's cudagraph trees record on the first runs; nothing may compile now.
+    with grad_mode():
+        compiled(*inputs)
     sync()
-    recompiles = _graph_count() - before - graphs
-    return compiled, {"compile_s": round(compile_s, 3), "compiled_graphs": graphs,
-                      "recompiles_after_warmup": recompiles}
+    facts["recompiles_after_warmup"] = _graph_count() - before - graphs
+    return compiled, facts
 
 
 class CompileBackend:
@@ -103,8 +106,6 @@ class CompileBackend:
 
     def __init__(self, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
                  mode: str = "default", fullgraph: bool = False) -> None:
-        if precision not in DTYPES:
-            raise UserError(f"unknown precision {precision!r}; expected one of {', '.join(DTYPES)}")
         dev = str(device or "cpu").lower()
         if dev != "cpu":
             from latbench.device import resolve_device
@@ -113,7 +114,7 @@ class CompileBackend:
             if not dev.startswith("cuda"):
                 raise UserError(f"timing backend 'compile' runs on cpu or cuda:N, not {device!r}")
         self.device = dev
-        self.precision = precision
+        self.precision = check_precision(precision, dev, self.name)
         self.threads = threads
         self.settings = CompileSettings(mode=mode, fullgraph=bool(fullgraph))
         if dev.startswith("cuda"):
@@ -130,26 +131,26 @@ class CompileBackend:
     def prepare(self, module: Any, inputs: Sequence[torch.Tensor], config: TimingConfig):
         module, inputs = convert(module, inputs, self.device, self.precision)
         if self.device == "cpu":
-            from latbench.timing.cpu import CpuPrepared
+            from latbench.timing.cpu import GRAD_MODE, CpuPrepared
 
             threads = config.threads or self.threads
             prev = torch.get_num_threads()
             if threads:
                 torch.set_num_threads(threads)  # compile with the thread count it will run with
             try:
-                fn, facts = compile_module(module, inputs, self.settings, [torch.inference_mode])
+                fn, facts = compile_module(module, inputs, self.settings, GRAD_MODE)
             finally:
                 torch.set_num_threads(prev)
             prepared = CpuPrepared(fn, inputs, threads)
         else:
-            from latbench.timing.cuda import CudaGraphPrepared, EagerPrepared
+            from latbench.timing.cuda import GRAD_MODE, CudaGraphPrepared, EagerPrepared
 
             dev = torch.device(self.device)
-            with torch.cuda.device(dev):
-                # latbench's CUDA timers warm up under inference_mode and capture under no_grad.
-                fn, facts = compile_module(module, inputs, self.settings, [torch.inference_mode, torch.no_grad])
+            # compiled in the grad mode and fp32 math mode the CUDA timer warms up, captures and times in
+            with torch.cuda.device(dev), fp32_math(self.precision):
+                fn, facts = compile_module(module, inputs, self.settings, GRAD_MODE)
             cls = EagerPrepared if self.settings.mode in INDUCTOR_CUDAGRAPH_MODES else CudaGraphPrepared
-            prepared = cls(fn, inputs, dev, config)
+            prepared = cls(fn, inputs, dev, config, self.precision)
         prepared.info.update(facts)
         prepared.info.update({"compile_mode": self.settings.mode, "graph_timing": self.graph_timing})
         return prepared
@@ -165,4 +166,6 @@ class CompileBackend:
             "inductor": {"max_autotune": bool(getattr(inductor_config, "max_autotune", False)),
                          "freezing": bool(getattr(inductor_config, "freezing", False))},
             "compile_time": "reported per entry in info['compile_s'], never inside a sample",
+            "grad_mode": "no_grad" if self.device != "cpu" else "inference_mode",
+            "precision_mode": precision_mode(self.precision, self.device),
         }

@@ -11,14 +11,34 @@ binding, so that a timed call is ``session.run_with_iobinding`` and nothing else
   on a non-default torch stream passed as ``user_compute_stream``, timed with CUDA events on that
   stream. ``cuda_graph=True`` turns on ONNX Runtime's own CUDA-graph capture/replay.
 
+  Device time, not synchronous latency: by default ``run_with_iobinding`` ends every run with a
+  stream synchronisation, so back-to-back runs would serialise host and device and the events
+  would measure ONNX Runtime's host cost per run as well (and flag nearly every entry host-bound).
+  The timed runs pass ``RunOptions`` with ``disable_synchronize_execution_providers=1``: runs are
+  enqueued back to back on the stream and the events see the GPU's work (plus whatever gaps the
+  host leaves, which the host-bound flag reports). Set ``synchronize=True`` to time synchronous
+  latency instead (recorded in ``describe()`` as ``timing``).
+
+  fp32 math: ONNX Runtime's CUDA provider uses TF32 unless told otherwise; ``precision`` ``fp32``
+  passes ``use_tf32=0`` (strict), ``tf32`` passes ``use_tf32=1``.
+
 The session is checked to really use the requested provider: ONNX Runtime silently assigns work
-to the CPU provider when the CUDA one fails to load; here that is an error, not a fallback.
+to the CPU provider when the CUDA one fails to load; here that is an error, not a fallback. And
+``onnxruntime.get_available_providers()`` lists the CUDA provider whenever onnxruntime-gpu is
+installed, even when its CUDA / cuDNN libraries cannot load (e.g. onnxruntime-gpu built for CUDA
+12 next to a CUDA 13 torch): so the backend opens a tiny probe session when it is created and
+refuses once, with ONNX Runtime's own reason, instead of failing every LUT entry one by one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import sys
+import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -29,10 +49,13 @@ from latbench.backends import INSTALL_HINTS
 from latbench.errors import UserError
 from latbench.onnx_export import DEFAULT_OPSET, ExportedModel, ExportSettings, export_onnx, resolve_cache_dir
 from latbench.timing.config import TimingConfig
+from latbench.timing.precision import check_precision, precision_mode, tensor_precision
 
 GRAPH_LEVELS = ("disable", "basic", "extended", "all")
-_NP_DTYPES = {"fp32": np.float32, "fp16": np.float16}
-_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+_NP_DTYPES = {"fp32": np.float32, "tf32": np.float32, "fp16": np.float16}
+_TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16}
+#: Run option that stops ONNX Runtime from synchronising the CUDA stream at the end of every run.
+NO_SYNC = "disable_synchronize_execution_providers"
 
 
 def _ort():
@@ -61,6 +84,8 @@ class OrtSessionSettings:
     execution_mode: str = "sequential"
     cuda_graph: bool = False
     cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    use_tf32: bool = False  # CUDA provider only: TF32 math (precision tf32) or strict fp32
+    synchronize: bool = False  # CUDA provider only: True = every run ends with a stream sync
 
     def __post_init__(self) -> None:
         if self.graph_optimization not in GRAPH_LEVELS:
@@ -89,6 +114,15 @@ class OrtSessionSettings:
         return asdict(self)
 
 
+def cuda_provider_options(device: str, settings: OrtSessionSettings, stream: Any = None) -> dict[str, str]:
+    index = torch.device(device).index or 0
+    opts = {"device_id": str(index), "cudnn_conv_algo_search": settings.cudnn_conv_algo_search,
+            "enable_cuda_graph": "1" if settings.cuda_graph else "0", "use_tf32": "1" if settings.use_tf32 else "0"}
+    if stream is not None:
+        opts.update({"has_user_compute_stream": "1", "user_compute_stream": str(stream.cuda_stream)})
+    return opts
+
+
 def open_session(path: str | os.PathLike, device: str, settings: OrtSessionSettings, stream: Any = None):
     """An ``InferenceSession`` on ``device``'s provider; UserError if that provider is not used."""
     ort = _ort()
@@ -96,20 +130,96 @@ def open_session(path: str | os.PathLike, device: str, settings: OrtSessionSetti
         providers: list[Any] = ["CPUExecutionProvider"]
         want = "CPUExecutionProvider"
     else:
-        index = torch.device(device).index or 0
-        opts = {"device_id": str(index), "cudnn_conv_algo_search": settings.cudnn_conv_algo_search,
-                "enable_cuda_graph": "1" if settings.cuda_graph else "0"}
-        if stream is not None:
-            opts.update({"has_user_compute_stream": "1", "user_compute_stream": str(stream.cuda_stream)})
         # The CPU provider stays listed for the few nodes the CUDA provider has no kernel for
         # (shape arithmetic); which nodes ran where is ONNX Runtime's documented assignment.
-        providers = [("CUDAExecutionProvider", opts), "CPUExecutionProvider"]
+        providers = [("CUDAExecutionProvider", cuda_provider_options(device, settings, stream)), "CPUExecutionProvider"]
         want = "CUDAExecutionProvider"
     session = ort.InferenceSession(str(path), settings.session_options(), providers=providers)
     if want not in session.get_providers():
         raise UserError(f"ONNX Runtime did not start its {want} (session uses {session.get_providers()}); "
                         f"{INSTALL_HINTS['onnxruntime-gpu']}")
     return session
+
+
+def _probe_model() -> bytes:
+    """A one-node ONNX model (Relu on a float[1]), built in memory."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "latbench_probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 8)  # readable by every onnxruntime this backend supports
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@contextlib.contextmanager
+def _captured_fd2() -> Any:
+    """Capture what C++ code writes to file descriptor 2 (ONNX Runtime's log) into a buffer."""
+    buf = io.StringIO()
+    try:
+        saved = os.dup(2)
+    except OSError:  # pragma: no cover - no fd 2
+        yield buf
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        try:
+            sys.stderr.flush()
+            os.dup2(tmp.fileno(), 2)
+            yield buf
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            buf.write(tmp.read().decode("utf-8", "replace"))
+
+
+def _reason(text: str) -> str:
+    """The most telling line of ONNX Runtime's output about a provider that did not load."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not set(ln.strip()) <= set("*")]
+    for needle in ("failed to load", "cannot open shared object", "ep error", "not in available provider",
+                   "error", "warn"):
+        for ln in lines:
+            if needle in ln.lower():
+                return ln[:300]
+    return lines[0][:300] if lines else "no reason given"
+
+
+def probe_provider(provider: str, options: dict[str, str] | None = None) -> list[str]:
+    """Open a one-node session asking for ``provider`` (then the CPU provider) and return the
+    session's providers; :class:`UserError` (one line, with ONNX Runtime's reason) if ``provider``
+    did not start. ONNX Runtime does not raise for a provider it cannot load: it logs the failure
+    (or warns that the provider is unavailable) and runs the session on the CPU provider."""
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.log_severity_level = 2
+    out = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out), _captured_fd2() as err:
+        warnings.simplefilter("always")
+        try:
+            session = ort.InferenceSession(_probe_model(), so, providers=[(provider, dict(options or {})),
+                                                                          "CPUExecutionProvider"])
+            used = list(session.get_providers())
+            exc_text = ""
+        except Exception as exc:  # noqa: BLE001 - any failure to create the session is the answer
+            used, exc_text = [], f"{type(exc).__name__}: {exc}"
+    if provider in used:
+        return used
+    text = "\n".join([exc_text, out.getvalue(), err.getvalue(), *(str(w.message) for w in caught)])
+    build = ""
+    try:
+        from onnxruntime.capi import build_and_package_info as info
+
+        cuda = getattr(info, "cuda_version", None)
+        build = f"; this onnxruntime {ort.__version__} was built for CUDA {cuda}" if cuda else ""
+    except Exception:
+        pass
+    torch_cuda = f", torch here uses CUDA {torch.version.cuda}" if torch.version.cuda and build else ""
+    raise UserError(f"ONNX Runtime could not start {provider} in a probe session (it ran on "
+                    f"{', '.join(used) or 'nothing'}): {_reason(text)}{build}{torch_cuda}; "
+                    f"{INSTALL_HINTS['onnxruntime-gpu']}")
 
 
 class OrtCpuPrepared:
@@ -185,26 +295,31 @@ class OrtCudaPrepared:
         self._start = torch.cuda.Event(enable_timing=True)
         self._end = torch.cuda.Event(enable_timing=True)
         self.clock = ClockMonitor.for_device(index)
-        self.info: dict[str, Any] = {"providers": self._session.get_providers()}
+        # No stream synchronisation at the end of each timed run (see the module docstring).
+        self._run_options = _ort().RunOptions()
+        if not settings.synchronize:
+            self._run_options.add_run_config_entry(NO_SYNC, "1")
+        self.info: dict[str, Any] = {"providers": self._session.get_providers(),
+                                     "run_sync": bool(settings.synchronize)}
 
     def run(self) -> None:
-        self._session.run_with_iobinding(self._binding)
+        self._session.run_with_iobinding(self._binding, self._run_options)
 
     def time(self, calls: int) -> float:
-        run, b = self._session.run_with_iobinding, self._binding
+        run, b, opts = self._session.run_with_iobinding, self._binding, self._run_options
         self._start.record(self._stream)
         for _ in range(calls):
-            run(b)
+            run(b, opts)
         self._end.record(self._stream)
         self._end.synchronize()
         return self._start.elapsed_time(self._end) * 1e-3
 
     def enqueue_time(self, calls: int) -> float:
         self._stream.synchronize()
-        run, b = self._session.run_with_iobinding, self._binding
+        run, b, opts = self._session.run_with_iobinding, self._binding, self._run_options
         t0 = time.perf_counter()
         for _ in range(calls):
-            run(b)
+            run(b, opts)
         t1 = time.perf_counter()
         self._stream.synchronize()
         return t1 - t0
@@ -237,7 +352,7 @@ class OrtBackend:
     def __init__(self, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
                  cache_dir: str | os.PathLike | None = None, graph_optimization: str = "all",
                  inter_op_threads: int = 1, cuda_graph: bool = False, opset: int = DEFAULT_OPSET,
-                 exporter: str = "dynamo") -> None:
+                 exporter: str = "dynamo", synchronize: bool = False) -> None:
         ort = _ort()
         dev = str(device or "cpu").lower()
         if dev.startswith("cuda"):
@@ -252,13 +367,16 @@ class OrtBackend:
         if cuda_graph and dev == "cpu":
             raise UserError("ONNX Runtime CUDA graphs (cuda_graph) need --device cuda")
         self.device = dev
-        self.export = ExportSettings(opset=opset, exporter=exporter, precision=precision)
-        self.precision = precision
+        self.precision = check_precision(precision, dev, self.name)
+        self.export = ExportSettings(opset=opset, exporter=exporter, precision=tensor_precision(precision))
         self.threads = threads
         self.session = OrtSessionSettings(intra_op_threads=int(threads or _available_threads()),
                                           inter_op_threads=int(inter_op_threads),
-                                          graph_optimization=graph_optimization, cuda_graph=bool(cuda_graph))
+                                          graph_optimization=graph_optimization, cuda_graph=bool(cuda_graph),
+                                          use_tf32=precision == "tf32", synchronize=bool(synchronize))
         self.onnx_dir = resolve_cache_dir(cache_dir, "onnx")
+        if dev.startswith("cuda"):  # fail once, here, if the CUDA provider cannot start
+            self.probe_providers = probe_provider("CUDAExecutionProvider", cuda_provider_options(dev, self.session))
 
     def _settings_for(self, config: TimingConfig) -> OrtSessionSettings:
         if config.threads and config.threads != self.session.intra_op_threads:
@@ -293,4 +411,9 @@ class OrtBackend:
             "session_options": self.session.to_dict(), "io_binding": True,
             "export": self.export.to_dict(), "onnx_cache": str(self.onnx_dir),
             "clock": "perf_counter_ns" if self.device == "cpu" else "cuda events (user compute stream)",
+            "timing": "wall clock per run" if self.device == "cpu" else (
+                "synchronous latency (stream sync after every run)" if self.session.synchronize
+                else f"device time (runs enqueued back to back, run option {NO_SYNC}=1)"),
+            "precision_mode": {**precision_mode(self.precision, self.device, torch_flags=False),
+                               **({"ort_cuda_use_tf32": self.session.use_tf32} if self.device != "cpu" else {})},
         }
