@@ -83,7 +83,7 @@ def main() -> None:
                                                       "cpu,ort,compile on the CPU]")
     ap.add_argument("--archs", type=int, default=3, help="sampled architectures [3]")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "fp16"])
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (cpu, ort, compile on the CPU)")
     ap.add_argument("--max-time", type=float, default=2.0, help="sampling cap per measurement, s [2]")
     ap.add_argument("--compile-mode", default="default")

@@ -1,17 +1,25 @@
 """Supernet training throughput of ``nas search`` (images/s), on CPU and on a GPU when present.
 
-    python benchmarks/search_throughput.py [--device cpu|cuda|all] [--crop HxW] [--batch-size N]
-                                           [--steps N] [--warmup N] [--init-channels C] [--num-cells K]
-                                           [--threads N] [--out-dir benchmarks/results]
+    python benchmarks/search_throughput.py [--device cpu|cuda|all] [--variants amp-cl,fp32,tf32]
+                                           [--crop HxW] [--batch-size N] [--steps N] [--warmup N]
+                                           [--init-channels C] [--num-cells K] [--threads N]
+                                           [--out-dir benchmarks/results]
 
 Each measured step is exactly one step of the search loop (:class:`nas.search.trainer.SearchStep`):
 GCN-guided module, Gumbel sample, supernet forward over every candidate op of every edge (paper
 space by default: 14 cells, C = 8, dense-connected fusion cell), CE + β·log(LAT), backward, SGD
-and Adam updates; bf16 autocast and channels-last on CUDA, as the search runs there. What it does
-not include: data loading (one synthetic batch, generated once, is reused) and the LUT lookup
-cost (the latency table holds constant numbers; pricing is a 14×5×8 dot product either way).
+and Adam updates. What it does not include: data loading (one synthetic batch, generated once, is
+reused) and the LUT lookup cost (the latency table holds constant numbers).
 
-Writes ``OUT_DIR/search_throughput-<device>-<date>.json`` and ``.md`` per device.
+Variants (CUDA; the CPU runs ``fp32`` only), each with its fp32 math mode set and recorded:
+
+- ``amp-cl``: bf16 autocast + channels-last (what ``nas search`` does on a GPU), TF32 allowed for
+  what stays fp32;
+- ``fp32``: no autocast, contiguous (NCHW), strict IEEE fp32 (TF32 off for cuDNN and cuBLAS);
+- ``tf32``: no autocast, contiguous, TF32 allowed (PyTorch's default for convolutions).
+
+Writes ``OUT_DIR/search_throughput-<device>-<name>-<date>.json`` and ``.md`` per device, one
+result per variant.
 """
 
 from __future__ import annotations
@@ -30,8 +38,12 @@ from pathlib import Path
 
 import torch
 
+from latbench.fileio import atomic_write_text
+
 DEFAULTS = {"cpu": {"crop": (129, 257), "batch": 4, "steps": 5, "warmup": 2},
             "cuda": {"crop": (513, 1025), "batch": 16, "steps": 20, "warmup": 5}}
+#: variant -> (autocast dtype name for SearchConfig.amp, channels-last, latbench precision of the fp32 math)
+VARIANTS = {"amp-cl": ("bf16", True, "tf32"), "fp32": ("off", False, "fp32"), "tf32": ("off", False, "tf32")}
 
 
 def _slug(text: str) -> str:
@@ -51,7 +63,20 @@ def _device_name(device: torch.device) -> str:
 
 
 def measure(device: torch.device, crop: tuple[int, int], batch: int, steps: int, warmup: int,
-            init_channels: int, num_cells: int) -> dict:
+            init_channels: int, num_cells: int, variant: str = "fp32") -> dict:
+    from latbench.timing.precision import fp32_math, precision_mode
+
+    amp_mode, channels_last, math = VARIANTS[variant]
+    if device.type != "cuda":
+        amp_mode, channels_last, math = "off", False, "fp32"
+    with fp32_math(math):
+        r = _measure(device, crop, batch, steps, warmup, init_channels, num_cells, amp_mode, channels_last)
+    r.update({"variant": variant, "precision_mode": precision_mode(math, str(device))})
+    return r
+
+
+def _measure(device: torch.device, crop: tuple[int, int], batch: int, steps: int, warmup: int,
+             init_channels: int, num_cells: int, amp_mode: str, channels_last: bool) -> dict:
     from nas.config import SpaceConfig
     from nas.data import make_dataset
     from nas.search.config import SearchConfig
@@ -63,11 +88,12 @@ def measure(device: torch.device, crop: tuple[int, int], batch: int, steps: int,
                         reduction_cells=defaults.reduction_cells if num_cells == 14 else (1, max(2, num_cells // 2)),
                         fusion_inputs=defaults.fusion_inputs if num_cells == 14 else (0, 1, num_cells - 1),
                         num_classes=19)
-    cfg = SearchConfig(space=space, batch_size=batch, epochs=1)
+    cfg = SearchConfig(space=space, batch_size=batch, epochs=1, amp=amp_mode)
     torch.manual_seed(0)
     model = SearchModel(cfg, torch.Generator().manual_seed(1)).to(device)
     amp = resolve_amp(cfg, device)
-    channels_last = device.type == "cuda"
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     if channels_last:
         model.supernet.to(memory_format=torch.channels_last)
     table = LatencyTable(torch.ones(space.num_cells, space.num_edges(), 8),
@@ -106,31 +132,42 @@ def measure(device: torch.device, crop: tuple[int, int], batch: int, steps: int,
     }
 
 
-def render_md(r: dict, command: str, when: str) -> str:
-    return "\n".join([
-        f"# Search supernet training throughput — {r['device_name']} ({r['device']})",
+def render_md(results: list[dict], command: str, when: str) -> str:
+    r0 = results[0]
+    lines = [
+        f"# Search supernet training throughput — {r0['device_name']} ({r0['device']})",
         "",
         f"Date: {when}. torch {torch.__version__}. Command: `{command}`",
         "",
-        "| space | crop | batch | AMP | channels-last | threads | median step (s) | images/s |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| {r['space']['num_cells']} cells, C={r['space']['init_channels']}, fusion {r['space']['fusion']} "
-        f"({r['supernet_params_m']} M params) | {r['crop'][0]}x{r['crop'][1]} | {r['batch']} | {r['amp']} | "
-        f"{r['channels_last']} | {r['threads'] if r['threads'] is not None else '-'} | {r['median_step_s']} | "
-        f"**{r['images_per_s']}** |",
+        "| variant | space | crop | batch | AMP | channels-last | fp32 math | threads | median step (s) | images/s | peak GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['variant']} | {r['space']['num_cells']} cells, C={r['space']['init_channels']}, fusion "
+            f"{r['space']['fusion']} ({r['supernet_params_m']} M params) | {r['crop'][0]}x{r['crop'][1]} | {r['batch']} | "
+            f"{r['amp']} | {r['channels_last']} | {r['precision_mode'].get('fp32_math')} | "
+            f"{r['threads'] if r['threads'] is not None else '-'} | {r['median_step_s']} | **{r['images_per_s']}** | "
+            f"{r['max_memory_gib'] if r['max_memory_gib'] is not None else '-'} |")
+    lines += [""]
+    for r in results:
+        lines.append(f"Per-step times of {r['variant']} (s, after {r['warmup']} warm-up steps): "
+                     f"{', '.join(map(str, r['step_s']))}.")
+    lines += [
         "",
-        f"Per-step times (s, after {r['warmup']} warm-up steps): {', '.join(map(str, r['step_s']))}. "
-        f"Host: {r.get('host')} ({r['cpu_count']} logical CPUs, possibly shared with other jobs).",
+        f"Host: {r0.get('host')} ({r0['cpu_count']} logical CPUs, possibly shared with other jobs). "
         "One step = GGM + Gumbel sample + supernet forward/backward over every candidate op + SGD and Adam "
         "updates (`nas.search.trainer.SearchStep`); data loading excluded (one synthetic batch reused).",
-        "" if r["max_memory_gib"] is None else f"Peak GPU memory: {r['max_memory_gib']} GiB.",
         "",
-    ])
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="all", help="cpu, cuda or all (cpu, plus cuda when available)")
+    ap.add_argument("--variants", default="amp-cl,fp32",
+                    help=f"comma-separated, CUDA only ({', '.join(VARIANTS)}); the CPU runs fp32")
     ap.add_argument("--crop", default=None, help="HxW (default per device: cpu 129x257, cuda 513x1025)")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
@@ -152,19 +189,30 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     now = datetime.now(timezone.utc)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        print(f"unknown variant(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
     for kind in kinds:
         d = DEFAULTS[kind]
         crop = tuple(int(x) for x in args.crop.lower().split("x")) if args.crop else d["crop"]
         device = torch.device("cuda", torch.cuda.current_device()) if kind == "cuda" else torch.device("cpu")
-        r = measure(device, crop, args.batch_size or d["batch"], args.steps or d["steps"], args.warmup or d["warmup"],
-                    args.init_channels, args.num_cells)
-        r.update({"command": command, "date": now.isoformat(timespec="seconds"), "torch": torch.__version__,
-                  "host": platform.node()})
-        stem = out_dir / f"search_throughput-{kind}-{_slug(r['device_name'])}-{now:%Y%m%d}"
-        stem.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
-        stem.with_suffix(".md").write_text(render_md(r, command, now.strftime("%Y-%m-%d")))
-        print(f"{r['device_name']} ({kind}): {r['images_per_s']} images/s at {crop[0]}x{crop[1]}, batch {r['batch']} "
-              f"-> {stem}.json")
+        results = []
+        stem = None
+        for variant in (variants if kind == "cuda" else ["fp32"]):
+            r = measure(device, crop, args.batch_size or d["batch"], args.steps or d["steps"],
+                        args.warmup or d["warmup"], args.init_channels, args.num_cells, variant)
+            r.update({"command": command, "date": now.isoformat(timespec="seconds"), "torch": torch.__version__,
+                      "host": platform.node()})
+            results.append(r)
+            stem = out_dir / f"search_throughput-{kind}-{_slug(r['device_name'])}-{now:%Y%m%d}"
+            # rewritten after every variant: a run stopped by a time limit keeps what it measured
+            atomic_write_text(stem.with_suffix(".json"), json.dumps({"benchmark": "search_throughput",
+                                                                     "variants": results}, indent=2) + "\n")
+            atomic_write_text(stem.with_suffix(".md"), render_md(results, command, now.strftime("%Y-%m-%d")))
+            print(f"{r['device_name']} ({kind}, {variant}): {r['images_per_s']} images/s at {crop[0]}x{crop[1]}, "
+                  f"batch {r['batch']} -> {stem}.json", flush=True)
     return 0
 
 

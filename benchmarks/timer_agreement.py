@@ -5,12 +5,17 @@ For a set of ops of a search space (one per distinct op name, from the space's e
 resolution), time each op with latbench's protocol and with a reference timer:
 
 - CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` (same thread count, inference mode);
-- GPU: ``triton.testing.do_bench_cudagraph`` (median), falling back to ``do_bench``.
+- GPU: ``triton.testing.do_bench_cudagraph`` (median), falling back to ``do_bench``. It captures
+  ``rep / estimate`` calls in one graph and replays that graph ten times, so one call lasts about
+  ``10 x rep`` ms plus the capture: ``--ref-rep-ms`` (20 ms, triton's default) keeps an op's
+  reference near 0.3 s. Both timers run in the same grad mode and fp32 math mode (``--precision``).
 
 Prints a table of medians and ratios (latbench / reference) and writes
-``benchmarks/results/timer_agreement-<device>-<date>.{json,md}`` with device, date and command.
-The two timers run alternately (A-B, then B-A for the next op) so that slow drifts of a shared
-machine do not favour one of them.
+``benchmarks/results/timer_agreement-<device>-<date>.{json,md}`` with device, date and command,
+rewritten after every op (``"complete": false`` until the last), so a run stopped by a time
+limit keeps every finished op; ``--budget-s`` stops starting new ops once that much time has
+passed. The two timers run alternately (A-B, then B-A for the next op) so that slow drifts of a
+shared machine do not favour one of them.
 
     python benchmarks/timer_agreement.py                       # lgcnet space on the CPU
     python benchmarks/timer_agreement.py --space toy            # tests/toy_space.py
@@ -35,6 +40,7 @@ import torch
 
 from latbench.build import make_inputs
 from latbench.device import describe_device, resolve_device, software_versions
+from latbench.fileio import atomic_write_text
 from latbench.space import OpSpec, load_space, parse_resolution
 from latbench.timing import TimingConfig, default_backend, get_backend, measure
 from latbench.timing.precision import convert
@@ -82,16 +88,19 @@ def _reference_cpu(module, inputs, threads: int, min_run_time: float, clock=None
         return t.blocked_autorange(min_run_time=min_run_time).median * 1e6
 
 
-def _reference_gpu(module, inputs) -> tuple[float, str]:
+def _reference_gpu(module, inputs, precision: str, rep_ms: float) -> tuple[float, str]:
     import triton.testing as tt
 
+    from latbench.timing.cuda import GRAD_MODE
+    from latbench.timing.precision import fp32_math
+
     fn = lambda: module(*inputs)  # noqa: E731
-    with torch.inference_mode():
+    with fp32_math(precision), GRAD_MODE():  # what latbench's CUDA timers run in
         try:
             with torch.cuda.stream(torch.cuda.Stream()):
-                return float(tt.do_bench_cudagraph(fn, rep=200, return_mode="median")) * 1e3, "do_bench_cudagraph"
+                return float(tt.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median")) * 1e3, "do_bench_cudagraph"
         except Exception:
-            return float(tt.do_bench(fn, warmup=100, rep=500, return_mode="median")) * 1e3, "do_bench"
+            return float(tt.do_bench(fn, warmup=25, rep=max(rep_ms, 50), return_mode="median")) * 1e3, "do_bench"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-time", type=float, default=1.0, help="latbench per-op cap (s)")
     ap.add_argument("--ref-time", type=float, default=0.5, help="reference min_run_time (s, CPU)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating latbench/reference rounds per op")
+    ap.add_argument("--ref-rep-ms", type=float, default=20.0,
+                    help="do_bench_cudagraph's rep (ms; it replays its graph 10 times, GPU)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "fp16"])
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="start no new op after this many seconds (finished ops are kept)")
     ap.add_argument("--output-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
 
@@ -120,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     on_gpu = device.startswith("cuda")
     backend_name = args.backend or default_backend(device)
-    backend = get_backend(backend_name, device=device, threads=args.threads)
+    backend = get_backend(backend_name, device=device, threads=args.threads, precision=args.precision)
     config = TimingConfig(max_time_s=args.max_time, threads=args.threads if not on_gpu else None)
     if not on_gpu:
         torch.set_num_threads(args.threads)
@@ -134,16 +148,24 @@ def main(argv: list[str] | None = None) -> int:
     reference_name = "torch.utils.benchmark.Timer.blocked_autorange" if not on_gpu else None
     ops = _representative_ops(space, h, w, args.max_ops)
     print(f"{len(ops)} ops of space {name!r} at {h}x{w} on {device} ({backend_name})", file=sys.stderr)
+    started = time.monotonic()
+    ctx = {"name": name, "h": h, "w": w, "device": device, "on_gpu": on_gpu, "backend_name": backend_name,
+           "config": config, "load_before": load_before, "args": args, "n_ops": len(ops)}
+    stopped_early = False
     for i, (label, spec, module) in enumerate(ops):
+        if args.budget_s is not None and time.monotonic() - started > args.budget_s:
+            stopped_early = True
+            print(f"budget of {args.budget_s:.0f} s spent: {len(ops) - i} op(s) not measured", file=sys.stderr)
+            break
         inputs = make_inputs(spec)
-        mod_ref, in_ref = convert(module, inputs, device, "fp32")
+        mod_ref, in_ref = convert(module, inputs, device, args.precision)
 
         def ours():
             return measure(module, inputs, config, backend=backend)
 
         def ref():
             if on_gpu:
-                return _reference_gpu(mod_ref, in_ref)
+                return _reference_gpu(mod_ref, in_ref, args.precision, args.ref_rep_ms)
             if cpu_clock:  # the same reference timer reading this thread's CPU time
                 ref_cpu_us.append(_reference_cpu(mod_ref, in_ref, args.threads, args.ref_time, time.thread_time))
             return _reference_cpu(mod_ref, in_ref, args.threads, args.ref_time), reference_name
@@ -172,7 +194,18 @@ def main(argv: list[str] | None = None) -> int:
                      "rounds_latbench_us": ours_us, "rounds_reference_us": ref_us, "rounds_reference_cputime_us": ref_cpu_us,
                      "status": m.status, "error": m.error})
         print(f"{ratio:7.3f}  {lat:10.2f} µs  {r:10.2f} µs  {label}", file=sys.stderr)
+        _write(rows, ctx, reference_name, cpu_clock, complete=False)  # every finished op is kept
 
+    stem = _write(rows, ctx, reference_name, cpu_clock, complete=not stopped_early)
+    print(Path(str(stem) + ".md").read_text())
+    print(f"wrote {stem}.json and .md", file=sys.stderr)
+    return 0
+
+
+def _write(rows: list, ctx: dict, reference_name, cpu_clock: bool, complete: bool) -> Path:
+    """(Re)write the JSON and Markdown results of ``rows``; returns their common stem."""
+    name, h, w, device, on_gpu = ctx["name"], ctx["h"], ctx["w"], ctx["device"], ctx["on_gpu"]
+    backend_name, config, load_before, args = ctx["backend_name"], ctx["config"], ctx["load_before"], ctx["args"]
     ratios = [r["ratio"] for r in rows if r["ratio"] == r["ratio"]]
     med = statistics.median(ratios) if ratios else float("nan")
     ratios_cpu = [r["ratio_vs_cputime"] for r in rows if r.get("ratio_vs_cputime")]
@@ -186,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], *sys.argv]),
         "device": dev, "versions": software_versions(), "host": socket.gethostname(),
         "space": name, "resolution": f"{h}x{w}", "backend": backend_name, "threads": args.threads,
-        "protocol": config.to_dict(), "reference": reference_name,
+        "protocol": config.to_dict(), "reference": reference_name, "precision": args.precision,
+        "reference_rep_ms": args.ref_rep_ms if on_gpu else None,
+        "complete": complete, "ops_planned": ctx["n_ops"], "ops_measured": len(rows),
+        "within_2pct_ops": sum(1 for x in ratios if abs(x - 1) <= 0.02) if ratios else None,
         "median_ratio": med, "min_ratio": min(ratios, default=None), "max_ratio": max(ratios, default=None),
         "within_5pct": abs(med - 1) <= 0.05 if ratios else None,
         "median_ratio_vs_cputime_reference": med_cpu,
@@ -198,17 +234,18 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"timer_agreement-{tag}-{now.date().isoformat()}"
-    Path(str(stem) + ".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    atomic_write_text(Path(str(stem) + ".json"), json.dumps(result, indent=2, default=str) + "\n")
     md = [f"# Timer agreement: latbench vs {reference_name}", "",
-          f"- date: {result['date']}", f"- device: {dev.get('name')} ({dev.get('type')}), host {result['host']}",
+          f"- date: {result['date']}" + ("" if complete else f" (partial: {len(rows)} of {ctx['n_ops']} ops)"),
+          f"- device: {dev.get('name')} ({dev.get('type')}), host {result['host']}",
           f"- torch {result['versions']['torch']}, python {platform.python_version()}",
           f"- space {name} at {h}x{w}, backend {backend_name}, threads {args.threads}, "
           f"{args.rounds} alternating rounds per op (medians of the rounds' medians)",
           f"- command: `{result['command']}`", "",
           f"- load average before / after: {load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} cores",
           "",
-          f"**median ratio latbench / reference (wall clock): {med:.4f}** (min {result['min_ratio']:.3f}, "
-          f"max {result['max_ratio']:.3f}; {len(ratios)} ops)", ""]
+          f"**median ratio latbench / reference: {med:.4f}** (min {_f3(result['min_ratio'])}, "
+          f"max {_f3(result['max_ratio'])}; {len(ratios)} ops, {result['within_2pct_ops']} within 2 %)", ""]
     if med_cpu is not None:
         md += [f"**median ratio latbench / reference on thread CPU time: {med_cpu:.4f}** "
                "(same reference timer with `timer=time.thread_time`; immune to preemption by other "
@@ -220,10 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         md.append(f"| `{r['op']}` | {r['latbench_us']:.2f} | {100 * (r['latbench_noise'] or 0):.2f}% | "
                   f"{r['reference_us']:.2f} | {r['ratio']:.3f} | "
                   + (f"{rc:.2f} | {r['ratio_vs_cputime']:.3f} |" if rc else "- | - |"))
-    Path(str(stem) + ".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
-    print(f"wrote {stem}.json and .md", file=sys.stderr)
-    return 0
+    atomic_write_text(Path(str(stem) + ".md"), "\n".join(md) + "\n")
+    return stem
+
+
+def _f3(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 if __name__ == "__main__":
