@@ -124,7 +124,9 @@ class SearchStep:
                  opt_w: torch.optim.Optimizer, opt_a: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                  gumbel_gen: torch.Generator, device: torch.device, amp_dtype: torch.dtype | None = None,
                  channels_last: bool = False):
-        self.model, self.net, self.table, self.config = model, net, table, config
+        # The latency table on the step's device once (LatencyTable.lut_sum would otherwise copy
+        # its CPU tensors to the GPU at every step); the caller's table (checkpoints) stays on the CPU.
+        self.model, self.net, self.table, self.config = model, net, table_on(table, device), config
         self.opt_w, self.opt_a, self.scaler, self.gen = opt_w, opt_a, scaler, gumbel_gen
         self.device, self.amp_dtype, self.channels_last = device, amp_dtype, channels_last
         space = config.space
@@ -156,6 +158,22 @@ class SearchStep:
             self.scaler.step(self.opt_a)
         self.scaler.update()
         return ce, loss, lat
+
+
+def table_on(table: LatencyTable, device: torch.device) -> LatencyTable:
+    """A copy of ``table`` whose tensors live on ``device`` in float32 (the dtype the step prices
+    in); every other field is kept as it is."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(table):  # an unknown table type: leave it (priced where it is)
+        return table
+    moved = {f.name: getattr(table, f.name) for f in dataclasses.fields(table) if f.init}
+    for name, value in moved.items():
+        if isinstance(value, torch.Tensor):
+            moved[name] = value.to(device=device, dtype=torch.float32)
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+            moved[name] = type(value)(v.to(device=device, dtype=torch.float32) for v in value)
+    return dataclasses.replace(table, **moved)
 
 
 def make_optimizers(model: SearchModel, config: SearchConfig, total_steps: int):
