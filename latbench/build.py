@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import pandas as pd
 import torch
@@ -28,10 +28,12 @@ import torch
 from latbench.device import describe_device, device_identity, software_versions
 from latbench.errors import UserError
 from latbench.fileio import FileLock, Journal, check_writable, lock_path, read_journal
+from latbench.memory import check_entries_fit
 from latbench.lut import LUT, ROW_ID, SCHEMA_VERSION, concat_rows, dedupe_rows, now_iso, read_lut, write_lut
 from latbench.space import Entry, OpSpec, format_resolution
 from latbench.timing import Measurement, TimingConfig, get_backend, measure_prepared
 from latbench.timing.loop import describe_error
+from latbench.timing.passthrough import is_passthrough
 
 JOURNAL_SUFFIX = ".partial.jsonl"
 MEASUREMENT_FIELDS = ("median_us", "p10_us", "p90_us", "iqr_us", "mean_us", "samples", "noise",
@@ -52,7 +54,7 @@ class Timed:
     """A finished timing of one key: the measurement's LUT fields and when it was taken."""
 
     fields: dict[str, Any]
-    measured_at: str
+    measured_at: str | None
 
     @classmethod
     def from_measurement(cls, m: Measurement) -> "Timed":
@@ -140,7 +142,8 @@ def _timed_from_frame(df: pd.DataFrame, keep_failed: bool) -> dict[str, Timed]:
         return out
     for rec in df.to_dict("records"):
         st = rec.get("status")
-        if st == "analytic" or (st == "failed" and not keep_failed) or st not in ("ok", "failed"):
+        # "analytic" rows of a timed key are pass-throughs found at build time (see time_spec)
+        if (st == "failed" and not keep_failed) or st not in ("ok", "failed", "analytic"):
             continue
         fields = {}
         for k in MEASUREMENT_FIELDS:
@@ -148,8 +151,23 @@ def _timed_from_frame(df: pd.DataFrame, keep_failed: bool) -> dict[str, Timed]:
             if v is not None and not isinstance(v, str) and pd.isna(v):
                 v = None
             fields[k] = v.item() if hasattr(v, "item") else v
-        out[str(rec["key"])] = Timed(fields, str(rec.get("measured_at") or ""))
+        when = rec.get("measured_at")
+        missing = when is None or (not isinstance(when, str) and pd.isna(when)) or when == ""
+        out[str(rec["key"])] = Timed(fields, None if missing else str(when))  # None: an analytic pass-through
     return out
+
+
+#: The LUT fields of a pass-through's rows (analytic, 0 µs, never timed).
+PASSTHROUGH = Timed({"median_us": 0.0, "p10_us": 0.0, "p90_us": 0.0, "iqr_us": 0.0, "mean_us": 0.0, "samples": 0,
+                     "noise": 0.0, "calls_per_sample": 0, "sm_clock_mhz": None, "throttled": False,
+                     "host_bound": None, "enqueue_us": None, "status": "analytic", "error": None}, None)
+
+
+def _builds_a_passthrough(space: Any, spec: OpSpec) -> bool:
+    try:
+        return is_passthrough(space.build_op(spec), spec.inputs)
+    except Exception:  # a build failure is recorded when the entry is timed
+        return False
 
 
 def make_inputs(spec: OpSpec, seed: int = 0) -> list[torch.Tensor]:
@@ -160,12 +178,16 @@ def make_inputs(spec: OpSpec, seed: int = 0) -> list[torch.Tensor]:
 
 def time_spec(space: Any, spec: OpSpec, backend: Any, config: TimingConfig) -> Measurement:
     """Build ``spec`` with the space, prepare it with the backend and measure it. Never raises for
-    a failing op (the failure is the measurement)."""
+    a failing op (the failure is the measurement). A pass-through (the op returns its input) is
+    not timed: status ``analytic``, 0 µs (:mod:`latbench.timing.passthrough`)."""
     prepared = None
     try:
         module = space.build_op(spec)
         if isinstance(module, torch.nn.Module):
             module.eval()
+        if is_passthrough(module, spec.inputs):  # returns its input: nothing to time, on any backend
+            return Measurement(median_us=0.0, p10_us=0.0, p90_us=0.0, iqr_us=0.0, mean_us=0.0, noise=0.0,
+                               status="analytic", extra={"passthrough": True})
         prepared = backend.prepare(module, make_inputs(spec), config)
     except Exception as exc:
         if torch.cuda.is_available():
@@ -207,20 +229,57 @@ class _Progress:
         if self._p is not None:
             self._p.advance(self._task)
 
+    def add(self, n: int) -> None:
+        """``n`` more entries to time (re-timed after a drift)."""
+        if self._p is not None and n:
+            self._p.update(self._task, total=self._p.tasks[self._task].total + n)
+
     def close(self) -> None:
         if self._p is not None:
             self._p.stop()
+
+
+def request_metadata(space: Any, backend_obj: Any, config: TimingConfig, name: str, batch: int, precision: str,
+                     device: str) -> dict[str, Any]:
+    """The provenance a build of ``space`` with ``backend_obj`` writes into its LUT's metadata
+    (before any timing): what :func:`build_lut` checks an existing LUT or journal against."""
+    dev_info = describe_device(getattr(backend_obj, "device", device))
+    if dev_info.get("type") == "cpu" and config.threads:
+        dev_info["threads"] = config.threads
+    backend_info = _jsonable(backend_obj.describe()) if hasattr(backend_obj, "describe") else {}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "space": _jsonable(space.identity()),
+        "device": dev_info,
+        "versions": software_versions(),
+        "protocol": config.to_dict(),
+        "backend": getattr(backend_obj, "name", str(backend_obj)),
+        "backend_info": backend_info,
+        "precision": precision,
+        # the effective fp32 math (strict IEEE or TF32) and the flags that made it
+        "precision_mode": backend_info.get("precision_mode"),
+        "batch": int(batch),
+        "cache": config.cache,
+        "host": dev_info.get("host"),
+    }
 
 
 def build_lut(space: Any, resolutions: Sequence[tuple[int, int]], backend: str | Any, config: TimingConfig,
               output: str | os.PathLike, name: str, batch: int = 1, precision: str = "fp32",
               device: str = "cpu", progress: bool = True, *, retry_failed: bool = False,
               checkpoint_s: float = 30.0, warn: Callable[[str], None] | None = None,
-              on_timed: Callable[[str, Measurement], None] | None = None) -> LUT:
+              on_timed: Callable[[str, Measurement], None] | None = None,
+              only_keys: Collection[str] | None = None, canary: Any = None) -> LUT:
     """Build (or finish) the LUT at ``output`` and return it. See the module docstring.
 
     ``backend`` is a registered backend name or an instance; ``retry_failed`` re-times keys that
-    failed in an earlier run; ``on_timed(key, measurement)`` is called after each new timing.
+    failed in an earlier run; ``on_timed(key, measurement)`` is called after each new timing;
+    ``only_keys`` restricts the timing to those op keys (one rank's share of a sharded build,
+    :mod:`latbench.shard`): the LUT then holds the analytic rows and the rows of those keys, and
+    its metadata says ``complete`` only if nothing of the space is missing. ``canary`` (a
+    :class:`latbench.canary.CanaryConfig`) re-times one op at intervals and times again what was
+    measured during a drift (recorded in ``meta["build"]["canary"]``); None: no canary.
     """
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     if not resolutions:
@@ -232,23 +291,8 @@ def build_lut(space: Any, resolutions: Sequence[tuple[int, int]], backend: str |
         if isinstance(backend, str) else backend
     backend_name = getattr(backend_obj, "name", str(backend))
 
-    dev_info = describe_device(getattr(backend_obj, "device", device))
-    if dev_info.get("type") == "cpu" and config.threads:
-        dev_info["threads"] = config.threads
-    request_meta: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "name": name,
-        "space": _jsonable(space.identity()),
-        "device": dev_info,
-        "versions": software_versions(),
-        "protocol": config.to_dict(),
-        "backend": backend_name,
-        "backend_info": _jsonable(backend_obj.describe()) if hasattr(backend_obj, "describe") else {},
-        "precision": precision,
-        "batch": int(batch),
-        "cache": config.cache,
-        "host": dev_info.get("host"),
-    }
+    request_meta = request_metadata(space, backend_obj, config, name, batch, precision, device)
+    request_meta["backend"] = backend_name
     compat = _compat(request_meta)
 
     lock = FileLock(lock_path(output), purpose="a LUT build", on_stale=warn)
@@ -283,7 +327,13 @@ def build_lut(space: Any, resolutions: Sequence[tuple[int, int]], backend: str |
                 plan.append((e, int(h), int(w)))
                 if not e.analytic:
                     specs.setdefault(e.spec.key, e.spec)
-        todo = [k for k in specs if k not in done]
+        check_entries_fit(specs.values(), precision, getattr(backend_obj, "device", device), space)  # before any work
+        todo = [k for k in specs if k not in done and (only_keys is None or k in only_keys)]
+        # pass-throughs (the op returns its input) are analytic 0 µs on every backend: never timed
+        passthroughs = {k for k in todo if _builds_a_passthrough(space, specs[k])}
+        for k in passthroughs:
+            done[k] = PASSTHROUGH
+        todo = [k for k in todo if k not in passthroughs]
 
         created = (existing.meta.get("created") if existing else None) or \
             (header.get("created") if header else None) or now_iso()
@@ -320,7 +370,17 @@ def build_lut(space: Any, resolutions: Sequence[tuple[int, int]], backend: str |
         t_start = time.monotonic()
         last_ckpt = time.monotonic()
         n_failed = 0
-        for key in todo:
+        watch = None
+        if canary is not None and todo:
+            from latbench.canary import DriftWatch, start_canary
+
+            c = start_canary(space, {k: specs[k] for k in todo}, backend_obj, config, canary)
+            watch = DriftWatch(c, warn) if c is not None else None
+        queue = list(todo)
+        i = 0
+        while i < len(queue):
+            key = queue[i]
+            i += 1
             spec = specs[key]
             prog.current(key)
             m = time_spec(space, spec, backend_obj, config)
@@ -328,21 +388,28 @@ def build_lut(space: Any, resolutions: Sequence[tuple[int, int]], backend: str |
             assert journal is not None
             journal.append({"type": "timing", "key": key, "fields": timed.fields, "measured_at": timed.measured_at})
             done[key] = timed
-            if not m.ok:
+            if m.status == "failed":  # "analytic": a pass-through, not timed
                 n_failed += 1
                 warn(f"{key}: {m.error}")
             if on_timed is not None:
                 on_timed(key, m)
             prog.advance()
+            if watch is not None:
+                redo = watch.timed(key)  # a confirmed drift of the canary: time those entries again
+                queue.extend(redo)
+                prog.add(len(redo))
             if time.monotonic() - last_ckpt >= checkpoint_s:
                 write_lut(snapshot(complete=False), output)
                 last_ckpt = time.monotonic()
         prog.close()
         prog = None
-        lut = snapshot(complete=True)
+        lut = snapshot(complete=all(k in done for k in specs))
         lut.meta["build"] = {"timed": len(todo), "reused": len(specs) - len(todo), "failed_now": n_failed,
                              "distinct_timings": len(specs), "rows": len(plan),
                              "elapsed_s": round(time.monotonic() - t_start, 3)}
+        if watch is not None:
+            lut.meta["build"]["canary"] = {**watch.canary.record.to_dict(), **canary.to_dict()}
+            watch.canary.close()
         write_lut(lut, output)
         if journal is not None:
             journal.close()
@@ -364,3 +431,16 @@ def build_lut(space: Any, resolutions: Sequence[tuple[int, int]], backend: str |
         if journal is not None:
             journal.close()
         lock.release()
+
+
+def raise_if_mostly_failed(lut: LUT, output: str) -> None:
+    """:class:`UserError` (exit status 2) when most distinct timings of ``lut`` failed: a build
+    that produced mostly holes (out of memory, a backend that cannot run the ops) is not a success,
+    even though the LUT file keeps what did work."""
+    df = lut.df[lut.df["status"].isin(("ok", "failed"))].drop_duplicates(subset=["key"])
+    failed = df[df["status"] == "failed"]
+    if len(failed) * 2 <= len(df) or failed.empty:
+        return
+    first = str(failed["error"].iloc[0] or "no reason recorded").splitlines()[0][:160]
+    raise UserError(f"{len(failed)} of {len(df)} distinct timings failed (e.g. {failed['key'].iloc[0]}: {first}); "
+                    f"{output} records them as failed: fix the cause, then rerun with --retry-failed")

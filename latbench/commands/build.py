@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -47,7 +48,9 @@ def _load_space(name: str, cfg: dict[str, Any]):
 @click.option("--resolution", "resolutions", multiple=True, default=("769x1537",), show_default=True,
               help="Network input resolution HxW; repeat for several (one LUT holds all).")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16"]))
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "tf32", "fp16"]),
+              help="fp32: strict IEEE fp32 math (TF32 off for cuDNN, cuBLAS, TensorRT, ONNX Runtime); "
+                   "tf32: fp32 tensors with TF32 math allowed (NVIDIA GPUs); fp16: fp16 tensors.")
 @click.option("--output", default=None, help="Output Parquet path. [default: luts/NAME.parquet]")
 @click.option("--max-noise", default=0.005, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Stop sampling an entry when the relative noise of its median is below this.")
@@ -65,16 +68,29 @@ def _load_space(name: str, cfg: dict[str, Any]):
               help="Backend setting, recorded in the LUT (e.g. mode=max-autotune for compile, "
                    "graph_optimization=basic for ort, optimization_level=5 for trt). Repeatable.")
 @click.option("--retry-failed", is_flag=True, help="Re-time entries that failed in an earlier run of this build.")
+@click.option("--shard", is_flag=True,
+              help="One rank of a build sharded over this machine's GPUs: start it with torchrun "
+                   "(torchrun --standalone --nproc_per_node N -m latbench.cli build-lut --shard ...); each rank "
+                   "times its share on cuda:LOCAL_RANK, rank 0 merges one resumable LUT.")
+@click.option("--canary-every", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="Re-time one fixed op (the canary) every this many seconds; when it drifts beyond "
+                   "--canary-tolerance (a slow episode, a clock change NVML does not report), the entries timed "
+                   "since its last good reading are timed again and the drift is recorded in the LUT. 0: off.")
+@click.option("--canary-tolerance", default=0.05, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Relative drift of the canary that counts as a slow episode.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def build_lut(name, device, backend, resolutions, batch, precision, output, max_noise, max_time, min_time,
-              warmup, cold_cache, threads, space_name, space_opts, backend_opts, retry_failed, no_progress, as_json) -> None:
+              warmup, cold_cache, threads, space_name, space_opts, backend_opts, retry_failed, shard, canary_every,
+              canary_tolerance, no_progress, as_json) -> None:
     """Time every candidate op at every position (and every fixed part) of a search space and
-    write a LUT. Resumable: rerun the same command after a crash to time only what is missing."""
-    from latbench.build import build_lut as run_build
+    write a LUT. Resumable: rerun the same command after a crash to time only what is missing.
+    Prints the one-off preparation time of each entry where a backend has one (torch.compile's
+    compilation, a TensorRT engine build)."""
+    from latbench.build import build_lut as run_build, raise_if_mostly_failed
     from latbench.device import describe_device, name_matches, resolve_device
     from latbench.fileio import check_writable
-    from latbench.space import format_resolution, parse_resolution
+    from latbench.space import parse_resolution
     from latbench.timing import TimingConfig, available_backends, default_backend, get_backend
 
     res = []
@@ -82,7 +98,14 @@ def build_lut(name, device, backend, resolutions, batch, precision, output, max_
         hw = parse_resolution(r)
         if hw not in res:
             res.append(hw)
-    dev = resolve_device(device)
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not shard and world not in ("", "1"):
+        raise UserError(f"this process is one of {world} torchrun ranks: add --shard so that they share the build "
+                        "(without it every rank would time everything into one output)")
+    if shard:
+        dev = "cpu" if str(device or "").strip().lower() == "cpu" or not torch_cuda_available() else "cuda"
+    else:
+        dev = resolve_device(device)
     backend = backend or default_backend(dev)
     if backend not in available_backends():
         raise UserError(f"unknown timing backend {backend!r}; available: {', '.join(available_backends())}")
@@ -92,6 +115,20 @@ def build_lut(name, device, backend, resolutions, batch, precision, output, max_
     config = TimingConfig(warmup_s=warmup, min_time_s=min_time, max_time_s=max_time, max_noise=max_noise,
                           cold_cache=cold_cache, threads=threads)
     extra = parse_space_opts(backend_opts, "--backend-opt", "mode=max-autotune")
+    warn = lambda msg: click.echo(f"warning: {msg}", err=True)  # noqa: E731
+    if shard:
+        from latbench.shard import sharded_build
+
+        space = _load_space(space_name, parse_space_opts(space_opts))
+        lut = sharded_build(space, res, backend, extra, config, out, name, batch=batch, precision=precision,
+                            device=device, progress=not no_progress and not as_json, retry_failed=retry_failed,
+                            warn=warn, on_timed=report_preparation)
+        if lut is None:  # not rank 0: rank 0 reports
+            return
+        dev = str((lut.meta.get("device") or {}).get("type") or dev)
+        _report(lut, out, name, dev, (lut.meta.get("device") or {}).get("name"), backend, precision, batch, res, as_json)
+        raise_if_mostly_failed(lut, str(out))
+        return
     try:
         backend_obj = get_backend(backend, device=dev, precision=precision, threads=threads, **extra)
     except TypeError as exc:
@@ -102,21 +139,58 @@ def build_lut(name, device, backend, resolutions, batch, precision, output, max_
     if not name_matches(name, info):
         click.echo(f"warning: --gpu {name!r} does not match the device actually used ({dev}: {info.get('name')}); "
                    "the LUT metadata records the real device", err=True)
-    warn = lambda msg: click.echo(f"warning: {msg}", err=True)  # noqa: E731
+    from latbench.canary import CanaryConfig
+
+    canary = CanaryConfig(every_s=canary_every, tolerance=canary_tolerance) if canary_every > 0 else None
     lut = run_build(space, res, backend_obj, config, out, name, batch=batch, precision=precision, device=dev,
-                    progress=not no_progress and not as_json, retry_failed=retry_failed, warn=warn)
+                    progress=not no_progress and not as_json, retry_failed=retry_failed, warn=warn,
+                    on_timed=report_preparation, canary=canary)
+    _report(lut, out, name, dev, info.get("name"), backend, precision, batch, res, as_json)
+    raise_if_mostly_failed(lut, str(out))
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+#: Per-entry one-off costs a backend reports in a measurement's ``extra`` (printed, never timed).
+PREPARATION_FACTS = (("compile_s", "compiled"), ("engine_build_s", "built a TensorRT engine"))
+
+
+def report_preparation(key: str, m: Any) -> None:
+    """Print the one-off preparation time of an entry (compilation, engine build) when the backend
+    reports one: time a LUT build spends outside the samples."""
+    extra = getattr(m, "extra", None) or {}
+    parts = []
+    for fact, what in PREPARATION_FACTS:
+        v = extra.get(fact)
+        if isinstance(v, (int, float)) and v > 0:
+            parts.append(f"{what} in {v:.2f} s")
+    if parts:
+        graphs = f", {extra['compiled_graphs']} graph(s)" if "compiled_graphs" in extra else ""
+        click.echo(f"{key}: {', '.join(parts)}{graphs}", err=True)
+
+
+def _report(lut, out, name, dev, device_name, backend, precision, batch, res, as_json) -> None:
+    from latbench.space import format_resolution
+
     counts = lut.counts()
     summary = {
-        "output": str(out), "name": name, "device": dev, "device_name": info.get("name"), "backend": backend,
+        "output": str(out), "name": name, "device": dev, "device_name": device_name, "backend": backend,
         "precision": precision, "batch": batch, "resolutions": [format_resolution(r) for r in res],
         **counts, **{k: v for k, v in lut.meta.get("build", {}).items() if k not in ("rows", "distinct_timings")},
     }
+    if "shard" in lut.meta:
+        summary["world_size"] = lut.meta["shard"]["world_size"]
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(json.dumps(summary, indent=2, default=str))
     else:
         b = lut.meta.get("build", {})
+        ranks = f" on {lut.meta['shard']['world_size']} ranks" if "shard" in lut.meta else ""
         click.echo(f"wrote {out}: {counts['rows']} rows, {counts['distinct_timings']} distinct timings "
-                   f"({b.get('timed', 0)} timed now, {b.get('reused', 0)} reused), {counts['ok']} ok, "
+                   f"({b.get('timed', 0)} timed now{ranks}, {b.get('reused', 0)} reused), {counts['ok']} ok, "
                    f"{counts['failed']} failed, {counts['analytic']} analytic, {b.get('elapsed_s', 0):.1f} s")
     if counts["failed"]:
         sys.stderr.flush()
