@@ -318,7 +318,8 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
         "fit_networks": len(fit_nets), "seed": request.seed, "statistic": request.rounds.statistic,
         "rounds": request.rounds.rounds, "overhead_probe": "latbench.probe (x + 1 on a tiny tensor)",
         "held_out": {s: {"n": f["model"]["n"], "mape": f["model"]["mape"], "worst": f["model"]["worst"],
-                         "kendall_tau": f["model"]["kendall_tau"]} for s, f in figs.items()},
+                         "kendall_tau": f["model"]["kendall_tau"]} for s, f in figs.items() if s != "fit"},
+        "in_sample": {k: figs["fit"]["model"][k] for k in ("n", "mape", "worst", "kendall_tau")} if "fit" in figs else None,
         "drift_events": len(res.drift), "reference_p10_p90_spread": measurement.get("reference_p10_p90_spread"),
         "loadavg": measurement["loadavg_before"],
     }

@@ -24,6 +24,9 @@ def summarize_lut(lut, top: int = 10, space: Any = None) -> dict[str, Any]:
         "cache": meta.get("cache"), "protocol": meta.get("protocol"), "host": meta.get("host"),
         "created": meta.get("created"), "updated": meta.get("updated"), "complete": meta.get("complete"),
         "calibration": meta.get("calibration"),
+        "precision_mode": meta.get("precision_mode"),
+        "latency_models": _models(meta),
+        "canary": (meta.get("build") or {}).get("canary") if isinstance(meta.get("build"), dict) else None,
         "counts": lut.counts(),
     }
     cov = []
@@ -56,6 +59,18 @@ def summarize_lut(lut, top: int = 10, space: Any = None) -> dict[str, Any]:
     return report
 
 
+def _models(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Summaries of the LUT's latency models (``latbench fit``), with their held-out figures."""
+    from latbench.model import stored_models
+
+    out = []
+    for m in stored_models(meta):
+        d = m.summary()
+        d["held_out"] = dict(m.provenance).get("held_out")
+        out.append(d)
+    return out
+
+
 def _f(v: Any) -> float | None:
     try:
         v = float(v)
@@ -85,8 +100,20 @@ def _print_report(r: dict[str, Any]) -> None:
     con.print(f"  timing:   backend {r['backend']}, {r['precision']}, batch {r['batch']}, cache {r['cache']}; "
               + ", ".join(f"{k}={val}" for k, val in (r["protocol"] or {}).items()))
     con.print(f"  created {r['created']}, updated {r['updated']}")
+    if r.get("precision_mode"):
+        con.print(f"  precision mode: {r['precision_mode']}")
     if r.get("calibration"):
         con.print(f"  calibration: {json.dumps(r['calibration'])}")
+    for m in r.get("latency_models") or []:
+        held = "; ".join(f"{k}: MAPE {v.get('mape', 0):.2f} %, worst {v.get('worst', 0):.2f} %, τ {v.get('kendall_tau') or 0:.3f}"
+                         f" (n={v.get('n')})" for k, v in (m.get("held_out") or {}).items())
+        con.print(f"  latency model {m['id']}: {m['scope']}; {m['group_by']} groups, column {m['column']}, overhead "
+                  f"{m['overhead_us']:.2f} µs, constant {m['constant_us']:.1f} µs; fitted on {m['fitted_on']} networks "
+                  f"{m['fitted_at']}" + (f"; held out: {held}" if held else ""))
+    if r.get("canary"):
+        cy = r["canary"]
+        con.print(f"  canary {cy.get('key')}: baseline {cy.get('baseline_us', 0):.2f} µs, {cy.get('checks')} checks, "
+                  f"{len(cy.get('drift_events') or [])} drift event(s), {cy.get('retimed')} entries re-timed")
     c = r["counts"]
     con.print(f"  rows {c['rows']}: ok {c['ok']}, failed {c['failed']}, analytic {c['analytic']}; "
               f"distinct timings {c['distinct_timings']} (deduplication shares each across "
