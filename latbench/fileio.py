@@ -260,7 +260,7 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     path = Path(path)
     label = str(path)
     if path.is_dir():
-        raise OutputError(f"{what} {label!r} is a directory; give a file path such as luts/NAME.parquet")
+        raise OutputError(f"{what} {label!r} is a directory; give a file path")
     if path.exists() and not path.is_file():
         raise OutputError(f"{what} {label!r} is not a regular file")
     anc = _check_folder_chain(path.parent, label, what)

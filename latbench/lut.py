@@ -335,7 +335,7 @@ def _describe_rows(df: pd.DataFrame, mask, column: str | None = None) -> str:
     idx = list(df.index[mask])
     shown = []
     for i in idx[:SHOW_BAD_ROWS]:
-        r = df.loc[i]
+        r = {k: (v.item() if hasattr(v, "item") else v) for k, v in df.loc[i].items()}  # plain Python values
         what = f"row {i} ({r.get('position')} / {r.get('op')} at {r.get('height')}x{r.get('width')}"
         what += f", {r.get('status')})" if column is None else f", {r.get('status')}): {r.get(column)!r}"
         shown.append(what)

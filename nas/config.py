@@ -18,12 +18,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from latbench.errors import UserError
 
 FUSION_MODES = ("dcfc", "aspp", "ppm", "none")
+INT_FIELDS = ("num_cells", "steps", "init_channels", "fusion_channels", "head_channels", "num_classes")
+# Node channels at stride 4 beyond this cannot be built on any machine (and overflow shape arithmetic).
+MAX_CHANNELS = 1 << 20
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _show(v: Any, n: int = 40) -> str:
+    s = repr(v)
+    return s if len(s) <= n else s[: n - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -40,10 +54,17 @@ class SpaceConfig:
     width_mult: float = 1.0
 
     def __post_init__(self) -> None:
+        self._check_types()
         object.__setattr__(self, "reduction_cells", tuple(int(c) for c in self.reduction_cells))
         object.__setattr__(self, "fusion_inputs", tuple(int(c) for c in self.fusion_inputs))
-        if self.num_cells < 1 or self.steps < 1 or self.init_channels < 1 or self.num_classes < 2:
-            raise UserError(f"invalid space config: {self.to_dict()}")
+        if self.channels > MAX_CHANNELS:
+            raise UserError(f"init_channels {self.init_channels} × width_mult {self.width_mult:g} gives "
+                            f"{self.channels} channels; at most {MAX_CHANNELS} are supported")
+        low = [f"{k} must be at least {lo}, not {getattr(self, k)}" for k, lo in
+               (("num_cells", 1), ("steps", 1), ("init_channels", 1), ("num_classes", 2), ("fusion_channels", 1),
+                ("head_channels", 1)) if getattr(self, k) < lo]
+        if low:
+            raise UserError(f"invalid space config: {'; '.join(low)}")
         if self.width_mult <= 0:
             raise UserError(f"width_mult must be positive, got {self.width_mult}")
         if any(not 0 <= c < self.num_cells for c in self.reduction_cells):
@@ -60,6 +81,22 @@ class SpaceConfig:
                 raise UserError(
                     f"fusion_inputs {self.fusion_inputs} sit at strides {strides}; the fusion cell's Up×2 "
                     f"edges need three cells whose strides double (e.g. 4, 8, 16)")
+
+    def _check_types(self) -> None:
+        """Every field of the type it must have (a genotype or LUT file is data from anywhere)."""
+        for name in INT_FIELDS:
+            v = getattr(self, name)
+            if not _is_int(v):
+                raise UserError(f"space option {name} must be an integer, not {_show(v)}")
+        for name in ("reduction_cells", "fusion_inputs"):
+            v = getattr(self, name)
+            if not isinstance(v, (list, tuple)) or not all(_is_int(c) for c in v):
+                raise UserError(f"space option {name} must be a list of integers, not {_show(v)}")
+        if not isinstance(self.fusion, str):
+            raise UserError(f"space option fusion must be one of {', '.join(FUSION_MODES)}, not {_show(self.fusion)}")
+        w = self.width_mult
+        if not isinstance(w, numbers.Real) or isinstance(w, bool) or not math.isfinite(w):
+            raise UserError(f"space option width_mult must be a finite number, not {_show(w)}")
 
     # --- derived geometry -------------------------------------------------------------------
     @property
@@ -97,9 +134,11 @@ class SpaceConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "SpaceConfig":
+        if d is not None and not isinstance(d, Mapping):
+            raise UserError(f"an LGCNet space config must be a JSON object of options, not {_show(d)}")
         d = dict(d or {})
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(map(str, set(d) - known))
         if unknown:
             raise UserError(f"unknown LGCNet space option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         try:

@@ -8,19 +8,24 @@ A genotype file is JSON, never code (DESIGN §8)::
      "fusion": ["conv_3x3", "sep_conv_3x3", "interp", ...],                                     # 13
      "meta":   {...search configuration, LUT identity, expected latency...}}
 
-Loading validates everything against the registry and the configuration and says what is wrong.
+:meth:`Genotype.from_dict` is the one validating loader: every genotype read — a file
+(:meth:`Genotype.load`: ``nas fps``, ``nas train``, ``nas eval --arch``, ``validate-lut
+--from-search``) or the copy inside a training checkpoint — goes through it. It checks the JSON
+types of every field (``cells`` a list of lists of op names, ``fusion`` a list of op names,
+``config`` an object whose fields have their types, ``meta`` an object) and then the ops against
+the registry and the configuration, and says what is wrong, naming the file, in one line.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from latbench.errors import UserError
+from latbench.fileio import atomic_write_text
 from nas.config import SpaceConfig
 from nas.ops import CELL_PRIMITIVES, FUSION_PRIMITIVES, UP_PRIMITIVES
 
@@ -44,7 +49,21 @@ class Architecture:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Architecture":
-        return cls(cells=d.get("cells", ()), fusion=d.get("fusion", ()))
+        """From ``{"cells": [[op, ...], ...], "fusion": [op, ...]}``; :class:`UserError` when a
+        field has the wrong JSON type (ops are checked against a configuration by :meth:`validate`)."""
+        if not isinstance(d, Mapping):
+            raise UserError(f"an architecture must be a JSON object, not {_kind(d)}")
+        cells = d.get("cells")
+        if not isinstance(cells, list) or not all(isinstance(c, list) for c in cells):
+            raise UserError(f"'cells' must be a list of cells, each a list of op names, not {_show(cells)}")
+        for k, cell in enumerate(cells):
+            for e, op in enumerate(cell):
+                if not isinstance(op, str):
+                    raise UserError(f"cell {k} edge {e}: an op name must be a string, not {_show(op)}")
+        fusion = d.get("fusion", [])
+        if not isinstance(fusion, list) or not all(isinstance(op, str) for op in fusion):
+            raise UserError(f"'fusion' must be a list of op names, not {_show(fusion)}")
+        return cls(cells=cells, fusion=fusion)
 
     def validate(self, config: SpaceConfig) -> None:
         from nas.fusion import edge_candidates
@@ -80,15 +99,31 @@ class Genotype:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "genotype") -> "Genotype":
-        if not isinstance(d, Mapping) or d.get("format") != FORMAT:
+        """The one validating genotype loader (see the module docstring); ``source`` names the
+        file (or checkpoint) in every error."""
+        if not isinstance(d, Mapping):
+            raise UserError(f"{source} is not an LGCNet genotype (a JSON object), but {_kind(d)}")
+        if d.get("format") != FORMAT:
             raise UserError(f"{source} is not an LGCNet genotype (missing \"format\": \"{FORMAT}\")")
-        if d.get("space_version") != SPACE_VERSION:
-            raise UserError(f"{source} was written for search-space version {d.get('space_version')}; "
+        version = d.get("space_version")
+        if not (isinstance(version, int) and not isinstance(version, bool) and version == SPACE_VERSION):
+            raise UserError(f"{source} was written for search-space version {_show(d.get('space_version'))}; "
                             f"this nas understands version {SPACE_VERSION}")
-        config = SpaceConfig.from_dict(d.get("config", {}))
-        arch = Architecture.from_dict(d)
-        arch.validate(config)
-        return cls(arch=arch, config=config, meta=dict(d.get("meta", {})))
+        raw_config = d.get("config", {})
+        if not isinstance(raw_config, Mapping):
+            raise UserError(f"{source}: 'config' must be a JSON object of space options, not {_show(raw_config)}")
+        meta = d.get("meta", {})
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, Mapping):
+            raise UserError(f"{source}: 'meta' must be a JSON object, not {_show(meta)}")
+        try:
+            config = SpaceConfig.from_dict(raw_config)
+            arch = Architecture.from_dict(d)
+            arch.validate(config)
+        except UserError as exc:
+            raise UserError(f"{source}: {exc.message}") from None
+        return cls(arch=arch, config=config, meta=dict(meta))
 
     def save(self, path: str | os.PathLike) -> Path:
         return write_json_atomic(path, self.to_dict())
@@ -96,29 +131,37 @@ class Genotype:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Genotype":
         p = Path(path)
+        if p.is_dir():
+            raise UserError(f"genotype {p} is a directory; give the genotype.json file")
         try:
-            d = json.loads(p.read_text())
+            d = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise UserError(f"genotype file {p} does not exist") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read genotype {p}: {exc}") from None
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot read genotype {p}: {first}") from None
         return cls.from_dict(d, source=str(p))
 
 
+def _kind(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _show(v: Any, n: int = 40) -> str:
+    s = json.dumps(v) if isinstance(v, (list, dict, str, int, float, bool, type(None))) else repr(v)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON to ``path`` through a temporary file and ``os.replace``."""
+    """Write JSON to ``path`` atomically (:func:`latbench.fileio.atomic_write_text`); strict JSON:
+    a NaN or infinity is a bug, never written."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    except ValueError as exc:  # e.g. a NaN carried in from a damaged input file
+        raise UserError(f"cannot write {p}: it would hold a value JSON cannot represent ({exc})") from None
+    atomic_write_text(p, text)
     return p
 
 

@@ -26,7 +26,9 @@ checkpoint's position on resume). ``nas train`` and ``nas search`` both run on t
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +41,7 @@ from torch.utils.data import Sampler
 
 from latbench.device import resolve_device
 from latbench.errors import UserError
-from latbench.fileio import atomic_write
+from latbench.fileio import atomic_write_bytes
 
 
 # --------------------------------------------------------------------------- processes
@@ -175,10 +177,34 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """``torch.save(payload)`` atomically: readers see the old file or the new one, never half."""
+    """``torch.save(payload)`` atomically: readers see the old file or the new one, never half.
+
+    The file is serialised in memory first and written with :func:`latbench.fileio.atomic_write`,
+    so a full or read-only disk is an :class:`~latbench.errors.OutputError` naming the file
+    (``torch.save`` writing itself would turn it into an opaque ``RuntimeError``)."""
     p = Path(path)
-    atomic_write(p, lambda tmp: torch.save(payload, tmp))
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(p, buf.getbuffer().tobytes())
     return p
+
+
+def _load_failure(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in our words. torch's own text is not
+    passed on: it advises ``weights_only=False``, which is the wrong advice for a file from
+    anywhere (it would run the file's code)."""
+    text = str(exc)
+    low = text.lower()
+    if "weights only load failed" in low or "unsupported global" in low or "weights_only" in low:
+        return ("it holds Python objects other than tensors and plain containers; refused, because "
+                "loading them could run code from the file (only tensors-only files are read)")
+    if isinstance(exc, EOFError) or "ran out of input" in low:
+        return "the file is empty or truncated"
+    if "zip" in low or "central directory" in low or "invalid load key" in low or "magic number" in low \
+            or isinstance(exc, pickle.UnpicklingError) or "pytorchstreamreader" in low:
+        return "it is not a PyTorch checkpoint file (corrupt, truncated or another format)"
+    first = text.strip().splitlines()[0][:160] if text.strip() else type(exc).__name__
+    return f"it is not a usable tensors-only PyTorch file ({type(exc).__name__}: {first})"
 
 
 def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
@@ -194,8 +220,7 @@ def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[s
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle / zip / weights-only errors all mean "unusable"
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read {what} {p} as tensors-only data: {first}") from None
+        raise UserError(f"cannot read {what} {p}: {_load_failure(exc)}") from None
     if not isinstance(obj, dict):
         raise UserError(f"{what} {p} holds a {type(obj).__name__}, not a dictionary of tensors")
     return obj

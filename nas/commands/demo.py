@@ -39,8 +39,8 @@ def _device_defaults(device: str | None) -> tuple[str, str, str, str]:
 @click.option("--resolution", default=None,
               help="Network input HxW. Default: 769x1537 (the paper's Cityscapes size) on a GPU, 65x129 on a CPU "
                    "so that the demo finishes in minutes.")
-@click.option("--epochs", type=int, default=None, help="Search epochs on the synthetic data set (default 2 on CPU, 4 on GPU).")
-@click.option("--max-time", type=float, default=None,
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Search epochs on the synthetic data set (default 2 on CPU, 4 on GPU).")
+@click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Per-entry timing cap for the LUT build, seconds (default 0.1 on CPU, 1.0 on GPU).")
 def demo(out_dir: str, device: str | None, resolution: str | None, epochs: int | None, max_time: float | None) -> None:
     """Build a LUT for this device, search an LGCNet with it on synthetic data, and measure the result's FPS.
@@ -48,8 +48,8 @@ def demo(out_dir: str, device: str | None, resolution: str | None, epochs: int |
     Everything lands under --out: lut.parquet, search/ (genotype.json, plots, log), reports/ (FPS JSON),
     and summary.md. Rerunning resumes the LUT build and reuses finished steps' files.
     """
-    device, name, default_res, backend = _device_defaults(device)
-    res = resolution or default_res
+    # every option checked before the first step (a step would refuse it only after the others' work)
+    device, name, default_res, backend, res = _check_options(device, resolution, out_dir, 16)
     on_gpu = device.startswith("cuda")
     epochs = epochs if epochs is not None else (4 if on_gpu else 2)
     max_time = max_time if max_time is not None else (1.0 if on_gpu else 0.1)
@@ -76,10 +76,31 @@ def demo(out_dir: str, device: str | None, resolution: str | None, epochs: int |
         click.secho(f"\n== {title}: {shlex.join(argv)}", bold=True, err=True)
         t0 = time.perf_counter()
         rc = subprocess.call([sys.executable, "-m", _module_of(argv[0])] + argv[1:])
-        if rc != 0:
-            raise click.ClickException(f"step '{title}' failed with exit status {rc}; the files so far are in {out}")
+        if rc != 0:  # the step printed its own one-line error: say where the demo stopped, keep its status
+            click.echo(f"demo stopped: step '{title}' failed (exit status {rc}); the files so far are in {out}",
+                       err=True)
+            sys.exit(rc)
         click.secho(f"   {title} done in {time.perf_counter() - t0:.1f} s", err=True)
     click.echo(f"\nDemo finished: genotype {search_dir / 'genotype.json'}, summary {out / 'summary.md'}")
+
+
+def _check_options(device: str | None, resolution: str | None, out_dir: str,
+                   batch_size: int) -> tuple[str, str, str, str, str]:
+    """The device (refused unless cpu / cuda / cuda:N that exists), the resolution, the output folder
+    and the memory the searches need, all before any step runs; returns ``_device_defaults`` and the
+    resolution."""
+    from latbench.device import resolve_device
+    from latbench.fileio import check_outputs
+    from latbench.space import format_resolution, parse_resolution
+    from nas.config import SpaceConfig
+    from nas.memory import check_network_fits
+
+    dev, name, default_res, backend = _device_defaults(None if device is None else resolve_device(device))
+    res = format_resolution(parse_resolution(resolution)) if resolution else default_res
+    check_outputs(folders={"--out": out_dir})
+    check_network_fits(SpaceConfig(), None, dev, batch=batch_size, resolution=parse_resolution(res), training=True,
+                       what=f"the demo's search (the supernet at batch {batch_size})")
+    return dev, name, default_res, backend, res
 
 
 def _module_of(program: str) -> str:

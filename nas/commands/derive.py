@@ -15,13 +15,22 @@ def derive(checkpoint: str, out: str | None, plots_dir: str | None) -> None:
     import os
     from pathlib import Path
 
+    from latbench.errors import UserError
+    from latbench.fileio import check_outputs
+    from nas.genotype import Genotype
     from nas.search.derive import genotype_from_checkpoint
 
-    geno = genotype_from_checkpoint(checkpoint)
     if out is None:
         ck = Path(checkpoint).resolve()
         run = ck.parent.parent if ck.parent.name == "checkpoints" else ck.parent
         out = os.fspath(run / "genotype.json")
+    check_outputs(files={"--out": out}, folders={"--plots": plots_dir})
+    if Path(out).is_file():  # re-deriving replaces a genotype, never another kind of file
+        try:
+            Genotype.load(out)
+        except UserError:
+            raise UserError(f"--out {out} exists and is not a genotype file; refusing to overwrite it") from None
+    geno = genotype_from_checkpoint(checkpoint)
     path = geno.save(out)
     lat = geno.meta["expected_latency"]
     click.echo(f"wrote {path}: {lat['latency_us']:.1f} µs predicted by the LUT at {lat['resolution']}"

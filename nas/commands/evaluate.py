@@ -35,14 +35,21 @@ def evaluate(ckpt_path, dataset, data_root, split, resolution, arch_path, device
 
     Writes REPORTS/miou/<name>.json, where `nas report` meets it with FPS results.
     """
+    from pathlib import Path
+
     import torch
 
+    from latbench.device import resolve_device
+    from latbench.fileio import check_outputs
     from nas.genotype import Genotype
+    from nas.memory import check_network_fits
     from nas.runtime import init_distributed, teardown_distributed
     from nas.train.checkpoint import build_model, check_same_architecture, read_checkpoint
     from nas.train.evaluate import (DataSource, default_report_name, eval_dataset, evaluate_split,
                                     format_table, input_resolution, result_record, write_result)
 
+    dev = resolve_device(device)
+    check_outputs(folders={"--reports": None if no_write else Path(reports_dir) / "miou"})
     ckpt = read_checkpoint(ckpt_path)
     if arch_path is not None:
         check_same_architecture(Genotype.load(arch_path), ckpt.genotype, f"genotype {arch_path}",
@@ -57,6 +64,9 @@ def evaluate(ckpt_path, dataset, data_root, split, resolution, arch_path, device
                         tuple(tc.get("synthetic_size", (64, 128))),  # type: ignore[arg-type]
                         tc.get("synthetic_length"), limit)
     res = parse_size(resolution, "--resolution")
+    if res is not None:
+        check_network_fits(ckpt.genotype.config, ckpt.genotype.arch, dev, batch=batch_size, resolution=res,
+                           what="evaluating the network")
     ds = eval_dataset(source, split, num_classes=ckpt.genotype.config.num_classes, resolution=res)
     ctx = init_distributed(device)
     sizes: set[tuple[int, int]] = set()

@@ -19,14 +19,15 @@ def predict(ckpt_path, images, out_dir, resolution, alpha, device) -> None:
     """Write <stem>_pred.png (palette colours), _overlay.png, _labels.png (class ids), _panel.png."""
     from pathlib import Path
 
-    from latbench.device import resolve_device
+    from nas.preflight import check_predict_request
     from nas.train.checkpoint import build_model, read_checkpoint
     from nas.train.predict import PredictConfig, predict_files
 
+    dev = check_predict_request(images, out_dir, device)
+    res = parse_size(resolution, "--resolution")
     ckpt = read_checkpoint(ckpt_path)
-    dev = resolve_device(device)
-    model = build_model(ckpt).to(dev)
+    model = build_model(ckpt, device=dev, resolution=res).to(dev)
     written = predict_files(model, [Path(p) for p in images], out_dir, ckpt.labels, device=dev,
-                            cfg=PredictConfig(parse_size(resolution, "--resolution"), alpha))
+                            cfg=PredictConfig(res, alpha))
     for w in written:
         click.echo(f"{w['pred']}  {w['overlay']}")

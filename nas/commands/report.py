@@ -16,9 +16,10 @@ def report(reports_dir, out_path, plot_path) -> None:
     """Gather every FPS record (latest per network, device, backend, precision, batch and resolution)
     with the network's mIoU where one was recorded, into a Markdown table and optionally a plot."""
     from latbench.errors import UserError
-    from latbench.fileio import atomic_write_text
+    from latbench.fileio import atomic_write_text, check_outputs
     from nas.report import build_rows, load_fps_records, load_miou_records, plot_fps_miou, render_markdown
 
+    check_outputs(files={"--out": out_path, "--plot": plot_path})
     records = load_fps_records(reports_dir)
     if not records:
         raise UserError(f"no FPS records under {reports_dir}/fps (run nas fps first)")

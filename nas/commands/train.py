@@ -63,6 +63,7 @@ def train(arch_path, dataset, data_root, epochs, batch_size, crop, lr, weight_de
     from pathlib import Path
 
     from nas.genotype import Genotype
+    from nas.preflight import check_train_request
     from nas.train.trainer import TrainConfig, train_genotype
 
     genotype = Genotype.load(arch_path)
@@ -79,6 +80,7 @@ def train(arch_path, dataset, data_root, epochs, batch_size, crop, lr, weight_de
         ohem_min_kept=ohem_min_kept, checkpoint_every=checkpoint_every, stop_after=stop_after,
         init=init_path, resume=resume, limit=limit, synthetic_classes=synthetic_classes,
         show_progress=not quiet)
+    check_train_request(genotype, cfg)
     result = train_genotype(genotype, cfg, genotype_path=arch_path,
                             log=lambda s: click.echo(s, err=True))
     if result.finished and result.is_main:

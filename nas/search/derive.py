@@ -18,6 +18,7 @@ temperature. Ties go to the op listed first (``CELL_PRIMITIVES`` / ``FUSION_PRIM
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Sequence
 
@@ -91,13 +92,47 @@ def make_genotype(arch: Architecture, config: SpaceConfig, *, search: dict[str, 
     return Genotype(arch=arch, config=config, meta=meta)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+RESUME_KEYS = ("model", "opt_w", "opt_a", "sched_w", "scaler", "gumbel_rng", "epoch", "step_in_epoch",
+               "global_step", "acc")
+
+
+def _tensor_dict(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def load_checkpoint(path: str | os.PathLike, resume: bool = False) -> dict[str, Any]:
     """A search checkpoint (:func:`nas.runtime.load_checkpoint`: on the CPU, tensors only),
-    format-checked."""
+    checked: its format, and each entry ``nas derive`` (and, with ``resume``, ``nas search
+    --resume``) reads has the type it must, so a damaged or hand-made file is one line."""
+    where = os.fspath(path)
     ckpt = runtime.load_checkpoint(path, "checkpoint")
     if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{os.fspath(path)} is not an LGCNet search checkpoint "
+        raise UserError(f"{where} is not an LGCNet search checkpoint "
                         f"(no \"format\": \"{CHECKPOINT_FORMAT}\")")
+    if not isinstance(ckpt.get("config"), dict):
+        raise UserError(f"search checkpoint {where} lacks its configuration")
+    for key in ("arch", "ggm"):
+        if not _tensor_dict(ckpt.get(key)):
+            raise UserError(f"search checkpoint {where}: its {key!r} entry must map names to tensors")
+    lat = ckpt.get("latency")
+    cal = lat.get("calibration") if isinstance(lat, dict) else None
+    if not (isinstance(lat, dict) and isinstance(lat.get("cell"), torch.Tensor)
+            and isinstance(lat.get("fusion"), (list, tuple)) and all(isinstance(t, torch.Tensor) for t in lat["fusion"])
+            and _number(lat.get("fixed"))
+            and (cal is None or (isinstance(cal, (list, tuple)) and len(cal) == 2 and all(map(_number, cal))))):
+        raise UserError(f"search checkpoint {where}: its latency table is damaged (cell / fusion tensors, fixed µs, "
+                        "calibration)")
+    if resume:
+        missing = [k for k in RESUME_KEYS if k not in ckpt]
+        if missing or not _tensor_dict(ckpt["model"]) or not isinstance(ckpt["acc"], dict) \
+                or not all(isinstance(ckpt[k], int) and not isinstance(ckpt[k], bool) and ckpt[k] >= 0
+                           for k in ("epoch", "step_in_epoch", "global_step")):
+            raise UserError(f"search checkpoint {where} cannot be resumed: its training state is incomplete or damaged"
+                            + (f" (no {', '.join(missing)})" if missing else ""))
     return ckpt
 
 
@@ -116,9 +151,9 @@ def genotype_from_checkpoint(path: str | os.PathLike) -> Genotype:
     try:
         arch_params.load_state_dict(ckpt["arch"])
         ggm.load_state_dict(ckpt["ggm"])
-    except (RuntimeError, KeyError) as exc:
+        table = LatencyTable.from_state_dict(ckpt["latency"])
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise UserError(f"checkpoint {path} does not match its own configuration: {str(exc).splitlines()[0]}") from None
-    table = LatencyTable.from_state_dict(ckpt["latency"])
     with torch.no_grad():
         theta = ggm(arch_params.cell_logits())
         fusion = arch_params.fusion_logits()

@@ -46,6 +46,7 @@ from torch import nn
 from latbench.errors import UserError
 from latbench.fileio import FileLock, Journal, atomic_write_text, read_journal, truncate_journal
 from nas.data.palette import IGNORE_INDEX
+from nas.memory import check_network_fits
 from nas.network import ArchWeights, LGCNet
 from nas.ops import CELL_PRIMITIVES
 from nas.runtime import (DistContext, EpochSampler, all_reduce_sum, capture_rng_state, init_distributed,
@@ -266,7 +267,7 @@ class SearchRun:
         if self.opts.resume:
             if not self.ckpt_path.exists():
                 raise UserError(f"--resume: no checkpoint at {self.ckpt_path}")
-            resume_ckpt = load_checkpoint(self.ckpt_path)
+            resume_ckpt = load_checkpoint(self.ckpt_path, resume=True)
         elif d.is_main and self.ckpt_path.exists():
             raise UserError(f"{self.out} already holds a search ({self.ckpt_path}); pass --resume to continue "
                             f"it or choose another --out")
@@ -276,6 +277,8 @@ class SearchRun:
         if cfg.batch_size % d.world_size:
             raise UserError(f"batch size {cfg.batch_size} does not split evenly over {d.world_size} processes")
         rank_batch = cfg.batch_size // d.world_size
+        check_network_fits(cfg.space, None, d.device, batch=rank_batch, resolution=cfg.data.crop or cfg.lut.resolution,
+                           training=True, what="training the supernet")  # before any allocation
         dataset = build_dataset(cfg)
         steps_per_epoch = EpochSampler.steps_per_epoch(len(dataset), rank_batch, d.world_size)
         if steps_per_epoch < 1:
@@ -298,19 +301,24 @@ class SearchRun:
         epoch, start_step, global_step = 0, 0, 0
         acc = _new_acc()
         if resume_ckpt is not None:
-            model.supernet.load_state_dict(resume_ckpt["model"])
-            model.arch.load_state_dict(resume_ckpt["arch"])
-            model.ggm.load_state_dict(resume_ckpt["ggm"])
-            opt_w.load_state_dict(resume_ckpt["opt_w"])
-            opt_a.load_state_dict(resume_ckpt["opt_a"])
-            sched.load_state_dict(resume_ckpt["sched_w"])
-            scaler.load_state_dict(resume_ckpt["scaler"])
-            gumbel_gen.set_state(resume_ckpt["gumbel_rng"])
-            restore_rng_state(resume_ckpt["rng"] if "rng" in resume_ckpt else {"torch": resume_ckpt["torch_rng"]})
-            epoch = int(resume_ckpt["epoch"])
-            start_step = int(resume_ckpt["step_in_epoch"])
-            global_step = int(resume_ckpt["global_step"])
-            acc = dict(resume_ckpt["acc"])
+            try:  # a checkpoint is a file from anywhere: what does not fit is one line, not a traceback
+                model.supernet.load_state_dict(resume_ckpt["model"])
+                model.arch.load_state_dict(resume_ckpt["arch"])
+                model.ggm.load_state_dict(resume_ckpt["ggm"])
+                opt_w.load_state_dict(resume_ckpt["opt_w"])
+                opt_a.load_state_dict(resume_ckpt["opt_a"])
+                sched.load_state_dict(resume_ckpt["sched_w"])
+                scaler.load_state_dict(resume_ckpt["scaler"])
+                gumbel_gen.set_state(resume_ckpt["gumbel_rng"])
+                restore_rng_state(resume_ckpt["rng"] if "rng" in resume_ckpt else {"torch": resume_ckpt["torch_rng"]})
+                epoch = int(resume_ckpt["epoch"])
+                start_step = int(resume_ckpt["step_in_epoch"])
+                global_step = int(resume_ckpt["global_step"])
+                acc = dict(resume_ckpt["acc"])
+            except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise UserError(f"checkpoint {self.ckpt_path} cannot be resumed: its training state does not "
+                                f"fit its own configuration ({first})") from None
             if d.is_main:
                 truncate_journal(self.out / "steps.jsonl", lambda r: int(r.get("step", 0)) <= global_step)
                 truncate_journal(self.out / "log.jsonl", lambda r: int(r.get("epoch", 0)) <= epoch)

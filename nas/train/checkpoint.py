@@ -43,9 +43,24 @@ def labels_to_dict(spec: LabelSpec) -> dict[str, Any]:
 
 
 def labels_from_dict(d: Mapping[str, Any]) -> LabelSpec:
-    return LabelSpec(str(d["dataset"]), tuple(str(n) for n in d["class_names"]),
-                     tuple(tuple(int(v) for v in c) for c in d["palette"]),  # type: ignore[misc]
-                     int(d.get("ignore_index", 255)))
+    """The inverse of :func:`labels_to_dict`; ``ValueError`` naming the field of the wrong type."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(d, Mapping):
+        raise ValueError(f"expected a dictionary, not {type(d).__name__}")
+    names, palette, ignore = d.get("class_names"), d.get("palette"), d.get("ignore_index", 255)
+    if not isinstance(d.get("dataset"), str):
+        raise ValueError("'dataset' must be a string")
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ValueError("'class_names' must be a list of strings")
+    if not isinstance(palette, (list, tuple)) or not all(
+            isinstance(c, (list, tuple)) and len(c) == 3 and all(is_int(v) and 0 <= v <= 255 for v in c)
+            for c in palette):
+        raise ValueError("'palette' must be a list of [r, g, b] colours (integers 0-255)")
+    if not is_int(ignore):
+        raise ValueError("'ignore_index' must be an integer")
+    return LabelSpec(d["dataset"], tuple(names), tuple(tuple(c) for c in palette), ignore)  # type: ignore[misc]
 
 
 @dataclass
@@ -84,9 +99,16 @@ def read_checkpoint(path: str | os.PathLike) -> ModelCheckpoint:
         if key not in raw:
             raise UserError(f"checkpoint {p} lacks its {key!r} entry")
     genotype = Genotype.from_dict(raw["genotype"], source=f"the genotype inside checkpoint {p}")
+    model = raw["model"]
+    if not isinstance(model, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in model.items()):
+        raise UserError(f"checkpoint {p}: its 'model' entry must map tensor names to tensors")
+    for key in ("progress", "train_config", "genotype_source", "trajectory"):
+        if key in raw and not isinstance(raw[key], Mapping):
+            raise UserError(f"checkpoint {p}: its {key!r} entry must be a dictionary, not {type(raw[key]).__name__}")
     try:
         labels = labels_from_dict(raw["labels"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"checkpoint {p} has an unreadable label list: {exc}") from None
     if labels.num_classes != genotype.config.num_classes:
         raise UserError(f"checkpoint {p} names {labels.num_classes} classes but its network has "
@@ -132,8 +154,14 @@ def check_same_architecture(expected: Genotype, found: Genotype, expected_name: 
                         f"(given as {expected_name.split()[0]} vs {found_name.split()[0]}): {shown}")
 
 
-def build_model(ckpt: ModelCheckpoint) -> LGCNet:
-    """The derived network of ``ckpt`` with its weights, in eval mode, on the CPU."""
+def build_model(ckpt: ModelCheckpoint, *, device: str = "cpu", resolution: tuple[int, int] | None = None) -> LGCNet:
+    """The derived network of ``ckpt`` with its weights, in eval mode, on the CPU. Refused up
+    front (:mod:`nas.memory`) when its parameters — and, given ``resolution``, one image's
+    activations on ``device`` — cannot fit."""
+    from nas.memory import check_network_fits
+
+    check_network_fits(ckpt.genotype.config, ckpt.genotype.arch, device, resolution=resolution,
+                       what=f"the network of checkpoint {ckpt.path}")
     model = LGCNet(ckpt.genotype.config, ckpt.genotype.arch)
     load_exact(model, ckpt.state_dict, f"checkpoint {ckpt.path}")
     return model.eval()

@@ -313,8 +313,8 @@ class _Run:
                 self.log(f"resumed {last} at epoch {self.progress.epoch + 1}, step "
                          f"{self.progress.step_in_epoch}/{self.steps_per_epoch}")
             else:
-                if cfg.resume:
-                    self.log(f"--resume: {last} does not exist yet; starting a new run")
+                if cfg.resume:  # as nas search: a resume needs a run to continue
+                    raise UserError(f"--resume: no checkpoint at {last}; start a new run without --resume")
                 if self.ctx.is_main:
                     self.genotype.save(self.out / "genotype.json")
                 self._record(journal, {"event": "start", "config": cfg.to_dict(),
