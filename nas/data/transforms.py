@@ -22,6 +22,10 @@ worker that loads it or on what was loaded before: a resumed search sees the sam
 Evaluation (:class:`EvalTransform`): optional resize to a fixed ``(H, W)`` (image bilinear,
 label nearest-exact, or the label left at full resolution with ``resize_label=False``), then an
 optional central crop (padded like the training crop), no randomness.
+
+Classification, for ImageNet pre-training (end of this module): :class:`RandomResizedCrop` (+ flip)
+for training and :class:`ResizeCenterCrop` (256 → 224) for evaluation take Pillow images and
+return ``uint8`` tensors; :func:`normalize_uint8` normalises the batch on the device.
 """
 
 from __future__ import annotations
@@ -232,3 +236,128 @@ def center_crop(img: torch.Tensor, lab: torch.Tensor, crop: Size,
     out[:, dy:dy + hh, dx:dx + ww] = img[:, sy:sy + hh, sx:sx + ww]
     olab[dy:dy + hh, dx:dx + ww] = lab[sy:sy + hh, sx:sx + ww]
     return out, olab
+
+
+# --------------------------------------------------------------------------- classification
+# ImageNet pre-training (``nas pretrain``). These take a decoded Pillow image (RGB) and return an
+# ``uint8 [3, h, w]`` tensor: the batch is normalised on the device (:func:`normalize_uint8`),
+# which keeps the data workers' work and the host-to-device copy at one byte per value.
+# Resampling is Pillow's bilinear filter (antialiased when shrinking), as torchvision's
+# ``RandomResizedCrop`` / ``Resize`` do on Pillow images.
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """One draw of :class:`RandomResizedCrop`: the source window (in pixels) and the flip."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+
+
+def pil_to_uint8(image) -> torch.Tensor:
+    """A Pillow image → ``uint8 [3, H, W]`` (RGB; other modes are converted)."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def normalize_uint8(images: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
+                    std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
+    """``uint8 [N, 3, H, W]`` (any device) → float32 normalised with ``mean`` / ``std``."""
+    return normalize(images.float().div_(255.0), mean, std)
+
+
+@dataclass(frozen=True)
+class RandomResizedCrop:
+    """Classification training: a random crop of random area and aspect ratio, resized to ``size``,
+    then a horizontal flip with probability ``flip_prob`` (Inception-style; torchvision's
+    ``RandomResizedCrop`` + ``RandomHorizontalFlip``, same sampling rule: ten tries of area
+    ``U(scale)`` × image area and log-uniform aspect ``ratio``, else the central crop clamped to
+    ``ratio``). Randomness only from the generator passed in (see :func:`sample_rng`)."""
+
+    size: Size
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_size(self.size, "size")
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"scale must satisfy 0 < lo <= hi <= 1, got {self.scale}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < lo <= hi, got {self.ratio}")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
+
+    def sample(self, rng: np.random.Generator, height: int, width: int) -> CropBox:
+        area = height * width
+        log_lo, log_hi = np.log(self.ratio[0]), np.log(self.ratio[1])
+        box = None
+        for _ in range(10):
+            target = area * rng.uniform(self.scale[0], self.scale[1])
+            aspect = float(np.exp(rng.uniform(log_lo, log_hi)))
+            w = int(round(np.sqrt(target * aspect)))
+            h = int(round(np.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                box = (int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w)
+                break
+        if box is None:  # central crop with the aspect ratio clamped to ``ratio``
+            in_ratio = width / height
+            if in_ratio < self.ratio[0]:
+                w, h = width, int(round(width / self.ratio[0]))
+            elif in_ratio > self.ratio[1]:
+                h, w = height, int(round(height * self.ratio[1]))
+            else:
+                w, h = width, height
+            box = ((height - h) // 2, (width - w) // 2, h, w)
+        flip = bool(rng.random() < self.flip_prob)
+        return CropBox(*box, flip=flip)
+
+    def apply(self, image, box: CropBox) -> torch.Tensor:
+        from PIL import Image
+
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        out = image.resize((self.size[1], self.size[0]), Image.BILINEAR,
+                           box=(box.left, box.top, box.left + box.width, box.top + box.height))
+        if box.flip:
+            out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        return pil_to_uint8(out)
+
+    def __call__(self, image, rng: np.random.Generator) -> torch.Tensor:
+        return self.apply(image, self.sample(rng, image.height, image.width))
+
+
+@dataclass(frozen=True)
+class ResizeCenterCrop:
+    """Classification evaluation: shorter side resized to ``resize`` (aspect kept, the longer side
+    truncated to whole pixels as torchvision's ``Resize(int)``), then the central ``crop``
+    (torchvision's ``CenterCrop`` rounding). The standard 256 → 224. No randomness."""
+
+    resize: int
+    crop: Size
+
+    def __post_init__(self) -> None:
+        _check_size(self.crop, "crop")
+        if self.resize < max(self.crop):
+            raise ValueError(f"resize {self.resize} is smaller than the crop {self.crop}")
+
+    def resized_size(self, height: int, width: int) -> Size:
+        if height <= width:
+            return self.resize, int(self.resize * width / height)
+        return int(self.resize * height / width), self.resize
+
+    def __call__(self, image, rng: np.random.Generator | None = None) -> torch.Tensor:
+        from PIL import Image
+
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        h, w = self.resized_size(image.height, image.width)
+        if (h, w) != (image.height, image.width):
+            image = image.resize((w, h), Image.BILINEAR)
+        ch, cw = self.crop
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        return pil_to_uint8(image.crop((left, top, left + cw, top + ch)))
