@@ -13,6 +13,7 @@ COMMANDS = {
     "sample": "nas.commands.sample:sample",
     "fps": "nas.commands.fps:fps",
     "report": "nas.commands.report:report",
+    "pretrain": "nas.commands.pretrain:pretrain",
     "train": "nas.commands.train:train",
     "eval": "nas.commands.evaluate:evaluate",
     "predict": "nas.commands.predict:predict",

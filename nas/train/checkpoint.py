@@ -193,14 +193,29 @@ class MatchReport:
     missing: list[str] = field(default_factory=list)          # in the network, not in the file
     unexpected: list[str] = field(default_factory=list)       # in the file, not in the network
     wrong_shape: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    source_format: str | None = None                          # the file's "format" entry, if any
+
+    def parts(self) -> dict[str, dict[str, int]]:
+        """Matched / total network tensors of the backbone (stem + cells) and of the rest."""
+        from nas.pretrain import is_backbone_key
+
+        out = {"backbone": {"matched": 0, "total": 0}, "fusion_and_head": {"matched": 0, "total": 0}}
+        for names, hit in ((self.matched, 1), (self.missing, 0), ([k for k, _, _ in self.wrong_shape], 0)):
+            for k in names:
+                part = out["backbone" if is_backbone_key(k) else "fusion_and_head"]
+                part["total"] += 1
+                part["matched"] += hit
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"matched": len(self.matched), "missing": self.missing, "unexpected": self.unexpected,
-                "wrong_shape": [{"name": k, "network": list(a), "file": list(b)} for k, a, b in self.wrong_shape]}
+                "wrong_shape": [{"name": k, "network": list(a), "file": list(b)} for k, a, b in self.wrong_shape],
+                **self.parts(), "source_format": self.source_format}
 
     def summary(self) -> str:
-        total = len(self.matched) + len(self.missing) + len(self.wrong_shape)
-        parts = [f"{len(self.matched)}/{total} tensors matched"]
+        b, r = self.parts()["backbone"], self.parts()["fusion_and_head"]
+        parts = [f"backbone: {b['matched']}/{b['total']} tensors matched, "
+                 f"fusion + head: {r['matched']}/{r['total']}"]
         if self.missing:
             parts.append(f"{len(self.missing)} missing (kept their fresh initialisation)")
         if self.wrong_shape:
@@ -228,10 +243,14 @@ def match_state(model: nn.Module, state: Mapping[str, Any]) -> MatchReport:
 def load_init_weights(model: nn.Module, path: str | os.PathLike) -> MatchReport:
     """``--init``: copy every tensor of ``path`` whose name and shape fit ``model``.
 
-    ``path`` is an LGCNet checkpoint (its ``model`` entry is used) or a plain state dict (e.g.
-    from a pre-training run; a ``state_dict`` / ``model`` entry or a ``module.`` prefix from
-    DistributedDataParallel is unwrapped). Nothing matching at all is an error.
+    ``path`` is an LGCNet checkpoint or a ``nas pretrain`` checkpoint (their ``model`` entry is
+    used) or a plain state dict (a ``state_dict`` / ``model`` entry or a ``module.`` prefix from
+    DistributedDataParallel is unwrapped). Nothing matching at all is an error, and so is a
+    ``nas pretrain`` checkpoint whose backbone does not fit the network's entirely (another
+    genotype or width: its weights would be copied piecemeal).
     """
+    from nas.pretrain import FORMAT as PRETRAIN_FORMAT
+
     raw = load_checkpoint(path, "--init weights")
     state: Any = raw
     for key in ("model", "state_dict"):
@@ -240,6 +259,18 @@ def load_init_weights(model: nn.Module, path: str | os.PathLike) -> MatchReport:
             break
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     rep = match_state(model, state)
+    rep.source_format = raw.get("format") if isinstance(raw.get("format"), str) else None
+    b = rep.parts()["backbone"]
+    if rep.source_format == PRETRAIN_FORMAT and b["matched"] < b["total"]:
+        from nas.pretrain import is_backbone_key
+
+        miss = [k for k in rep.missing if is_backbone_key(k)]
+        bad = [k for k, _, _ in rep.wrong_shape if is_backbone_key(k)]
+        what = ", ".join(([f"{len(miss)} missing (e.g. {miss[0]})"] if miss else [])
+                         + ([f"{len(bad)} with the wrong shape (e.g. {bad[0]})"] if bad else []))
+        raise UserError(f"--init {path} is a nas pretrain checkpoint of another backbone: {b['matched']}/{b['total']} "
+                        f"backbone tensors fit this network ({what}); pre-train the genotype you fine-tune, "
+                        f"with the same --width-mult")
     if not rep.matched:
         raise UserError(f"--init {path}: no tensor of the file matches the network by name and shape "
                         f"({len(state)} tensors in the file, e.g. {next(iter(state), 'none')})")
