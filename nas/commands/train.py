@@ -32,7 +32,8 @@ def parse_size(text: str | None, what: str) -> tuple[int, int] | None:
 @click.option("--width-mult", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Channel width multiplier. [default: the genotype's]")
 @click.option("--init", "init_path", default=None, type=click.Path(dir_okay=False),
-              help="Start from these weights (an LGCNet checkpoint or a state dict); reports which tensors matched.")
+              help="Start from these weights (a nas pretrain checkpoint, an LGCNet checkpoint or a state dict); "
+                   "reports how many backbone and fusion/head tensors matched.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Run folder. [default: runs/train-<genotype>-<dataset>]")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt, exactly.")
