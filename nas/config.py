@@ -12,6 +12,18 @@ What the paper fixes (section III, IV-A) is the default; where it is silent we c
   upsampling to the input size.
 - ``fusion``: ``"dcfc"`` (the dense-connected fusion cell, default), or the paper's Table X
   ablations ``"aspp"``, ``"ppm"``, ``"none"`` applied to the last cell's output.
+- Widths: ``init_channels`` (8, paper IV-A) is the width the supernet *searches* at;
+  ``width_mult`` widens the *deployed* network (the one trained, timed and priced by the LUT):
+  ``round(init_channels · width_mult)`` node channels at stride 4, stem and cells scaled alike,
+  the fusion cell's 48 channels (paper) and the head fixed. The paper gives the search width and
+  the searched network's size (Table VI d: 2.09 M parameters) but no widening rule;
+  :data:`DEPLOY_WIDTH_MULT` is ours, the widening that gives its Fig. 9 network (as encoded in
+  ``nas/genotypes/lgcnet_paper.json``) about 2.09 M parameters (``docs/search.md`` §9).
+  The dataclass default stays 1.0 (the network as searched);
+  :meth:`nas.space.LGCNetSpace.from_config` — how ``latbench build-lut`` makes the space —
+  defaults to :data:`DEPLOY_WIDTH_MULT`, so a default LUT prices the deployed network and a
+  search priced by it writes genotypes of that width. :meth:`SpaceConfig.search_config` is the
+  supernet's configuration.
 """
 
 from __future__ import annotations
@@ -26,6 +38,8 @@ from typing import Any, Mapping
 from latbench.errors import UserError
 
 FUSION_MODES = ("dcfc", "aspp", "ppm", "none")
+#: Widening of the deployed network relative to the search width (ours; see the module docstring).
+DEPLOY_WIDTH_MULT = 4.5
 INT_FIELDS = ("num_cells", "steps", "init_channels", "fusion_channels", "head_channels", "num_classes")
 # Node channels at stride 4 beyond this cannot be built on any machine (and overflow shape arithmetic).
 MAX_CHANNELS = 1 << 20
@@ -148,6 +162,10 @@ class SpaceConfig:
 
     def replace(self, **changes: Any) -> "SpaceConfig":
         return dataclasses.replace(self, **changes)
+
+    def search_config(self) -> "SpaceConfig":
+        """The supernet's configuration: this one at the search width (``init_channels``, no widening)."""
+        return self.replace(width_mult=1.0)
 
     def fingerprint(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

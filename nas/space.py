@@ -8,11 +8,29 @@ Positions and their LUT rows:
 - fixed parts every architecture has: ``fixed.stem``, ``cell{k}.pre0``, ``cell{k}.pre1``
   (input preprocessing), ``cell{k}.merge`` (node sums and concatenation), ``fusion.reduce{i}``
   (1×1 reductions to 48 channels), ``fusion.merge`` (concatenations, sums, final upsample-sum)
-  — or ``fixed.aspp`` / ``fixed.ppm`` for those ablations — ``fixed.head`` and
-  ``fixed.upsample``.
+  — ``fixed.head`` and ``fixed.upsample``. The Table X ablations replace the fusion cell's
+  rows: ``fixed.aspp`` / ``fixed.ppm`` and the head on their 48-channel output
+  (``fixed.head_pyramid``), or with no fusion at all the head on the last cell
+  (``fixed.head_direct``); both upsample from the last cell's stride (``fixed.upsample_deep``).
+  The positions differ because the shapes do: one (position, op) names one op shape.
+
+:meth:`LGCNetSpace.network_entries` lists the rows of the configured network.
+:meth:`LGCNetSpace.enumerate` — what ``latbench build-lut`` times — adds the rows of every other
+fusion mode of Table X (``SpaceConfig.fusion``), so one LUT prices every ablation of Tables X and
+XI: the cells feeding the fusion cell (Table XI) change no row as long as they stay in their
+stages (strides 4 / 8 / 16), and a LUT prices a configuration when it holds every row that
+configuration's network has, with the identical op key (:func:`nas.search.latency.check_lut`).
+A LUT built before these extra rows existed gets them by rerunning the same ``build-lut``
+command on the same file (the build resumes and times only what is missing).
+
+``LGCNetSpace.from_config`` — how ``latbench build-lut`` makes the space — builds the deployed
+width (:data:`nas.config.DEPLOY_WIDTH_MULT`) unless ``width_mult`` is given: a LUT prices the
+network that will ship, not the narrower supernet the search trains.
 
 The sum over an architecture's rows (:meth:`LGCNetSpace.architecture_rows`) therefore stands for
 the whole network. ``zero`` rows are analytic (0 µs): the deployed network removes those edges.
+So are identity ``skip_connect`` rows (stride 1, ``cin == cout``): the edge hands its input on and
+nothing runs (timing one would time only the timer: an empty CUDA graph, a session run).
 """
 
 from __future__ import annotations
@@ -24,10 +42,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from latbench.errors import UserError
 from latbench.space import Entry, OpSpec, Position
 from nas.blocks import ASPP, PPM, Head, Upsample, make_preprocess, make_stem
 from nas.cell import CellMerge, cell_edges, cell_input_channels, cell_input_strides
-from nas.config import SpaceConfig
+from nas.config import DEPLOY_WIDTH_MULT, FUSION_MODES, SpaceConfig
 from nas.fold import fold_batchnorm
 from nas.fusion import EDGES as FUSION_EDGES, NODES as FUSION_NODES, FusionMerge, edge_candidates, node_channels
 from nas.genotype import SPACE_VERSION, Architecture
@@ -65,6 +84,89 @@ class _Bound(nn.Module):
         return self.module(*x, *self.args)
 
 
+def _is_identity_skip(op: str, inputs, params: Mapping[str, Any]) -> bool:
+    """``skip_connect`` at stride 1 with ``cin == cout`` is ``nas.ops.Identity``: a pass-through
+    that runs nothing on any device, so its LUT rows are analytic 0 µs (never timed)."""
+    if op != "skip_connect":
+        return False
+    cin = int(inputs[0][1])
+    return int(params.get("stride", 1)) == 1 and int(params.get("cout", cin)) == cin
+
+
+def head_positions(cfg: SpaceConfig) -> tuple[str, str]:
+    """LUT positions of the head and the final upsampling: they read the fusion cell's stride-4
+    output, the ASPP / PPM output or the last cell's output (other shapes, so other positions)."""
+    if cfg.fusion == "dcfc":
+        return "fixed.head", "fixed.upsample"
+    return ("fixed.head_pyramid" if cfg.fusion in ("aspp", "ppm") else "fixed.head_direct"), "fixed.upsample_deep"
+
+
+def _network_entries(cfg: SpaceConfig, height: int, width: int, batch: int) -> list[Entry]:
+    """The LUT rows of the network ``cfg`` describes (see :meth:`LGCNetSpace.network_entries`)."""
+    sh = _Shapes(batch, height, width, cfg)
+    n = batch
+    entries: list[Entry] = []
+
+    def add(position: str, op: str, inputs, kind: str, stage: str, **params: Any) -> None:
+        entries.append(Entry(position, op, OpSpec(op, tuple(inputs), tuple(params.items())), kind, stage,
+                             analytic=op == ZERO or _is_identity_skip(op, inputs, params)))
+
+    stem_c = cfg.stem_channels
+    add("fixed.stem", "stem", [(n, 3, height, width)], "fixed", "fixed", channels=stem_c)
+    for k in range(cfg.num_cells):
+        stage = f"s{cfg.cell_stride(k)}"
+        c = cfg.cell_node_channels(k)
+        c_pp, c_p = cell_input_channels(cfg, k)
+        s_pp, s_p = cell_input_strides(cfg, k)
+        h_pp, w_pp = sh.at(s_pp)
+        h_p, w_p = sh.at(s_p)
+        pre0 = "factorized_reduce" if s_pp != s_p else "preprocess_1x1"
+        add(f"cell{k}.pre0", pre0, [(n, c_pp, h_pp, w_pp)], "fixed", stage, cout=c, stride=2 if s_pp != s_p else 1)
+        add(f"cell{k}.pre1", "preprocess_1x1", [(n, c_p, h_p, w_p)], "fixed", stage, cout=c, stride=1)
+        red = cfg.is_reduction(k)
+        h_o, w_o = sh.at(cfg.cell_stride(k))
+        for j, (src, _) in enumerate(cell_edges(cfg.steps)):
+            stride = 2 if red and src < 2 else 1
+            hi, wi = (h_p, w_p) if src < 2 else (h_o, w_o)
+            for op in CELL_PRIMITIVES:
+                add(f"cell{k}.e{j}", op, [(n, c, hi, wi)], "candidate", stage,
+                    cout=c, stride=stride, dilation=DILATION[op])
+        merge_in = [(n, c, h_o, w_o)] * cfg.num_edges()
+        add(f"cell{k}.merge", "cell_merge", merge_in, "fixed", stage, steps=cfg.steps)
+    f = cfg.fusion_channels
+    if cfg.fusion == "dcfc":
+        lv = [sh.at(cfg.cell_stride(c)) for c in cfg.fusion_inputs]
+        for i, cell in enumerate(cfg.fusion_inputs):
+            add(f"fusion.reduce{i}", "fusion_reduce", [(n, cfg.cell_out_channels(cell), *lv[i])], "fixed", "fusion", cout=f)
+        ch = node_channels(f)
+        merge_in = []
+        for j, ((src, dst, kind), cands) in enumerate(zip(FUSION_EDGES, edge_candidates())):
+            hs, ws = lv[FUSION_NODES[src][1]]
+            hd, wd = lv[FUSION_NODES[dst][1]]
+            cout = ch[src] if kind == "up" else f
+            for op in cands:
+                params = dict(cout=cout, stride=1, dilation=DILATION[op])
+                if kind == "up":
+                    params["out"] = (hd, wd)
+                add(f"fusion.e{j}", op, [(n, ch[src], hs, ws)], "candidate", "fusion", **params)
+            merge_in.append((n, cout, hd, wd))
+        add("fusion.merge", "fusion_merge", merge_in, "fixed", "fusion")
+        head_in = (n, f, *lv[0])
+    else:
+        last = cfg.num_cells - 1
+        h_l, w_l = sh.at(cfg.cell_stride(last))
+        feat = (n, cfg.cell_out_channels(last), h_l, w_l)
+        if cfg.fusion in ("aspp", "ppm"):
+            add(f"fixed.{cfg.fusion}", cfg.fusion, [feat], "fixed", "fixed", cout=f)
+            head_in = (n, f, h_l, w_l)
+        else:
+            head_in = feat
+    head, up = head_positions(cfg)
+    add(head, "head", [head_in], "fixed", "fixed", mid=cfg.head_channels, cout=cfg.num_classes)
+    add(up, "upsample", [(n, cfg.num_classes, head_in[2], head_in[3])], "fixed", "fixed", out=(height, width))
+    return entries
+
+
 class LGCNetSpace:
     """The LGCNet search space for latbench (see the module docstring)."""
 
@@ -72,10 +174,15 @@ class LGCNetSpace:
     version = SPACE_VERSION
 
     def __init__(self, config: SpaceConfig | None = None):
-        self.config = config or SpaceConfig()
+        self.config = config or SpaceConfig(width_mult=DEPLOY_WIDTH_MULT)
 
     @classmethod
     def from_config(cls, d: Mapping[str, Any] | None) -> "LGCNetSpace":
+        """The space of configuration ``d``; ``width_mult`` defaults to the deployed width."""
+        if d is not None and not isinstance(d, Mapping):
+            return cls(SpaceConfig.from_dict(d))  # refused there, with the message
+        d = dict(d or {})
+        d.setdefault("width_mult", DEPLOY_WIDTH_MULT)
         return cls(SpaceConfig.from_dict(d))
 
     def identity(self) -> dict[str, Any]:
@@ -104,75 +211,33 @@ class LGCNetSpace:
             out.append(Position("fusion.merge", ("fusion_merge",), "fixed", "fusion"))
         elif cfg.fusion in ("aspp", "ppm"):
             out.append(Position(f"fixed.{cfg.fusion}", (cfg.fusion,), "fixed", "fixed"))
-        out.append(Position("fixed.head", ("head",), "fixed", "fixed"))
-        out.append(Position("fixed.upsample", ("upsample",), "fixed", "fixed"))
+        head, up = head_positions(cfg)
+        out.append(Position(head, ("head",), "fixed", "fixed"))
+        out.append(Position(up, ("upsample",), "fixed", "fixed"))
         return out
 
     # --- enumeration ----------------------------------------------------------------------------
     def enumerate(self, height: int, width: int, batch: int = 1) -> list[Entry]:
-        cfg = self.config
-        sh = _Shapes(batch, height, width, cfg)
-        n = batch
-        entries: list[Entry] = []
+        """Every row a LUT of this space holds: this network's (:meth:`network_entries`), then
+        those only another fusion mode of Table X has (same cells, other fixed parts)."""
+        out = self.network_entries(height, width, batch)
+        seen = {(e.position, e.op) for e in out}
+        for mode in FUSION_MODES:
+            if mode == self.config.fusion:
+                continue
+            try:
+                other = self.config.replace(fusion=mode)
+            except UserError:  # e.g. too few cells for the fusion cell's three strides
+                continue
+            for e in _network_entries(other, height, width, batch):
+                if (e.position, e.op) not in seen:
+                    seen.add((e.position, e.op))
+                    out.append(e)
+        return out
 
-        def add(position: str, op: str, inputs, kind: str, stage: str, **params: Any) -> None:
-            entries.append(Entry(position, op, OpSpec(op, tuple(inputs), tuple(params.items())), kind, stage,
-                                 analytic=(op == ZERO)))
-
-        stem_c = cfg.stem_channels
-        add("fixed.stem", "stem", [(n, 3, height, width)], "fixed", "fixed", channels=stem_c)
-        for k in range(cfg.num_cells):
-            stage = f"s{cfg.cell_stride(k)}"
-            c = cfg.cell_node_channels(k)
-            c_pp, c_p = cell_input_channels(cfg, k)
-            s_pp, s_p = cell_input_strides(cfg, k)
-            h_pp, w_pp = sh.at(s_pp)
-            h_p, w_p = sh.at(s_p)
-            pre0 = "factorized_reduce" if s_pp != s_p else "preprocess_1x1"
-            add(f"cell{k}.pre0", pre0, [(n, c_pp, h_pp, w_pp)], "fixed", stage, cout=c, stride=2 if s_pp != s_p else 1)
-            add(f"cell{k}.pre1", "preprocess_1x1", [(n, c_p, h_p, w_p)], "fixed", stage, cout=c, stride=1)
-            red = cfg.is_reduction(k)
-            h_o, w_o = sh.at(cfg.cell_stride(k))
-            for j, (src, _) in enumerate(cell_edges(cfg.steps)):
-                stride = 2 if red and src < 2 else 1
-                hi, wi = (h_p, w_p) if src < 2 else (h_o, w_o)
-                for op in CELL_PRIMITIVES:
-                    add(f"cell{k}.e{j}", op, [(n, c, hi, wi)], "candidate", stage,
-                        cout=c, stride=stride, dilation=DILATION[op])
-            merge_in = [(n, c, h_o, w_o)] * cfg.num_edges()
-            add(f"cell{k}.merge", "cell_merge", merge_in, "fixed", stage, steps=cfg.steps)
-        f = cfg.fusion_channels
-        if cfg.fusion == "dcfc":
-            lv = [sh.at(cfg.cell_stride(c)) for c in cfg.fusion_inputs]
-            for i, cell in enumerate(cfg.fusion_inputs):
-                add(f"fusion.reduce{i}", "fusion_reduce", [(n, cfg.cell_out_channels(cell), *lv[i])], "fixed", "fusion", cout=f)
-            ch = node_channels(f)
-            merge_in = []
-            for j, ((src, dst, kind), cands) in enumerate(zip(FUSION_EDGES, edge_candidates())):
-                hs, ws = lv[FUSION_NODES[src][1]]
-                hd, wd = lv[FUSION_NODES[dst][1]]
-                cout = ch[src] if kind == "up" else f
-                for op in cands:
-                    params = dict(cout=cout, stride=1, dilation=DILATION[op])
-                    if kind == "up":
-                        params["out"] = (hd, wd)
-                    add(f"fusion.e{j}", op, [(n, ch[src], hs, ws)], "candidate", "fusion", **params)
-                merge_in.append((n, cout, hd, wd))
-            add("fusion.merge", "fusion_merge", merge_in, "fixed", "fusion")
-            head_in = (n, f, *lv[0])
-        else:
-            last = cfg.num_cells - 1
-            h_l, w_l = sh.at(cfg.cell_stride(last))
-            feat = (n, cfg.cell_out_channels(last), h_l, w_l)
-            if cfg.fusion in ("aspp", "ppm"):
-                add(f"fixed.{cfg.fusion}", cfg.fusion, [feat], "fixed", "fixed", cout=f)
-                head_in = (n, f, h_l, w_l)
-            else:
-                head_in = feat
-        add("fixed.head", "head", [head_in], "fixed", "fixed", mid=cfg.head_channels, cout=cfg.num_classes)
-        add("fixed.upsample", "upsample", [(n, cfg.num_classes, head_in[2], head_in[3])], "fixed", "fixed",
-            out=(height, width))
-        return entries
+    def network_entries(self, height: int, width: int, batch: int = 1) -> list[Entry]:
+        """The rows of this configuration's network: what pricing it needs."""
+        return _network_entries(self.config, height, width, batch)
 
     # --- building -------------------------------------------------------------------------------
     def build_op(self, spec: OpSpec) -> nn.Module:

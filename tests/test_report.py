@@ -40,8 +40,9 @@ def test_latest_record_wins_and_miou_is_joined_by_genotype():
     assert a[("net-a", "cudagraph")].miou.resolution == "769x1537"  # same resolution preferred over newer
     assert a[("net-b", "cudagraph")].miou is None
     md = render_markdown(rows)
-    lines = md.strip().splitlines()
+    lines = [ln for ln in md.strip().splitlines() if ln.startswith("|")]
     assert len(lines) == 2 + 3 and lines[0].startswith("| Network |")
+    assert md.strip().splitlines()[-1].startswith("Paper, for comparison") and "2.09 M params" in md
     assert all(ln.count("|") == lines[0].count("|") for ln in lines)
     row = next(ln for ln in lines if "net-a" in ln and "cudagraph" in ln)
     assert "| 72.4 |" in row and "| 8.00 |" in row and "| 125.0 |" in row and "769 × 1537" in row
@@ -79,7 +80,9 @@ def test_cli_writes_table_and_png(tmp_path):
     r = CliRunner().invoke(cli, ["report", "--reports", str(reports), "--out", str(out), "--plot", str(png)])
     assert r.exit_code == 0, r.output
     text = out.read_text()
-    assert text.count("\n") == 2 + 3 and "AMD EPYC" in text and "NVIDIA H100" in text
+    table = [ln for ln in text.splitlines() if ln.startswith("|")]
+    assert len(table) == 2 + 3 and "AMD EPYC" in text and "NVIDIA H100" in text
+    assert "2.09 M params (Table VI d)" in text      # the paper's figure beside ours
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

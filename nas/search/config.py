@@ -13,9 +13,10 @@ momentum, wd_w         0.9, 1e-3           paper
 lr_a, betas, wd_a      1e-3, (0.5, 0.999), paper (Adam on α; we also put the GGM's weights here)
                        1e-4
 grad_clip              5.0                 ours (DARTS' clip of the weights' gradient norm)
-arch_warmup_epochs     0                   paper (α and weights from the same batch from step 0)
+arch_warmup_epochs     0                   ours (the paper names no warm-up; α moves from step 0)
 λ                      1.0 → 0.03, exp     paper's end points; curve ours (see temperature.py)
-init_channels          8                   paper
+init_channels          8                   paper (the supernet's width; the deployed network is
+                                           widened by the LUT's width_mult, nas.config)
 gcn dim d, γ           64, 0.5             paper (IV-A, Table VIII)
 =====================  ==================  ===========================================================
 """

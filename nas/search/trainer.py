@@ -95,7 +95,9 @@ class SearchModel(nn.Module):
     def __init__(self, config: SearchConfig, arch_generator: torch.Generator):
         super().__init__()
         space = config.space
-        self.supernet = LGCNet(space)
+        # the supernet trains at the search width (init_channels, paper IV-A); config.space is the
+        # deployed network's configuration, which the LUT prices and the genotype records
+        self.supernet = LGCNet(space.search_config())
         self.arch = ArchParams(space, config.arch, generator=arch_generator)
         self.ggm = GGM(space.num_cells, space.num_edges(), len(CELL_PRIMITIVES), config.ggm)
 
@@ -277,7 +279,7 @@ class SearchRun:
         if cfg.batch_size % d.world_size:
             raise UserError(f"batch size {cfg.batch_size} does not split evenly over {d.world_size} processes")
         rank_batch = cfg.batch_size // d.world_size
-        check_network_fits(cfg.space, None, d.device, batch=rank_batch, resolution=cfg.data.crop or cfg.lut.resolution,
+        check_network_fits(cfg.space.search_config(), None, d.device, batch=rank_batch, resolution=cfg.data.crop or cfg.lut.resolution,
                            training=True, what="training the supernet")  # before any allocation
         dataset = build_dataset(cfg)
         steps_per_epoch = EpochSampler.steps_per_epoch(len(dataset), rank_batch, d.world_size)
