@@ -105,3 +105,56 @@ def make_camvid_tree(root: str | Path, n_train: int = 2, n_val: int = 2,
             Image.fromarray(_paint(rng, label, colours)).save(root / split / name)
             Image.fromarray(label.astype(np.uint8)).save(root / f"{split}annot" / name)
     return root
+
+
+def make_cityscapes_coarse(root: str | Path, n: int = 2, size: tuple[int, int] = (64, 128), *,
+                           seed: int = 0) -> Path:
+    """Add ``leftImg8bit/train_extra/{city}/*`` + ``gtCoarse/train_extra/{city}/*_gtCoarse_labelIds.png``
+    (coarse labels: every id 0..33 present, as in the fine tree). Returns ``root``."""
+    from cityscapesscripts.helpers.labels import id2label
+
+    root = Path(root)
+    rng = np.random.default_rng([seed, 3])
+    ids = np.arange(34)
+    colours = {i: tuple(id2label[i].color) for i in ids}
+    for i in range(n):
+        city = ("erlangen", "bad-honnef")[i % 2]
+        stem = f"{city}_{i:06d}_{7 + i:06d}"
+        img_dir = root / "leftImg8bit" / "train_extra" / city
+        lab_dir = root / "gtCoarse" / "train_extra" / city
+        img_dir.mkdir(parents=True, exist_ok=True)
+        lab_dir.mkdir(parents=True, exist_ok=True)
+        label = _grid_labels(rng, ids, size)
+        Image.fromarray(_paint(rng, label, colours)).save(img_dir / f"{stem}_leftImg8bit.png")
+        Image.fromarray(label.astype(np.uint8)).save(lab_dir / f"{stem}_gtCoarse_labelIds.png")
+    return root
+
+
+def make_camvid_full_tree(root: str | Path, n_train: int = 2, n_val: int = 2,
+                          size: tuple[int, int] = (48, 64), *, n_test: int = 0, seed: int = 0,
+                          class_dict: bool = True) -> Path:
+    """Write the full-resolution release's layout ``{split}/*.png`` + ``{split}_labels/*_L.png``
+    (RGB labels in the official colours of the 32 classes, every class in every image) and, with
+    ``class_dict``, ``class_dict.csv``. Returns ``root``."""
+    from nas.data.camvid import COLOURS
+
+    root = Path(root)
+    rng = np.random.default_rng([seed, 4])
+    names = sorted(COLOURS)
+    values = np.arange(len(names))
+    for split, n in _counts(n_train, n_val, n_test).items():
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / f"{split}_labels").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            stem = f"0006R0_f{split[:2]}{i:05d}"
+            label = _grid_labels(rng, values, size, rows=4)
+            rgb = np.zeros(size + (3,), dtype=np.uint8)
+            for v, name in enumerate(names):
+                rgb[label == v] = COLOURS[name]
+            Image.fromarray(_paint(rng, label, {v: COLOURS[nm] for v, nm in enumerate(names)})).save(
+                root / split / f"{stem}.png")
+            Image.fromarray(rgb).save(root / f"{split}_labels" / f"{stem}_L.png")
+    if class_dict:
+        lines = ["name,r,g,b"] + [f"{nm},{r},{g},{b}" for nm, (r, g, b) in COLOURS.items()]
+        (root / "class_dict.csv").write_text("\n".join(lines) + "\n")
+    return root

@@ -7,7 +7,7 @@ import json
 import click
 
 from latbench.errors import UserError
-from nas.commands.train import parse_size
+from nas.commands.train import parse_resolution_choice
 
 
 @click.command("eval")
@@ -15,9 +15,11 @@ from nas.commands.train import parse_size
               help="A checkpoint written by nas train (last.pt / best.pt).")
 @click.option("--dataset", required=True, type=click.Choice(["cityscapes", "camvid", "synthetic"]))
 @click.option("--data-root", default=None, type=click.Path(file_okay=False))
-@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val", "test"]))
-@click.option("--resolution", default=None,
-              help="Feed the network the image resized to HxW; score at the label's resolution (logits upsampled).")
+@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val", "test"]),
+              help="Split to score (Cityscapes test labels are withheld: use nas predict --format cityscapes).")
+@click.option("--resolution", default="paper", show_default=True,
+              help="Network input: paper (Cityscapes 769x1537, CamVid 720x960, single scale, as in the paper), "
+                   "native (the image as stored) or HxW. Scored at the label's resolution (logits upsampled).")
 @click.option("--arch", "arch_path", default=None, type=click.Path(dir_okay=False),
               help="Check that the checkpoint holds this genotype's network (class count aside); errors name what differs.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N. [default: GPU if any]")
@@ -63,13 +65,16 @@ def evaluate(ckpt_path, dataset, data_root, split, resolution, arch_path, device
     source = DataSource(dataset, data_root,
                         tuple(tc.get("synthetic_size", (64, 128))),  # type: ignore[arg-type]
                         tc.get("synthetic_length"), limit)
-    res = parse_size(resolution, "--resolution")
+    from nas.train.trainer import resolve_resolution
+
+    res = resolve_resolution(parse_resolution_choice(resolution, "--resolution"), dataset)
     if res is not None:
         check_network_fits(ckpt.genotype.config, ckpt.genotype.arch, dev, batch=batch_size, resolution=res,
                            what="evaluating the network")
     ds = eval_dataset(source, split, num_classes=ckpt.genotype.config.num_classes, resolution=res)
     ctx = init_distributed(device)
     sizes: set[tuple[int, int]] = set()
+    label_sizes: set[tuple[int, int]] = set()
     try:
         model = build_model(ckpt).to(ctx.device)
         # channels-last on GPUs, as in training's validation, so the numbers agree exactly
@@ -77,13 +82,15 @@ def evaluate(ckpt_path, dataset, data_root, split, resolution, arch_path, device
         if cuda:
             model = model.to(memory_format=torch.channels_last)
         cm = evaluate_split(model, ds, device=ctx.device, ctx=ctx, batch_size=batch_size, workers=workers,
-                            show_progress=not as_json, input_sizes=sizes, channels_last=cuda)
+                            show_progress=not as_json, input_sizes=sizes, channels_last=cuda,
+                            label_sizes=label_sizes)
     finally:
         teardown_distributed(ctx)
     if not ctx.is_main:
         return
     record = result_record(cm, ckpt, name=name or default_report_name(ckpt, dataset, split, res),
-                           dataset=ds, resolution=input_resolution(res, sizes), device=ctx.device)
+                           dataset=ds, resolution=input_resolution(res, sizes), device=ctx.device,
+                           label_sizes=label_sizes)
     path = None if no_write else write_result(record, reports_dir)
     if as_json:
         click.echo(json.dumps({**record.to_dict(), "written_to": None if path is None else str(path)},

@@ -17,6 +17,14 @@ def parse_size(text: str | None, what: str) -> tuple[int, int] | None:
     return int(parts[0]), int(parts[1])
 
 
+def parse_resolution_choice(text: str | None, what: str) -> tuple[int, int] | str:
+    """``paper`` | ``native`` | ``HxW`` (one-line error otherwise)."""
+    t = "paper" if text is None else str(text).strip().lower()
+    if t in ("paper", "native"):
+        return t
+    return parse_size(text, what)  # type: ignore[return-value]
+
+
 @click.command()
 @click.option("--arch", "arch_path", required=True, type=click.Path(dir_okay=False),
               help="genotype.json written by nas search / nas derive.")
@@ -26,7 +34,10 @@ def parse_size(text: str | None, what: str) -> tuple[int, int] | None:
 @click.option("--epochs", default=200, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
               help="Global mini-batch (split over torchrun processes).")
-@click.option("--crop", default=None, help="Training crop HxW. [default: cityscapes 768x768, camvid 360x480, synthetic 64x64]")
+@click.option("--crop", default=None, help="Training crop HxW. [default: cityscapes 768x768, camvid 720x960, synthetic 64x64]")
+@click.option("--train-split", default="train", show_default=True,
+              help="Training split(s), joined with '+': train+val trains on both (the test-server protocol, paper "
+                   "IV-B); Cityscapes also train_extra (the coarse annotations, gtCoarse).")
 @click.option("--lr", default=0.01, show_default=True, type=float, help="Initial learning rate of the poly schedule (to zero).")
 @click.option("--weight-decay", default=5e-4, show_default=True, type=float)
 @click.option("--width-mult", default=None, type=click.FloatRange(min=0, min_open=True),
@@ -41,8 +52,12 @@ def parse_size(text: str | None, what: str) -> tuple[int, int] | None:
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (torchrun: each process takes cuda:LOCAL_RANK). [default: GPU if any]")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0), help="Data-loading processes.")
 @click.option("--val-every", default=1, show_default=True, type=click.IntRange(min=1), help="Validate every N epochs (and after the last).")
-@click.option("--val-resolution", default=None, help="Validate with the image resized to HxW (scored at label resolution).")
-@click.option("--base-size", default=None, help="Random scale relative to this HxW instead of the image's own size.")
+@click.option("--val-resolution", default="paper", show_default=True,
+              help="Validation input: paper (Cityscapes 769x1537, CamVid 720x960), native (as stored) or HxW; "
+                   "scored at the label's resolution.")
+@click.option("--base-size", default="paper", show_default=True,
+              help="Random scale 0.5-2.0 relative to: paper (its input size: Cityscapes 769x1537, CamVid 720x960), "
+                   "native (each image's own size) or HxW.")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision. [default: on for GPUs]")
 @click.option("--ohem-thresh", default=0.7, show_default=True, type=float, help="OHEM: pixels with true-class probability below this are hard.")
 @click.option("--ohem-min-kept", default=100_000, show_default=True, type=click.IntRange(min=0), help="OHEM: keep at least this many pixels per batch.")
@@ -53,7 +68,7 @@ def parse_size(text: str | None, what: str) -> tuple[int, int] | None:
               help="Classes of the synthetic data set. [default: the genotype's, as in nas search, so that "
                    "FPS and mIoU of the same network meet in nas report]")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(arch_path, dataset, data_root, epochs, batch_size, crop, lr, weight_decay, width_mult, init_path,
+def train(arch_path, dataset, data_root, epochs, batch_size, crop, train_split, lr, weight_decay, width_mult, init_path,
           out_dir, resume, seed, device, workers, val_every, val_resolution, base_size, amp, ohem_thresh,
           ohem_min_kept, checkpoint_every, stop_after, limit, synthetic_classes, quiet) -> None:
     """Fine-tune the network of a genotype: SGD + poly lr, OHEM, flip / scale 0.5-2 / crop.
@@ -76,8 +91,8 @@ def train(arch_path, dataset, data_root, epochs, batch_size, crop, lr, weight_de
         dataset=dataset, out_dir=out_dir, data_root=data_root, epochs=epochs, batch_size=batch_size,
         crop=parse_size(crop, "--crop"), lr=lr, weight_decay=weight_decay, width_mult=width_mult,
         seed=seed, device=device, workers=workers, amp=amp, val_every=val_every,
-        val_resolution=parse_size(val_resolution, "--val-resolution"),
-        base_size=parse_size(base_size, "--base-size"), ohem_thresh=ohem_thresh,
+        val_resolution=parse_resolution_choice(val_resolution, "--val-resolution"), train_split=train_split,
+        base_size=parse_resolution_choice(base_size, "--base-size"), ohem_thresh=ohem_thresh,
         ohem_min_kept=ohem_min_kept, checkpoint_every=checkpoint_every, stop_after=stop_after,
         init=init_path, resume=resume, limit=limit, synthetic_classes=synthetic_classes,
         show_progress=not quiet)

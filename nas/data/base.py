@@ -34,6 +34,8 @@ Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator],
                      tuple[torch.Tensor, torch.Tensor]]
 
 SPLITS = ("train", "val", "test")
+#: Further single splits some data sets have (Cityscapes: ``train_extra``, the coarse annotations).
+EXTRA_SPLITS = ("train_extra",)
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,18 @@ class DatasetInfo:
         return d
 
 
+def split_parts(split: str) -> list[str]:
+    """``"train+val"`` -> ``["train", "val"]``: the single splits a (joined) split name stands for."""
+    parts = str(split).split("+")
+    known = SPLITS + EXTRA_SPLITS
+    if any(p not in known for p in parts) or len(set(parts)) != len(parts):
+        raise UserError(f"unknown split {split!r} (expected one of {', '.join(known)}, or several joined "
+                        f"with '+', e.g. train+val)")
+    return parts
+
+
 def check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+    split_parts(split)
 
 
 def check_root(root: str | Path | None, dataset: str) -> Path:
@@ -271,3 +282,39 @@ class PairedFileDataset(SegDataset):
         raw = read_label(pair.label)
         check_same_size(image, raw, pair.image, pair.label)
         return image, self.convert_label(raw, pair.label)
+
+
+class JoinedDataset(SegDataset):
+    """Several splits of one data set as one (``"train+val"``, the test-server protocol: paper
+    IV-B trains on train and val before submitting). Item ``i`` is item ``i`` of the concatenation,
+    augmented with the ``(seed, epoch, i)`` stream of the joined data set."""
+
+    def __init__(self, parts: Sequence[SegDataset], split: str, limit: int | None = None):
+        if not parts:
+            raise UserError("a joined split needs at least one part")
+        first = parts[0]
+        super().__init__(first.spec, split, first.root, first.transform, seed=first.seed,
+                         augment=first.augment, crop=first.crop, resize=first.resize)
+        self.parts = list(parts)
+        self.offsets = list(np.cumsum([0] + [len(p) for p in self.parts]))
+        self.limit = None if limit is None else int(limit)
+
+    def __len__(self) -> int:
+        n = int(self.offsets[-1])
+        return n if self.limit is None else min(n, self.limit)
+
+    def _locate(self, index: int) -> tuple[SegDataset, int]:
+        k = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.parts[k], index - int(self.offsets[k])
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        part, i = self._locate(index)
+        return part.load(i)
+
+    def describe(self, index: int) -> str:
+        part, i = self._locate(index)
+        return part.describe(i)
+
+    def info_extra(self) -> dict[str, Any]:
+        return {"parts": {p.split: len(p) for p in self.parts}, **self.parts[0].info_extra()}
+

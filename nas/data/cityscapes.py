@@ -1,7 +1,12 @@
-"""Cityscapes (fine annotations), read from the official directory layout::
+"""Cityscapes, read from the official directory layout::
 
     ROOT/leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png
-    ROOT/gtFine/{split}/{city}/{city}_{seq}_{frame}_gtFine_labelIds.png
+    ROOT/gtFine/{split}/{city}/{city}_{seq}_{frame}_gtFine_labelIds.png          (train, val, test)
+    ROOT/gtCoarse/train_extra/{city}/{city}_{seq}_{frame}_gtCoarse_labelIds.png  (train_extra)
+
+``train`` / ``val`` / ``test`` use the fine annotations; ``train_extra`` (19 998 images) the
+coarse ones, which the paper adds for its 74.0 % test-server result (Table IV). Splits join with
+``+`` (``train+val+train_extra``, see :func:`nas.data.make_dataset`).
 
 Images and labels are paired by name. Every image must have its ``labelIds`` file and every
 ``labelIds`` file its image; the first one missing is reported by path. Label ids become the 19
@@ -23,6 +28,12 @@ from nas.data.palette import IGNORE_INDEX, cityscapes_spec
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
+COARSE_SUFFIX = "_gtCoarse_labelIds.png"
+
+
+def annotation(split: str) -> tuple[str, str]:
+    """(annotation folder, label file suffix) of ``split``: coarse for train_extra, else fine."""
+    return ("gtCoarse", COARSE_SUFFIX) if split == "train_extra" else ("gtFine", LABEL_SUFFIX)
 
 
 def id_to_train_id_table() -> dict[int, int]:
@@ -65,27 +76,28 @@ class IdMapper:
 
 def find_pairs(root: Path, split: str) -> list[Pair]:
     """All (image, labelIds) pairs of ``split``, sorted by image path; UserError on any gap."""
+    folder, label_suffix = annotation(split)
     img_dir = root / "leftImg8bit" / split
-    lab_dir = root / "gtFine" / split
+    lab_dir = root / folder / split
     if not img_dir.is_dir():
         raise UserError(f"Cityscapes images not found: {img_dir} is not a directory "
                         f"(expected ROOT/leftImg8bit/{split}/CITY/*{IMAGE_SUFFIX})")
     if not lab_dir.is_dir():
         raise UserError(f"Cityscapes labels not found: {lab_dir} is not a directory "
-                        f"(expected ROOT/gtFine/{split}/CITY/*{LABEL_SUFFIX})")
+                        f"(expected ROOT/{folder}/{split}/CITY/*{label_suffix})")
     images = sorted(img_dir.glob(f"*/*{IMAGE_SUFFIX}"))
     if not images:
         raise UserError(f"no Cityscapes images (*{IMAGE_SUFFIX}) in {img_dir}/CITY/")
-    labels = sorted(lab_dir.glob(f"*/*{LABEL_SUFFIX}"))
+    labels = sorted(lab_dir.glob(f"*/*{label_suffix}"))
 
     def partner(p: Path, suffix: str, folder: Path, other: str) -> Path:
         """The file of the same city and frame in ``folder`` (``CITY/STEM{other}``)."""
         return folder / p.parent.name / (p.name[: -len(suffix)] + other)
 
-    label_path = lambda img: partner(img, IMAGE_SUFFIX, lab_dir, LABEL_SUFFIX)  # noqa: E731
+    label_path = lambda img: partner(img, IMAGE_SUFFIX, lab_dir, label_suffix)  # noqa: E731
     return pair_files("Cityscapes", images, labels, image_key=label_path, label_key=lambda lab: lab,
                       label_path=label_path,
-                      image_path=lambda lab: partner(lab, LABEL_SUFFIX, img_dir, IMAGE_SUFFIX))
+                      image_path=lambda lab: partner(lab, label_suffix, img_dir, IMAGE_SUFFIX))
 
 
 class CityscapesDataset(PairedFileDataset):
@@ -108,4 +120,15 @@ class CityscapesDataset(PairedFileDataset):
                             f"*{LABEL_SUFFIX}, ids 0..33)") from None
 
     def info_extra(self) -> dict[str, Any]:
-        return {"labels": "gtFine labelIds -> trainIds (cityscapesscripts)"}
+        return {"labels": f"{annotation(self.split)[0]} labelIds -> trainIds (cityscapesscripts)"}
+
+
+def train_id_to_label_id() -> np.ndarray:
+    """``uint8 [256]``: train id (0..18) → Cityscapes label id (``cityscapesscripts``'
+    ``trainId2label``), what the test server scores; any other value → 0 (unlabeled)."""
+    from cityscapesscripts.helpers.labels import trainId2label
+
+    table = np.zeros(256, dtype=np.uint8)
+    for t in range(19):
+        table[t] = int(trainId2label[t].id)
+    return table

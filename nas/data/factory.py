@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from latbench.errors import UserError
-from nas.data.base import SegDataset, Transform, check_split
+from nas.data.base import JoinedDataset, SegDataset, Transform, split_parts
 from nas.data.camvid import CamVidDataset
 from nas.data.cityscapes import CityscapesDataset
 from nas.data.synthetic import SyntheticConfig, SyntheticDataset
@@ -48,12 +48,21 @@ def make_dataset(
 
     ``name``: 'cityscapes' | 'camvid' | 'synthetic'. ``root`` is required for the real data sets
     and ignored for 'synthetic'. ``length`` (synthetic: items per split; real: keep only the
-    first ``length`` items, for quick runs). ``num_classes``: synthetic class count (default 5);
+    first ``length`` items, for quick runs). ``split`` may join several with ``+``
+    (``"train+val"``; Cityscapes also ``train_extra``, the coarse annotations). ``num_classes``: synthetic class count (default 5);
     for the real data sets it must match theirs if given. ``image_size``: the synthetic
     generator's size (default: ``resize`` if given, else 64x128). ``resize_label=False`` keeps
     evaluation labels at full resolution (only without augmentation and crop).
     """
-    check_split(split)
+    parts = split_parts(split)
+    if len(parts) > 1:  # train+val (+ train_extra): the test-server protocol's training set
+        if name not in DATASETS:
+            raise UserError(f"unknown data set {name!r} (expected one of {', '.join(DATASETS)})")
+        kw = dict(crop=crop, augment=augment, resize=resize, seed=seed, num_classes=num_classes,
+                  image_size=image_size, scale_range=scale_range, resize_label=resize_label)
+        subsets = [make_dataset(name, root, p, length=length if name == "synthetic" else None, **kw)
+                   for p in parts]
+        return JoinedDataset(subsets, split, limit=None if name == "synthetic" else length)
     transform = make_transform(augment=augment, crop=crop, resize=resize,
                                scale_range=scale_range, resize_label=resize_label)
     if name == "synthetic":

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from latbench.errors import UserError
 from nas.data.base import SegDataset, Transform, check_split
 from nas.data.palette import IGNORE_INDEX, synthetic_colors, synthetic_spec
 
@@ -129,6 +130,8 @@ class SyntheticDataset(SegDataset):
                  length: int | None = None, seed: int = 0, augment: bool = False,
                  crop: tuple[int, int] | None = None, resize: tuple[int, int] | None = None):
         check_split(split)
+        if split not in _SPLIT_CODE:
+            raise UserError(f"the synthetic data set has no split {split!r} (it has {', '.join(_SPLIT_CODE)})")
         self.config = config or SyntheticConfig()
         super().__init__(synthetic_spec(self.config.num_classes), split, None, transform,
                          seed=seed, augment=augment, crop=crop, resize=resize)

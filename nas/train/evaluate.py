@@ -6,7 +6,9 @@ data set's official class list (Cityscapes: the 19 train ids of ``cityscapesscri
 
 ``resolution``: the network sees the image resized to ``HxW`` and its logits are upsampled
 (bilinear) to the label's own resolution, where the score is taken — the paper's protocol for
-769x1537 inputs of 1024x2048 Cityscapes frames. Without it the network sees the image as stored.
+769x1537 inputs of 1024x2048 Cityscapes frames, single scale, no flip (IV-B). Without it the
+network sees the image as stored. :func:`paper_resolution` is the paper's input per data set
+(Cityscapes 769x1537, CamVid 720x960); ``nas eval`` and training validation use it by default.
 
 Training validation and ``nas eval`` both call :func:`evaluate_split` with the same data set
 construction (:func:`eval_dataset`), so ``nas eval`` on a checkpoint reproduces the mIoU its
@@ -47,6 +49,13 @@ from nas.train.checkpoint import ModelCheckpoint
 SYNTHETIC_SIZE = (64, 128)
 
 
+def paper_resolution(dataset: str) -> tuple[int, int] | None:
+    """The paper's network input for ``dataset`` (IV-B, Table V); None for synthetic data."""
+    from nas import paper
+
+    return {"cityscapes": paper.CITYSCAPES_RESOLUTION, "camvid": paper.CAMVID_RESOLUTION}.get(dataset)
+
+
 @dataclass(frozen=True)
 class DataSource:
     """Which data set and where: enough to rebuild the same evaluation data anywhere."""
@@ -84,7 +93,8 @@ def _collate_one_size(batch: list[tuple[torch.Tensor, torch.Tensor]]):
 def evaluate_split(model: nn.Module, dataset: SegDataset, *, device: str | torch.device,
                    ctx: DistContext | None = None, batch_size: int = 1, workers: int = 0,
                    channels_last: bool = False, show_progress: bool = False,
-                   input_sizes: set[tuple[int, int]] | None = None) -> ConfusionMatrix:
+                   input_sizes: set[tuple[int, int]] | None = None,
+                   label_sizes: set[tuple[int, int]] | None = None) -> ConfusionMatrix:
     """Confusion matrix of ``model`` over all of ``dataset`` (summed over ranks under torchrun).
 
     The model is put in eval mode (and left there). Logits are upsampled bilinearly to each
@@ -106,6 +116,8 @@ def evaluate_split(model: nn.Module, dataset: SegDataset, *, device: str | torch
             labels = labels.to(device, non_blocking=True)
             if input_sizes is not None:
                 input_sizes.add((int(images.shape[-2]), int(images.shape[-1])))
+            if label_sizes is not None:
+                label_sizes.add((int(labels.shape[-2]), int(labels.shape[-1])))
             logits = model(images).float()
             if logits.shape[-2:] != labels.shape[-2:]:
                 logits = F.interpolate(logits, size=tuple(labels.shape[-2:]), mode="bilinear",
@@ -134,7 +146,8 @@ def safe_name(text: str) -> str:
 
 
 def result_record(cm: ConfusionMatrix, ckpt: ModelCheckpoint, *, name: str, dataset: SegDataset,
-                  resolution: str, device: str) -> MiouRecord:
+                  resolution: str, device: str,
+                  label_sizes: set[tuple[int, int]] | None = None) -> MiouRecord:
     """The ``nas-miou`` record ``nas report`` reads (see the module docstring)."""
     from nas.fps import genotype_hash
 
@@ -157,6 +170,10 @@ def result_record(cm: ConfusionMatrix, ckpt: ModelCheckpoint, *, name: str, data
             "pixel_accuracy": d["pixel_accuracy"], "mean_accuracy": d["mean_accuracy"],
             "classes_counted": d["classes_counted"], "pixels": d["pixels"], "images": len(dataset),
             "ignore_index": d["ignore_index"], "device": device,
+            "protocol": {"input": resolution, "scales": [1.0], "flip": False,
+                         "scored_at": "label resolution (logits upsampled bilinearly)",
+                         "label_sizes": sorted(f"{h}x{w}" for h, w in (label_sizes or ())),
+                         "paper_input": format_resolution(paper_resolution(dataset.name))},
             "confusion_matrix": d["confusion_matrix"],
         })
 
@@ -193,5 +210,5 @@ def format_table(record: MiouRecord) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DataSource", "default_report_name", "input_resolution", "eval_dataset", "evaluate_split",
+__all__ = ["DataSource", "default_report_name", "input_resolution", "eval_dataset", "evaluate_split", "paper_resolution",
            "format_resolution", "format_table", "result_record", "write_result"]

@@ -10,6 +10,12 @@ For every input image, :func:`write_prediction` writes into the output folder:
 
 Predictions are made at the image's own size, or with the image resized to ``resolution`` for the
 network and the logits upsampled back to the image's size.
+
+For the Cityscapes test server (:func:`write_cityscapes_results`): one single-channel PNG per image
+holding Cityscapes *label ids* (train ids mapped back with ``cityscapesscripts``' ``trainId2label``)
+at the image's full 1024x2048, named like the input (``<city>_<seq>_<frame>_leftImg8bit.png``, the
+name the server's evaluation script matches on), all in one flat folder and optionally one zip
+file — what the server takes.
 """
 
 from __future__ import annotations
@@ -17,12 +23,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import os
+import re
+import zipfile
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from latbench.errors import UserError
 from nas.data import colorize, image_to_tensor, overlay, read_image
 from nas.data.palette import LabelSpec
 
@@ -87,4 +98,66 @@ def predict_files(model: nn.Module, images: list[Path], out_dir: str | Path, spe
     return written
 
 
-__all__ = ["PredictConfig", "predict_files", "predict_image", "unique_stems", "write_prediction"]
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
+CITYSCAPES_NAME = re.compile(r"^(.+)_(\d{6})_(\d{6})_leftImg8bit$")
+
+
+def expand_inputs(paths: list[str | Path]) -> list[Path]:
+    """Files as given; a folder stands for every image file under it (recursively, sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTS)
+            if not found:
+                raise UserError(f"folder {p} holds no image files ({', '.join(IMAGE_EXTS)})")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def cityscapes_result_name(path: Path) -> str:
+    """The result file name for a Cityscapes frame: the input's own name (the server matches the
+    ``<city>_<seq>_<frame>`` part). UserError for a name that is not a Cityscapes frame's."""
+    if not CITYSCAPES_NAME.match(path.stem):
+        raise UserError(f"{path} is not named like a Cityscapes frame (<city>_<seq>_<frame>_leftImg8bit.png); "
+                        f"--format cityscapes writes results under the frames' own names")
+    return path.stem + ".png"
+
+
+def write_cityscapes_results(model: nn.Module, images: list[Path], out_dir: str | Path, *,
+                             device: str | torch.device = "cpu", resolution: tuple[int, int] | None = None,
+                             zip_path: str | Path | None = None, progress=None) -> list[Path]:
+    """Predict every frame and write its label-id PNG under its own name (see the module
+    docstring); with ``zip_path``, also one zip of them all (written atomically)."""
+    from nas.data.cityscapes import train_id_to_label_id
+
+    names = [cityscapes_result_name(p) for p in images]
+    seen: dict[str, Path] = {}
+    for n, p in zip(names, images):
+        if n in seen:
+            raise UserError(f"{p} and {seen[n]} would write the same result file {n}")
+        seen[n] = p
+    table = train_id_to_label_id()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, name in zip(images, names):
+        pred = predict_image(model, read_image(path), device=device, resolution=resolution)
+        target = out / name
+        Image.fromarray(table[pred], mode="L").save(target)
+        written.append(target)
+        if progress is not None:
+            progress(target)
+    if zip_path is not None:
+        z = Path(zip_path)
+        tmp = z.with_name(z.name + ".tmp")
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for w in written:
+                zf.write(w, arcname=w.name)
+        os.replace(tmp, z)
+    return written
+
+
+__all__ = ["PredictConfig", "cityscapes_result_name", "expand_inputs", "predict_files", "predict_image",
+           "unique_stems", "write_cityscapes_results", "write_prediction"]
