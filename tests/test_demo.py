@@ -1,8 +1,10 @@
-"""`nas demo` runs the main job end to end (LUT → search → FPS → report) on the CPU."""
+"""`nas demo` runs the main job end to end (LUT → search at β = 0 and β > 0 → FPS of both → report)
+on the CPU, and shows both networks' predicted and measured latency and how far α moved."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -18,11 +20,30 @@ def test_demo_runs_end_to_end_on_cpu(tmp_path):
                            "--resolution", "33x65", "--epochs", "1", "--max-time", "0.02"],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    genotype = json.loads((out / "search" / "genotype.json").read_text())
-    assert len(genotype["cells"]) == 14 and len(genotype["fusion"]) == 13
+    genos = {}
+    for run in ("search-beta0", "search-beta0.5"):
+        g = json.loads((out / run / "genotype.json").read_text())
+        assert len(g["cells"]) == 14 and len(g["fusion"]) == 13
+        genos[run] = g
+    assert genos["search-beta0"]["meta"]["search"]["beta"] == 0.0
+    assert genos["search-beta0.5"]["meta"]["search"]["beta"] == 0.5
+    # both searches saw the same data in the same order: only β differs
+    s0, s1 = (dict(genos[r]["meta"]["search"]) for r in genos)
+    s0.pop("beta"), s1.pop("beta")
+    assert s0 == s1
     report = json.loads((out / "reports" / "fps" / "cpu.json").read_text())
-    assert report["format"] == "nas-fps-report" and len(report["records"]) == 1
-    assert "33x65" in json.dumps(report["records"][0])
+    assert report["format"] == "nas-fps-report" and len(report["records"]) == 2
+    assert all(r["resolution"] == "33x65" and r["status"] == "ok" for r in report["records"])
+    assert "33 × 65" in (out / "report.md").read_text()
     summary = (out / "summary.md").read_text()
-    assert "33 × 65" in summary
+    rows = [line for line in summary.splitlines() if line.startswith("| β =")]
+    assert len(rows) == 2
+    for line, run in zip(rows, genos):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        start, end = (float(x) for x in cells[1].split("→"))
+        assert start == pytest.approx(math.log(8), abs=1e-3) and end < start   # α moved, even in one epoch
+        predicted, measured = float(cells[4]), float(cells[5])
+        assert predicted == pytest.approx(genos[run]["meta"]["expected_latency"]["latency_us"] / 1e3, abs=0.006)
+        assert measured > 0
     assert (out / "fps_miou.png").stat().st_size > 1000
+    assert "predicted" in proc.stdout and "measured" in proc.stdout
