@@ -113,3 +113,17 @@ def test_rows_of_another_shape_are_refused_naming_the_difference(default_lut):
         load_latency_table(LUTConfig(path=str(default_lut), resolution=RESOLUTION), tiny_space())
     with pytest.raises(UserError, match="num_classes: LUT 5, search 7"):
         load_latency_table(LUTConfig(path=str(default_lut), resolution=RESOLUTION), _space(num_classes=7))
+
+
+def test_a_lut_from_an_older_protocol_is_not_promised_a_resume(default_lut, tmp_path):
+    """A LUT measured before a timing-protocol field existed cannot be resumed by build-lut (the
+    protocols differ): the message says to rebuild instead of printing a command that would fail."""
+    lut = read_lut(default_lut)
+    lut.df = lut.df[lut.df["position"] != "fixed.aspp"].reset_index(drop=True)
+    proto = dict(lut.meta["protocol"])
+    proto.pop("warmup_rounds")
+    lut.meta["protocol"] = proto
+    old = tmp_path / "old.parquet"
+    write_lut(lut, old)
+    with pytest.raises(UserError, match="measured before the timing protocol had warmup_rounds.*rebuild"):
+        load_latency_table(LUTConfig(path=str(old), resolution=RESOLUTION), _space(fusion="aspp"))

@@ -232,6 +232,10 @@ def build_command(lut: LUT, path: str, resolution: tuple[int, int], retry_failed
     if odd:
         cmd += (f" (this LUT's protocol also sets {', '.join(odd)}, which build-lut's options do not: "
                 f"finish it with latbench.build.build_lut and the LUT's protocol)")
+    older = sorted(k for k in defaults if k not in proto)
+    if proto and older:
+        cmd += (f" — but this LUT was measured before the timing protocol had {', '.join(older)}, so a build "
+                f"cannot resume into it: rebuild it (the same command with a new --output)")
     return cmd
 
 
