@@ -50,3 +50,15 @@ def test_the_deployed_width_gives_the_papers_parameter_count(genotype):
     # the searched width alone is far from it (why the deployed network is widened)
     assert _params(genotype, 1.0) < 0.4 * paper.PARAMS
     assert genotype.meta["width_fit"]["params_at_rule"] == at_rule
+
+
+def test_nas_fps_prints_params_beside_the_papers(genotype):
+    from click.testing import CliRunner
+
+    from nas.cli import cli
+
+    r = CliRunner().invoke(cli, ["fps", "--arch", str(PATH), "--device", "cpu", "--resolution", "33x65",
+                                 "--max-time", "0.05", "--min-time", "0", "--warmup", "0", "--no-save"])
+    assert r.exit_code == 0, r.output
+    ours = genotype.meta["width_fit"]["params_at_rule"] / 1e6
+    assert f"{ours:.3f} M params (paper: 2.09 M, Table VI)" in r.output
