@@ -319,7 +319,10 @@ def test_torchrun_two_cpu_processes(short_run, tmp_path):
     assert recs[0]["world_size"] == 2 and recs[0]["steps_per_epoch"] == 8
     res = run(["eval", "--checkpoint", out / "last.pt", "--dataset", "synthetic", "--json", "--no-write",
                "--workers", 0, "--device", "cpu"])
-    assert json.loads(res.output)["miou"] == recs[-2]["val_miou"]
+    # the two ranks each evaluate half of the images, in batches of another size than nas eval's:
+    # oneDNN may pick other kernels per batch shape, so a handful of pixels can flip (seen here:
+    # 0.13765 vs 0.13768); a different evaluation would differ by far more
+    assert json.loads(res.output)["miou"] == pytest.approx(recs[-2]["val_miou"], abs=5e-4)
     # resuming with another process count is refused (the data order would change)
     assert_user_error(run(_short_args(g, out, "--resume", "--epochs", 1, "--batch-size", 8)),
                       "written by 2 processes")
