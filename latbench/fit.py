@@ -315,6 +315,7 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
                    "loadavg_after": [round(v, 2) for v in os.getloadavg()], **res.summary()}
     provenance = {
         "by": "latbench fit", "date": now_iso(), "device": device_info.get("name"), "host": device_info.get("host"),
+        "space": json.loads(json.dumps(setup.space.identity(), default=str)),
         "fit_networks": len(fit_nets), "seed": request.seed, "statistic": request.rounds.statistic,
         "rounds": request.rounds.rounds, "overhead_probe": "latbench.probe (x + 1 on a tiny tensor)",
         "held_out": {s: {"n": f["model"]["n"], "mape": f["model"]["mape"], "worst": f["model"]["worst"],

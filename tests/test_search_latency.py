@@ -122,7 +122,8 @@ def _model_lut(lut_path, tmp_path, **scope_changes):
         scope = ModelScope(**{**scope.to_dict(), **scope_changes})
     model = LatencyModel(scope, overhead_us=3.0, constant_us=250.0, group_by="op",
                          slopes={"conv_3x3": 1.5, "sep_conv_3x3": 0.7}, per_row={"conv_3x3": -2.0},
-                         default_slope=1.1, default_per_row=1.0, provenance={"by": "test"})
+                         default_slope=1.1, default_per_row=1.0,
+                         provenance={"by": "test", "space": lut.meta.get("space")})
     p = tmp_path / "model.parquet"
     write_lut(LUT(lut.df, with_model(lut.meta, model)), p)
     return p, model
@@ -220,3 +221,12 @@ def test_not_a_lut(tmp_path):
     bad.write_text("hello")
     with pytest.raises(UserError, match="not a readable Parquet LUT"):
         load_latency_table(LUTConfig(path=str(bad)), tiny_space())
+
+
+def test_a_model_fitted_on_fusion_cell_networks_does_not_price_another_head(lut_path, tmp_path):
+    p, _ = _model_lut(lut_path, tmp_path)
+    with pytest.raises(UserError, match="fitted on fusion=dcfc networks, this search builds fusion=aspp"):
+        load_latency_table(LUTConfig(path=str(p), resolution=RESOLUTION), tiny_space(fusion="aspp"))
+    table, _ = load_latency_table(LUTConfig(path=str(p), resolution=RESOLUTION, latency_model="none"),
+                                  tiny_space(fusion="aspp"))
+    assert table.model is None

@@ -423,7 +423,8 @@ def lut_identity(lut: LUT, path: str | os.PathLike, backend: str, precision: str
     }
 
 
-def resolve_model(lut: LUT, request: LUTConfig, backend: str, precision: str, resolution: tuple[int, int]) -> Any:
+def resolve_model(lut: LUT, request: LUTConfig, backend: str, precision: str, resolution: tuple[int, int],
+                  config: SpaceConfig | None = None) -> Any:
     """The latency model that prices this search: the LUT's model for these rows with
     ``latency_model="auto"`` (None when the LUT has none), none with ``"none"``; a LUT whose models
     were fitted for another backend, precision, resolution, batch or device is refused (one line)."""
@@ -432,7 +433,13 @@ def resolve_model(lut: LUT, request: LUTConfig, backend: str, precision: str, re
     if request.latency_model == "none":
         return None
     scope = ModelScope.of_lut(lut.meta, resolution[0], resolution[1], request.batch, backend, precision)
-    return model_for(lut.meta, scope, required=request.latency_model == "require")
+    model = model_for(lut.meta, scope, required=request.latency_model == "require")
+    fitted = ((dict(model.provenance).get("space") or {}).get("config") or {}) if model is not None else {}
+    if model is not None and config is not None and fitted.get("fusion") not in (None, config.fusion):
+        # its corrections were learnt on networks with another head (Table X ablations)
+        raise UserError(f"the LUT's latency model was fitted on fusion={fitted.get('fusion')} networks, this search "
+                        f"builds fusion={config.fusion} networks; price it with the raw LUT (--latency-model none)")
+    return model
 
 
 def load_latency_table(request: LUTConfig, config: SpaceConfig,
@@ -450,7 +457,7 @@ def load_latency_table(request: LUTConfig, config: SpaceConfig,
             raise UserError(f"LUT {request.path!r} holds {len(have)} resolutions ({listed}); choose one with --resolution")
         resolution = have[0]
     check_lut(lut, request.path, config, resolution, request.batch)
-    model = resolve_model(lut, request, backend, precision, resolution)
+    model = resolve_model(lut, request, backend, precision, resolution, config)
     scope = scope or request.latency_scope
     table = build_table(lut, config, resolution, request.batch, request.use_calibration, model, scope)
     ident = lut_identity(lut, request.path, backend, precision, resolution, request.batch, table.calibration,
