@@ -4,9 +4,10 @@ changes (DESIGN §5.10).
 A LUT build times hundreds of entries one after the other; a shared machine's slow episode (or a
 GPU clock change that NVML does not report) makes the entries timed during it slow, each with a
 small noise estimate. :class:`Canary` times one op of the build (the first one that is not a
-pass-through) at the start to set a baseline (median of three short windows), then again every
-``every_s`` seconds; a reading more than ``tolerance`` off the baseline, confirmed by a second one,
-is a *drift*: the build is told which entries were timed since the last good reading, re-times
+pass-through) in short windows: three at the start, then one every ``every_s`` seconds. Its
+undisturbed level is the fastest half of its window minima so far
+(:class:`latbench.interleave.Baseline`); a reading more than ``tolerance`` slower than that level,
+confirmed by a second one, is a *drift*: the build is told which entries were timed since the last good reading, re-times
 them (each at most ``max_retimes`` times), and records the event in the LUT's provenance.
 """
 
@@ -18,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from latbench.interleave import RoundsConfig, _Sampler
+from latbench.interleave import Baseline, RoundsConfig, _Sampler
 from latbench.timing.config import TimingConfig
 
 Clock = Callable[[], float]
@@ -86,26 +87,31 @@ class Canary:
         self.clock = clock
         self._prepared = prepared
         self._sampler = _Sampler(prepared, protocol, RoundsConfig(window_s=config.window_s), time.perf_counter)
-        base = [self._read() for _ in range(3)]
-        self.record = CanaryRecord(key, float(np.median(base)))
+        self.baseline = Baseline(config.tolerance)
+        for _ in range(3):
+            self.baseline.add(self._read())
+        self.record = CanaryRecord(key, float(self.baseline.level))
         self._t0 = self._last = clock()
 
     def _read(self) -> float:
-        return self._sampler.window("canary", 0, 0.0).median_us
+        return self._sampler.window("canary", 0, 0.0).min_us
 
     def due(self) -> bool:
         return self.clock() - self._last >= self.config.every_s
 
     def check(self) -> float | None:
-        """Re-time the canary; the confirmed drift ratio (reading / baseline) if it drifted, else None."""
+        """Re-time the canary; the confirmed drift ratio (reading / undisturbed level) if it ran
+        slow, else None."""
         self._last = self.clock()
-        ratio = self._read() / self.record.baseline_us
-        if abs(ratio - 1.0) > self.config.tolerance:
-            ratio = self._read() / self.record.baseline_us  # one slow window is not an episode
-            if abs(ratio - 1.0) > self.config.tolerance:
-                self.record.readings.append(ratio * self.record.baseline_us)
-                return ratio
-        self.record.readings.append(ratio * self.record.baseline_us)
+        value = self._read()
+        if self.baseline.slow(value):
+            value = self._read()  # one slow window is not an episode
+            if self.baseline.slow(value):
+                self.record.readings.append(value)
+                return self.baseline.ratio(value)
+        self.baseline.add(value)
+        self.record.readings.append(value)
+        self.record.baseline_us = float(self.baseline.level)
         return None
 
     def close(self) -> None:
@@ -144,6 +150,6 @@ class DriftWatch:
         rec.retimed += len(redo)
         rec.drift_events.append({"at_s": round(self.canary.clock() - self.canary._t0, 3), "ratio": round(ratio, 4),
                                  "entries": len(since), "retimed": len(redo)})
-        self.warn(f"the canary ({rec.key}) ran at {ratio:.3f}x its baseline (tolerance ±{cfg.tolerance:.0%}): "
+        self.warn(f"the canary ({rec.key}) ran at {ratio:.3f}x its undisturbed level (tolerance +{cfg.tolerance:.0%}): "
                   f"a slow episode or a clock change; timing the {len(redo)} entries measured during it again")
         return redo

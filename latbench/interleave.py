@@ -15,8 +15,9 @@ distribution is what repeats: on this project's 2-core VM, halves of a 20-round 
 to a median 1.3 % with ``fastest-half`` against 3.2 % with ``median`` (DESIGN §5.10).
 
 A *reference* item (e.g. a fixed network) is measured every ``reference_every`` items. Once its
-baseline (the median of its windows so far) is established, a reference window more than
-``drift_tolerance`` off the baseline is confirmed with a second window; a confirmed drift is
+undisturbed level (:class:`Baseline`: the fastest half of its window minima so far) is established,
+a reference window more than ``drift_tolerance`` slower than that level is confirmed with a second
+window; a confirmed drift is
 reported (``on_event``), recorded, and the items measured since the last good reference are
 measured again at the end of the round (at most ``max_retimes`` times each); their drifted
 windows are kept in the record but superseded.
@@ -146,7 +147,7 @@ class InterleavedResult:
     def summary(self) -> dict[str, Any]:
         """JSON-able facts for provenance: drift events and the reference's stability."""
         ref = self.items.get(self.reference) if self.reference else None
-        vals = [w.median_us for w in (ref.windows if ref else []) if w.ok]
+        vals = [w.min_us for w in (ref.windows if ref else []) if w.ok]
         spread = None
         if len(vals) >= 2 and self.reference_baseline_us:
             p10, p90 = np.percentile(vals, [10, 90])
@@ -154,6 +155,43 @@ class InterleavedResult:
         return {"reference": self.reference, "reference_baseline_us": self.reference_baseline_us,
                 "reference_windows": len(vals), "reference_p10_p90_spread": spread,
                 "drift_events": [e.to_dict() for e in self.drift], "elapsed_s": round(self.elapsed_s, 3)}
+
+
+def fastest_half(values: Sequence[float]) -> float:
+    """The mean of the fastest half of ``values`` (at least one): the level that repeats when
+    interference only ever adds time."""
+    v = sorted(values)
+    return float(np.mean(v[:max(1, len(v) // 2)]))
+
+
+class Baseline:
+    """A reference's undisturbed level: the fastest half of its readings so far (window minima).
+    A reading counts as *slow* when it exceeds the level by more than the tolerance; faster
+    readings only lower the level (interference adds time; a baseline set during a slow episode
+    corrects itself instead of flagging the recovery as drift)."""
+
+    def __init__(self, tolerance: float, warm: int = 3) -> None:
+        self.tolerance = tolerance
+        self.warm = warm
+        self.values: list[float] = []
+
+    @property
+    def ready(self) -> bool:
+        return len(self.values) >= self.warm
+
+    @property
+    def level(self) -> float | None:
+        return fastest_half(self.values) if self.values else None
+
+    def ratio(self, value: float) -> float:
+        lv = self.level
+        return value / lv if lv else 1.0
+
+    def slow(self, value: float) -> bool:
+        return self.ready and self.ratio(value) > 1.0 + self.tolerance
+
+    def add(self, value: float) -> None:
+        self.values.append(float(value))
 
 
 def aggregate(windows: Sequence[Window], statistic: str = "fastest-half") -> ItemResult:
@@ -169,8 +207,8 @@ def aggregate(windows: Sequence[Window], statistic: str = "fastest-half") -> Ite
         vals = [w.median_us for w in per_round.values()]
         value = float(np.median(vals))
     else:
-        vals = sorted(w.min_us for w in per_round.values())
-        value = float(np.mean(vals[:max(1, len(vals) // 2)]))
+        vals = [w.min_us for w in per_round.values()]
+        value = fastest_half(vals)
     noise = float(median_noise(vals)) if len(vals) > 1 else math.inf
     return ItemResult(value, noise, len(vals), list(windows))
 
@@ -253,7 +291,10 @@ def measure_interleaved(prepared: Mapping[str, Any], protocol: TimingConfig, con
             if not w.superseded:
                 have[(w.item, w.round)] = w
     failed = {w.item for w in done if w.item in windows and w.error is not None}
-    ref_vals = [w.median_us for w in windows.get(reference, []) if w.ok and not w.superseded] if reference else []
+    base = Baseline(config.drift_tolerance)
+    for w in (windows.get(reference, []) if reference else []):
+        if w.ok and not w.superseded:
+            base.add(w.min_us)
     drift: list[DriftEvent] = []
     total = config.rounds * len(keys)
     finished = sum(1 for k in keys for r in range(config.rounds) if (k, r) in have)
@@ -290,12 +331,10 @@ def measure_interleaved(prepared: Mapping[str, Any], protocol: TimingConfig, con
             w = visit(reference, rnd)
             if w is None or not w.ok:
                 return
-            base = float(np.median(ref_vals)) if len(ref_vals) >= 3 else None
-            ratio = w.median_us / base if base else 1.0
-            if base is not None and abs(ratio - 1.0) > config.drift_tolerance:
+            if base.slow(w.min_us):
                 w2 = visit(reference, rnd)  # confirm: one slow window is not an episode
-                ratio2 = w2.median_us / base if w2 is not None and w2.ok else ratio
-                if abs(ratio2 - 1.0) > config.drift_tolerance:
+                if w2 is not None and w2.ok and base.slow(w2.min_us):
+                    ratio = base.ratio(w2.min_us)
                     w.superseded = True
                     redo = [k for k in since_ref if retimes.get(k, 0) < config.max_retimes]
                     for k in redo:
@@ -306,17 +345,15 @@ def measure_interleaved(prepared: Mapping[str, Any], protocol: TimingConfig, con
                                 if on_window is not None:
                                     on_window(old)
                         queue.append(k)
-                    ev = DriftEvent(rnd, round(clock() - t0, 3), round(ratio2, 4), redo)
-                    drift.append(ev)
+                    drift.append(DriftEvent(rnd, round(clock() - t0, 3), round(ratio, 4), redo))
                     if on_event is not None:
-                        on_event(f"round {rnd + 1}: the reference ran at {ratio2:.3f}x its baseline "
-                                 f"(tolerance ±{config.drift_tolerance:.0%}); measuring {len(redo)} item(s) again")
+                        on_event(f"round {rnd + 1}: the reference ran at {ratio:.3f}x its undisturbed level "
+                                 f"(tolerance +{config.drift_tolerance:.0%}); measuring {len(redo)} item(s) again")
                     since_ref = []
                     return
                 w.superseded = True  # a lone slow window: keep the confirming one
-                ref_vals.append(w2.median_us)
-            else:
-                ref_vals.append(w.median_us)
+                w = w2 if w2 is not None and w2.ok else w
+            base.add(w.min_us)
             since_ref = []
 
         if reference is not None:
@@ -338,5 +375,4 @@ def measure_interleaved(prepared: Mapping[str, Any], protocol: TimingConfig, con
             on_progress(finished, total, reference)
 
     items = {k: aggregate(windows[k], config.statistic) for k in keys}
-    base = float(np.median(ref_vals)) if ref_vals else None
-    return InterleavedResult(items, reference, base, drift, clock() - started)
+    return InterleavedResult(items, reference, base.level, drift, clock() - started)
