@@ -5,8 +5,8 @@ A LUT build times hundreds of entries one after the other; a shared machine's sl
 GPU clock change that NVML does not report) makes the entries timed during it slow, each with a
 small noise estimate. :class:`Canary` times one op of the build (the first one that is not a
 pass-through) in short windows: three at the start, then one every ``every_s`` seconds. Its
-undisturbed level is the fastest half of its window minima so far
-(:class:`latbench.interleave.Baseline`); a reading more than ``tolerance`` slower than that level,
+typical level is the median of its window minima so far (:class:`latbench.interleave.Baseline`);
+a reading more than ``tolerance`` slower than that level,
 confirmed by a second one, is a *drift*: the build is told which entries were timed since the last good reading, re-times
 them (each at most ``max_retimes`` times), and records the event in the LUT's provenance.
 """
@@ -100,7 +100,7 @@ class Canary:
         return self.clock() - self._last >= self.config.every_s
 
     def check(self) -> float | None:
-        """Re-time the canary; the confirmed drift ratio (reading / undisturbed level) if it ran
+        """Re-time the canary; the confirmed drift ratio (reading / typical level) if it ran
         slow, else None."""
         self._last = self.clock()
         value = self._read()
@@ -150,6 +150,6 @@ class DriftWatch:
         rec.retimed += len(redo)
         rec.drift_events.append({"at_s": round(self.canary.clock() - self.canary._t0, 3), "ratio": round(ratio, 4),
                                  "entries": len(since), "retimed": len(redo)})
-        self.warn(f"the canary ({rec.key}) ran at {ratio:.3f}x its undisturbed level (tolerance +{cfg.tolerance:.0%}): "
+        self.warn(f"the canary ({rec.key}) ran at {ratio:.3f}x its typical level (tolerance +{cfg.tolerance:.0%}): "
                   f"a slow episode or a clock change; timing the {len(redo)} entries measured during it again")
         return redo

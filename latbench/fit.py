@@ -139,6 +139,29 @@ def figures(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, 
             "mean_signed": float(100 * ((p - m) / m).mean())}
 
 
+def split_halves(res: InterleavedResult, statistic: str) -> dict[str, tuple[float, float]]:
+    """Each item's figure from its even rounds and from its odd rounds (items with both)."""
+    from latbench.interleave import aggregate
+
+    out = {}
+    for k, r in res.items.items():
+        a = aggregate([w for w in r.windows if w.round % 2 == 0], statistic)
+        b = aggregate([w for w in r.windows if w.round % 2 == 1], statistic)
+        if a.ok and b.ok:
+            out[k] = (a.median_us, b.median_us)
+    return out
+
+
+def repeatability(pairs: Sequence[tuple[float, float]]) -> dict[str, Any]:
+    """How well the measurement agrees with itself: one half of the rounds "predicting" the other,
+    in the figures of :func:`figures`. No model can rank networks better than their measurement
+    ranks itself: τ between halves is the ceiling the held-out τ is bounded by."""
+    if len(pairs) < 3:
+        return {"n": len(pairs)}
+    a, b = zip(*pairs)
+    return figures(a, b)
+
+
 def journal_path(lut_path: str | os.PathLike) -> Path:
     return Path(str(lut_path) + JOURNAL_SUFFIX)
 
@@ -308,6 +331,10 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
         y = [measured[n.key] for n in nets]
         figs[s] = {name: figures([f(n.rows) for n in nets], y) for name, f in ladder.items()}
     noises = [r.noise for k, r in res.items.items() if r.ok and k not in (PROBE, REFERENCE) and math.isfinite(r.noise)]
+    halves = split_halves(res, request.rounds.statistic)
+    for s, nets in by_set.items():
+        if s in figs:
+            figs[s]["measurement (split-half)"] = repeatability([halves[n.key] for n in nets if n.key in halves])
     measurement = {"statistic": request.rounds.statistic, "rounds": request.rounds.to_dict(),
                    "resumed_windows": len(done),
                    "protocol": setup.protocol.to_dict(), "median_network_noise": float(np.median(noises)) if noises else None,

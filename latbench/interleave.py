@@ -15,8 +15,8 @@ distribution is what repeats: on this project's 2-core VM, halves of a 20-round 
 to a median 1.3 % with ``fastest-half`` against 3.2 % with ``median`` (DESIGN §5.10).
 
 A *reference* item (e.g. a fixed network) is measured every ``reference_every`` items. Once its
-undisturbed level (:class:`Baseline`: the fastest half of its window minima so far) is established,
-a reference window more than ``drift_tolerance`` slower than that level is confirmed with a second
+typical level (:class:`Baseline`: the median of its window minima so far) is established, a
+reference window more than ``drift_tolerance`` slower than that level is confirmed with a second
 window; a confirmed drift is
 reported (``on_event``), recorded, and the items measured since the last good reference are
 measured again at the end of the round (at most ``max_retimes`` times each); their drifted
@@ -165,10 +165,11 @@ def fastest_half(values: Sequence[float]) -> float:
 
 
 class Baseline:
-    """A reference's undisturbed level: the fastest half of its readings so far (window minima).
-    A reading counts as *slow* when it exceeds the level by more than the tolerance; faster
-    readings only lower the level (interference adds time; a baseline set during a slow episode
-    corrects itself instead of flagging the recovery as drift)."""
+    """A reference's typical level: the median of its readings so far (window minima). A reading
+    counts as *slow* when it exceeds that level by more than the tolerance. Only slowdowns count
+    (interference adds time), and the level follows the readings, so a baseline set during a slow
+    episode corrects itself instead of flagging the recovery. The median, not the fastest
+    readings, is the yardstick: a shared machine's ordinary jitter is not an episode."""
 
     def __init__(self, tolerance: float, warm: int = 3) -> None:
         self.tolerance = tolerance
@@ -181,7 +182,7 @@ class Baseline:
 
     @property
     def level(self) -> float | None:
-        return fastest_half(self.values) if self.values else None
+        return float(np.median(self.values)) if self.values else None
 
     def ratio(self, value: float) -> float:
         lv = self.level
@@ -347,7 +348,7 @@ def measure_interleaved(prepared: Mapping[str, Any], protocol: TimingConfig, con
                         queue.append(k)
                     drift.append(DriftEvent(rnd, round(clock() - t0, 3), round(ratio, 4), redo))
                     if on_event is not None:
-                        on_event(f"round {rnd + 1}: the reference ran at {ratio:.3f}x its undisturbed level "
+                        on_event(f"round {rnd + 1}: the reference ran at {ratio:.3f}x its typical level "
                                  f"(tolerance +{config.drift_tolerance:.0%}); measuring {len(redo)} item(s) again")
                     since_ref = []
                     return

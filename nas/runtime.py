@@ -315,3 +315,16 @@ __all__ = [
     "init_distributed", "load_checkpoint", "progress_bar", "restore_rng_state", "save_checkpoint",
     "seed_everything", "shard_indices", "teardown_distributed",
 ]
+
+
+def unused_parameters(model: torch.nn.Module, size: int | tuple[int, int]) -> list[str]:
+    """Parameters one forward/backward leaves without a gradient (e.g. a cell input whose every
+    edge chose ``zero``): DistributedDataParallel must be told about them, or its first backward
+    fails waiting for their gradients. Probed on a CPU copy in eval mode, so the BatchNorm
+    statistics and the RNG of ``model`` are untouched."""
+    import copy
+
+    h, w = (size, size) if isinstance(size, int) else size
+    probe = copy.deepcopy(model).cpu().float().eval()
+    probe(torch.zeros(1, 3, int(h), int(w))).float().sum().backward()
+    return [n for n, p in probe.named_parameters() if p.requires_grad and p.grad is None]

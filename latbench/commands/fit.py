@@ -13,6 +13,8 @@ MECH_LABELS = {
     "overhead": "− per-call overhead",
     "overhead+global": "overhead + global fit",
     "model": "latency model",
+    "+p10 column": "+ p10 column",
+    "measurement (split-half)": "(measurement vs itself)",
 }
 SET_LABELS = {"fit": "fit networks (in-sample)", "test": "held-out uniform", "search": "held-out from search"}
 
@@ -40,9 +42,11 @@ def render_text(d: dict) -> str:
         "",
     ]
     for s, figs in d["figures"].items():
-        lines.append(f"{SET_LABELS.get(s, s)} (n={next(iter(figs.values()))['n']}):")
+        lines.append(f"{SET_LABELS.get(s, s)} (n={figs['raw']['n']}):")
         lines.append(f"  {'mechanism':<24} {'MAPE %':>7} {'worst %':>8} {'±5 %':>6} {'±10 %':>6} {'τ':>6} {'ρ':>6}")
         for name, f in figs.items():
+            if "mape" not in f:
+                continue
             lines.append(f"  {MECH_LABELS.get(name, name):<24} {_f(f['mape']):>7} {_f(f['worst']):>8} "
                          f"{_f(f['within_5'], '.0%'):>6} {_f(f['within_10'], '.0%'):>6} "
                          f"{_f(f['kendall_tau'], '.3f'):>6} {_f(f['spearman_rho'], '.3f'):>6}")

@@ -29,7 +29,6 @@ interrupted run ends with the same weights as an uninterrupted one (bit for bit 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import datetime as _dt
 import json
@@ -45,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from nas.runtime import unused_parameters
 from torch.utils.data import DataLoader, Subset
 
 from latbench.errors import UserError
@@ -217,15 +218,6 @@ def pretrain_genotype(genotype: Genotype, cfg: PretrainConfig, genotype_path: st
         return _Run(genotype, cfg, layout, genotype_path, ctx, log).run()
     finally:
         teardown_distributed(ctx)
-
-
-def unused_parameters(model: nn.Module, size: int) -> list[str]:
-    """Parameters one forward/backward leaves without a gradient (e.g. a cell input whose every
-    edge chose ``zero``); DDP must be told about them. Probed on a copy, so BatchNorm statistics
-    and the RNG of ``model`` are untouched."""
-    probe = copy.deepcopy(model).cpu().float().eval()
-    probe(torch.zeros(1, 3, size, size)).sum().backward()
-    return [n for n, p in probe.named_parameters() if p.grad is None]
 
 
 @torch.no_grad()

@@ -277,8 +277,12 @@ class _Run:
         self.model = model
         self.net: nn.Module = model
         if self.ctx.distributed:
+            from nas.runtime import unused_parameters
+
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DistributedDataParallel(model, device_ids=ids)
+            # a cell input whose every edge chose zero has no gradient: DDP must know
+            unused = unused_parameters(model, (32, 32))
+            self.net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=bool(unused))
         self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
