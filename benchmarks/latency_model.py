@@ -38,9 +38,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 GOAL = {"mape": 2.0, "worst": 6.0, "kendall_tau": 0.85}
-LADDER = ("raw", "affine", "overhead", "overhead+global", "+p10 column", "model", "measurement (split-half)")
+LADDER = ("raw", "affine", "overhead", "overhead+global", "+p10 column", "model (uniform fit networks)", "model",
+          "measurement (split-half)")
 LABELS = {"raw": "Σ LUT", "affine": "affine a·Σ+b", "overhead": "− overhead (measured)",
-          "overhead+global": "+ global fit", "+p10 column": "+ p10 column", "model": "**latency model**",
+          "overhead+global": "+ global fit", "+p10 column": "+ p10 column",
+          "model (uniform fit networks)": "+ per-op-group corrections (fitted on uniform networks)",
+          "model": "**latency model** (fitted on D-optimal networks)",
           "measurement (split-half)": "ceiling: even vs odd rounds of the measurement"}
 
 
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="cpu,ort,compile")
     ap.add_argument("--resolution", action="append", default=None)
     ap.add_argument("--fit", type=int, default=40)
+    ap.add_argument("--uniform-fit", type=int, default=40,
+                    help="Also measure this many uniform fit networks (the design's ablation); 0: skip.")
     ap.add_argument("--test", type=int, default=30)
     ap.add_argument("--search", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=15)
@@ -155,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                      "--latency-scope", "network", "--out", str(genotype.parent), "--no-progress", "--no-plots",
                      "--workers", "0", "--seed", str(args.seed)], log)
             t0 = time.monotonic()
-            fit_json = run([latbench, "fit", str(lut), "--fit-networks", str(args.fit), "--test-networks", str(args.test),
+            fit_json = run([latbench, "fit", str(lut), "--fit-networks", str(args.fit),
+                            "--uniform-fit-networks", str(args.uniform_fit), "--test-networks", str(args.test),
                             "--from-search", str(genotype), "--search-networks", str(args.search), "--rounds",
                             str(args.rounds), "--window", str(args.window), "--seed", str(args.seed), "--json",
                             "--no-progress", "--plot", str(out_dir / f"latency_model-{dev_slug}-{backend}-{res}-{date}.png")],

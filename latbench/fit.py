@@ -39,7 +39,7 @@ from latbench.interleave import InterleavedResult, RoundsConfig, Window, measure
 from latbench.lut import now_iso, read_lut, write_lut
 from latbench.metrics_fit import kendall_tau, share_within, spearman_rho
 from latbench.model import COLUMNS, LatencyModel, ModelScope, lut_rows, with_model
-from latbench.modelfit import Row, fit_model, mechanisms
+from latbench.modelfit import Row, features, fit_model, mechanisms
 from latbench.space import format_resolution
 from latbench.timing import get_backend
 
@@ -48,6 +48,7 @@ REFERENCE = "reference"
 PROBE = "probe"
 SETS = ("fit", "test", "search")
 MIN_FIT = 8
+DESIGNS = ("d-optimal", "uniform")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class FitRequest:
     space_name: str | None = None
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     save: bool = True
+    design: str = "d-optimal"        # how fit networks are chosen: d-optimal (from uniform draws) | uniform
+    uniform_fit_networks: int = 0    # ablation: also measure this many uniform fit networks and report their model
 
     def check(self) -> None:
         if self.fit_networks < MIN_FIT:
@@ -74,6 +77,10 @@ class FitRequest:
             raise UserError("--test-networks and --search-networks cannot be negative")
         if self.test_networks and self.test_networks < 3:
             raise UserError(f"--test-networks must be 0 or at least 3 (Kendall τ needs pairs), got {self.test_networks}")
+        if self.design not in DESIGNS:
+            raise UserError(f"--design must be one of {', '.join(DESIGNS)}, not {self.design!r}")
+        if self.uniform_fit_networks and self.uniform_fit_networks < MIN_FIT:
+            raise UserError(f"--uniform-fit-networks must be 0 or at least {MIN_FIT}")
         if self.from_search is not None and self.search_networks < 3:
             raise UserError(f"--search-networks must be at least 3 with --from-search, got {self.search_networks}")
 
@@ -82,6 +89,7 @@ class FitRequest:
         return json.loads(json.dumps({
             "lut_created": lut_created, "scope": scope.to_dict(), "fit": self.fit_networks, "test": self.test_networks,
             "search": self.search_networks if self.from_search else 0, "search_sha": search_sha, "seed": self.seed,
+            "design": self.design, "uniform_fit": self.uniform_fit_networks,
             "rounds": self.rounds.to_dict()}, default=str))
 
 
@@ -115,6 +123,7 @@ class FitResult:
             "request": {"fit_networks": self.request.fit_networks, "test_networks": self.request.test_networks,
                         "search_networks": self.request.search_networks if self.request.from_search else 0,
                         "from_search": self.request.from_search, "seed": self.request.seed,
+                        "design": self.request.design, "uniform_fit_networks": self.request.uniform_fit_networks,
                         "rounds": self.request.rounds.to_dict()},
             "figures": self.figures, "measurement": self.measurement,
             "networks": [{"key": n.key, "set": n.set, "measured_us": self.measured.get(n.key),
@@ -170,35 +179,79 @@ def _arch_key(arch: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def sample_sets(space: Any, request: FitRequest) -> tuple[list[Network], dict[str, Any]]:
-    """The fit / test / search networks (disjoint) and the reference architecture."""
+def d_optimal(features: np.ndarray, n: int) -> list[int]:
+    """``n`` row indices of ``features`` chosen greedily for a D-optimal design: each pick is the
+    candidate whose feature vector the picks so far predict worst (largest ``f M⁻¹ fᵀ``), so
+    the chosen networks spread over every direction the model's coefficients live in. Columns are
+    standardised; constant columns carry no information and are dropped."""
+    F = np.asarray(features, dtype=np.float64)
+    sd = F.std(0)
+    keep = sd > 1e-12 * (np.abs(F).max() + 1.0)
+    F = (F[:, keep] - F[:, keep].mean(0)) / sd[keep]
+    F = np.column_stack([np.ones(len(F)), F])
+    m_inv = np.eye(F.shape[1]) * 1e3
+    free = np.ones(len(F), dtype=bool)
+    chosen: list[int] = []
+    for _ in range(min(n, len(F))):
+        v = np.einsum("ij,jk,ik->i", F, m_inv, F)
+        v[~free] = -np.inf
+        i = int(np.argmax(v))
+        chosen.append(i)
+        free[i] = False
+        mf = m_inv @ F[i]
+        m_inv -= np.outer(mf, mf) / (1.0 + F[i] @ mf)
+    return chosen
+
+
+def sample_sets(space: Any, request: FitRequest,
+                featurize: Callable[[dict[str, Any]], np.ndarray] | None = None) -> tuple[list[Network], dict[str, Any]]:
+    """The fit / test / search networks (disjoint) and the reference architecture.
+
+    With ``request.design == "d-optimal"`` (and ``featurize``: an architecture's per-op-group
+    LUT sums) the fit networks are chosen from a pool of uniform draws by :func:`d_optimal`, so
+    that networks rich in one kind of op — where searches go — are among them; otherwise they are
+    uniform draws. Held-out networks are always drawn as asked (uniform, from the search)."""
     from latbench.validate import sample_architectures
 
     taken: set[str] = set()
     out: list[Network] = []
 
-    def draw(n: int, seed: int, from_search: str | None, name: str) -> None:
-        got = 0
+    def fresh(n: int, seed: int, from_search: str | None) -> list[dict[str, Any]]:
+        got = []
         for arch in sample_architectures(space, 4 * n + 8, seed, from_search):
             k = _arch_key(arch)
-            if k in taken:
-                continue
-            taken.add(k)
-            out.append(Network(f"{name}{got:03d}-{k[:8]}", name, arch, {}))
-            got += 1
-            if got == n:
-                return
-        if got < n:
-            raise UserError(f"could draw only {got} distinct {name} architectures of the {n} asked for "
+            if k not in taken:
+                got.append(arch)
+                taken.add(k)
+                if len(got) == n:
+                    break
+        return got
+
+    def add(archs: list[dict[str, Any]], n: int, name: str) -> None:
+        if len(archs) < n:
+            raise UserError(f"could draw only {len(archs)} distinct {name} architectures of the {n} asked for "
                             "(the space or the search distribution is too small)")
+        out.extend(Network(f"{name}{i:03d}-{_arch_key(a)[:8]}", name, a, {}) for i, a in enumerate(archs))
 
     reference = space.sample_architecture(random.Random(f"latbench-fit-reference-{request.seed}"))
     taken.add(_arch_key(reference))
-    draw(request.fit_networks, request.seed, None, "fit")
-    if request.test_networks:
-        draw(request.test_networks, request.seed + 1_000_003, None, "test")
+    # held-out sets first: the design must not pick a network the model is judged on
+    test = fresh(request.test_networks, request.seed + 1_000_003, None) if request.test_networks else []
+    search = fresh(request.search_networks, request.seed + 2_000_003, request.from_search) if request.from_search else []
+    if request.design == "d-optimal" and featurize is not None:
+        pool = fresh(max(25 * request.fit_networks, 500), request.seed, None)
+        picks = d_optimal(np.array([featurize(a) for a in pool]), request.fit_networks)
+        fit = [pool[i] for i in picks]
+        taken.difference_update(_arch_key(a) for i, a in enumerate(pool) if i not in set(picks))
+    else:
+        fit = fresh(request.fit_networks, request.seed, None)
+    add(fit, request.fit_networks, "fit")
+    if request.uniform_fit_networks:
+        add(fresh(request.uniform_fit_networks, request.seed + 3_000_003, None), request.uniform_fit_networks,
+            "fit-uniform")
+    add(test, request.test_networks, "test")
     if request.from_search:
-        draw(request.search_networks, request.seed + 2_000_003, request.from_search, "search")
+        add(search, request.search_networks, "search")
     return out, reference
 
 
@@ -260,7 +313,13 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
         from latbench.fileio import file_sha256
 
         search_sha = file_sha256(request.from_search)
-    networks, reference = sample_sets(setup.space, request)
+    def featurize(arch: dict[str, Any]) -> np.ndarray:
+        rows = lut_rows(lut, setup.space.architecture_rows(arch), setup.height, setup.width, setup.batch)
+        X, N, _ = features([rows], 0.0, "op", design_groups)
+        return np.concatenate([X[0], N[0]])
+
+    design_groups = sorted({str(o) for o in lut.df["op"]})
+    networks, reference = sample_sets(setup.space, request, featurize)
     for n in networks:  # a LUT that cannot price a network fails before any timing
         pr = setup.space.architecture_rows(n.arch)
         n.rows = {c: lut_rows(lut, pr, setup.height, setup.width, setup.batch, c) for c in COLUMNS}
@@ -323,6 +382,11 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
     fit_y = [measured[n.key] for n in fit_nets]
     model, sel = fit_model(fit_rows, fit_y, scope, overhead)
     ladder = mechanisms(fit_rows, fit_y, scope, overhead, model)
+    uni = [n for n in networks if n.set == "fit-uniform" and n.key in measured]
+    if len(uni) >= MIN_FIT:  # the design's ablation: the same model fitted on uniform networks
+        uni_model, _ = fit_model({c: [n.rows[c] for n in uni] for c in COLUMNS}, [measured[n.key] for n in uni],
+                                 scope, overhead)
+        ladder["model (uniform fit networks)"] = lambda net, m=uni_model: m.predict_rows(net[m.column])
     figs: dict[str, dict[str, dict[str, Any]]] = {}
     for s in SETS:
         nets = by_set[s]
@@ -343,7 +407,8 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
     provenance = {
         "by": "latbench fit", "date": now_iso(), "device": device_info.get("name"), "host": device_info.get("host"),
         "space": json.loads(json.dumps(setup.space.identity(), default=str)),
-        "fit_networks": len(fit_nets), "seed": request.seed, "statistic": request.rounds.statistic,
+        "fit_networks": len(fit_nets), "fit_design": request.design, "seed": request.seed,
+        "statistic": request.rounds.statistic,
         "rounds": request.rounds.rounds, "overhead_probe": "latbench.probe (x + 1 on a tiny tensor)",
         "held_out": {s: {"n": f["model"]["n"], "mape": f["model"]["mape"], "worst": f["model"]["worst"],
                          "kendall_tau": f["model"]["kendall_tau"]} for s, f in figs.items() if s != "fit"},

@@ -116,7 +116,7 @@ def test_fit_recovers_a_fake_backend_and_stores_the_model(fake_lut, toy_space):
     test = res.figures["test"]
     assert test["raw"]["mape"] > 10.0  # the raw sum pays the overhead once per row
     assert test["model"]["mape"] < 0.1 and test["model"]["worst"] < 0.3
-    assert test["model"]["kendall_tau"] == pytest.approx(1.0)
+    assert test["model"]["kendall_tau"] > 0.95  # ties in the truth of a 64-network space
     # every network's prediction equals the truth, the held-out ones included
     for n in res.networks:
         net = toy_space.build_architecture(n.arch)

@@ -176,3 +176,24 @@ def test_corrupt_model_metadata_is_refused_in_one_line(bad):
     with pytest.raises(LUTError) as exc:
         model_for({"latency_models": bad}, SCOPE)
     assert "\n" not in exc.value.message
+
+
+def test_d_optimal_design_spreads_the_fit_networks_over_every_direction():
+    from latbench.fit import d_optimal
+
+    rng = np.random.default_rng(0)
+    pool = rng.multinomial(80, [1 / 8] * 8, size=2000).astype(float)  # op counts of uniform networks
+    pool[:, 0] *= 30.0  # a column on another scale: the design standardises
+    picks = d_optimal(pool, 40)
+    assert len(set(picks)) == 40
+
+    def logdet(rows):
+        f = (rows - pool.mean(0)) / pool.std(0)
+        f = np.column_stack([np.ones(len(f)), f])
+        return np.linalg.slogdet(f.T @ f)[1]
+
+    random_sets = [logdet(pool[rng.choice(2000, 40, replace=False)]) for _ in range(20)]
+    assert logdet(pool[picks]) > max(random_sets)
+    # the chosen networks reach further into each op's range than uniform picks do
+    spread = pool[picks].std(0) / pool.std(0)
+    assert np.all(spread > 1.2)

@@ -14,6 +14,7 @@ MECH_LABELS = {
     "overhead+global": "overhead + global fit",
     "model": "latency model",
     "+p10 column": "+ p10 column",
+    "model (uniform fit networks)": "model, uniform fit set",
     "measurement (split-half)": "(measurement vs itself)",
 }
 SET_LABELS = {"fit": "fit networks (in-sample)", "test": "held-out uniform", "search": "held-out from search"}
@@ -57,6 +58,13 @@ def render_text(d: dict) -> str:
 @click.argument("lut", type=click.Path(dir_okay=False))
 @click.option("--fit-networks", default=40, show_default=True, type=int,
               help="Architectures sampled uniformly and measured to fit the model (at least 8).")
+@click.option("--design", default="d-optimal", show_default=True, type=click.Choice(["d-optimal", "uniform"]),
+              help="How the fit networks are chosen: d-optimal = from many uniform draws, the ones whose op "
+                   "composition spreads the most (networks rich in one kind of op, where searches go, pin each "
+                   "op's correction); uniform = uniform draws.")
+@click.option("--uniform-fit-networks", default=0, show_default=True, type=int,
+              help="Ablation: also measure this many uniform fit networks and report the model fitted on them "
+                   "beside the designed one (costs their measurement).")
 @click.option("--test-networks", default=20, show_default=True, type=int,
               help="Held-out uniform architectures the fitted model is judged on (0: none).")
 @click.option("--from-search", "from_search", default=None, type=click.Path(exists=True, dir_okay=False),
@@ -84,7 +92,7 @@ def render_text(d: dict) -> str:
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
               help="Write a PNG: measured vs predicted on the held-out networks, raw sum and model.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def fit(lut, fit_networks, test_networks, from_search, search_networks, seed, resolution, device, rounds, window,
+def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_search, search_networks, seed, resolution, device, rounds, window,
         statistic, drift_tolerance, no_save, space_name, as_json, plot_path, no_progress) -> None:
     """Fit a latency model for LUT: sample and measure whole networks with the LUT's own backend and
     protocol (interleaved rounds, a reference network watching for slow episodes), fit per-row
@@ -105,7 +113,8 @@ def fit(lut, fit_networks, test_networks, from_search, search_networks, seed, re
         rc = RoundsConfig(rounds=rounds, window_s=window, statistic=statistic, drift_tolerance=drift_tolerance)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    req = FitRequest(lut_path=lut, fit_networks=fit_networks, test_networks=test_networks,
+    req = FitRequest(lut_path=lut, fit_networks=fit_networks, design=design, uniform_fit_networks=uniform_fit_networks,
+                     test_networks=test_networks,
                      search_networks=search_networks, from_search=from_search, seed=seed, resolution=hw,
                      device=device, space_name=space_name, rounds=rc, save=not no_save)
     from latbench.progress import PhaseProgress
