@@ -261,6 +261,8 @@ def base(cmd: str, w: World, t: Path) -> tuple[str, list[Any]]:
         "compare-lut": ("latbench", ["compare-lut", w.lut, w.lut2, "--json"]),
         "merge-lut": ("latbench", ["merge-lut", t / "m.parquet", w.lut, w.lut2]),
         "validate-lut": ("latbench", ["validate-lut", w.lut, "--samples", "3", "--no-progress"]),
+        "fit": ("latbench", ["fit", w.lut, "--fit-networks", "8", "--test-networks", "0", "--rounds", "1",
+                             "--window", "0.002", "--no-progress", "--plot", t / "fit.png"]),
         "search": ("nas", ["search", "--lut", w.lut, "--dataset", "synthetic", "--epochs", "1", "--batch-size", "4",
                            "--length", "8", "--out", t / "s", "--device", "cpu", "--no-progress", "--no-plots",
                            "--workers", "0"]),
@@ -294,7 +296,7 @@ def with_opt(args: list[Any], opt: str, value: Any = None, drop: tuple[str, ...]
 
 def lut_case(cmd: str, w: World, t: Path, lut: Path, name: str, expect: str | None) -> Case:
     prog, args = base(cmd, w, t)
-    if cmd in ("show", "validate-lut"):
+    if cmd in ("show", "validate-lut", "fit"):
         args[1] = lut
     elif cmd == "compare-lut":
         args[1] = lut
@@ -305,7 +307,7 @@ def lut_case(cmd: str, w: World, t: Path, lut: Path, name: str, expect: str | No
     return Case(f"{cmd} <- {name}", prog, args, expect)
 
 
-LUT_READERS = ["show", "compare-lut", "merge-lut", "validate-lut", "search", "sample", "fps"]
+LUT_READERS = ["show", "compare-lut", "merge-lut", "validate-lut", "fit", "search", "sample", "fps"]
 
 
 # ---- 1. LUTs: values, types, metadata, files -----------------------------------------------------
@@ -462,6 +464,8 @@ def test_bad_genotypes_are_refused_wherever_a_genotype_is_read(world, tmp_path):
             cases.append(Case(f"eval --arch <- {what}", prog, with_opt(args, "--arch", g), named))
             prog, args = base("validate-lut", world, t)
             cases.append(Case(f"validate-lut --from-search <- {what}", prog, with_opt(args, "--from-search", g), named))
+            prog, args = base("fit", world, t)
+            cases.append(Case(f"fit --from-search <- {what}", prog, with_opt(args, "--from-search", g), named))
     run_table(cases)
 
 
@@ -644,7 +648,7 @@ def test_bad_report_records_are_refused_naming_the_record(world, tmp_path):
 
 # ---- 5. devices, sizes, options ----------------------------------------------------------------
 BAD_DEVICES = ["tpu", "cuda:abc", "meta", "gpu0", "cuda:7", "cpu:x"]
-DEVICE_COMMANDS = ["build-lut", "validate-lut", "fps", "search", "train", "eval", "predict", "demo"]
+DEVICE_COMMANDS = ["build-lut", "validate-lut", "fit", "fps", "search", "train", "eval", "predict", "demo"]
 
 
 def test_unknown_devices_are_refused_everywhere(world, tmp_path):
@@ -671,6 +675,7 @@ SIZE_OPTIONS = [
     ("predict", "--resolution", ["12x", "0x0", HUGE]),
     ("demo", "--resolution", ["12x", "0x0", "axb", HUGE]),
     ("validate-lut", "--resolution", ["12x", "axb", "65x129"]),
+    ("fit", "--resolution", ["12x", "axb", "65x129"]),
     ("sample", "--resolution", ["12x", "65x129"]),
 ]
 
@@ -739,7 +744,8 @@ def test_a_build_where_most_entries_fail_exits_non_zero(tmp_path):
 # (command, option, "file" | "folder"); None: the first positional argument after the command
 OUTPUTS: list[tuple[str, str | None, str]] = [
     ("build-lut", "--output", "file"), ("compare-lut", "--report", "file"), ("compare-lut", "--plot", "file"),
-    ("merge-lut", None, "file"), ("validate-lut", "--plot", "file"), ("search", "--out", "folder"),
+    ("merge-lut", None, "file"), ("validate-lut", "--plot", "file"), ("fit", "--plot", "file"),
+    ("search", "--out", "folder"),
     ("derive", "--out", "file"), ("derive", "--plots", "folder"), ("sample", "--out", "folder"),
     ("fps", "--reports", "folder"), ("train", "--out", "folder"), ("eval", "--reports", "folder"),
     ("predict", "--out", "folder"), ("report", "--out", "file"), ("report", "--plot", "file"),
@@ -822,6 +828,9 @@ def test_read_only_and_full_disks_are_refused_up_front(world, tmp_path, disks):
         args[1] = disk / "lut.parquet"
         cases.append(Case(f"validate-lut --save-calibration <- a LUT on {label}", prog, args + ["--save-calibration"],
                           expect))
+        prog, args = base("fit", world, tmp_path)
+        args[1] = disk / "lut.parquet"
+        cases.append(Case(f"fit (saves into) a LUT on {label}", prog, args, expect))
     run_table(cases)
 
 
