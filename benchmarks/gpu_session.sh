@@ -13,6 +13,7 @@
 #   lut         the 769x1537 cudagraph LUT (its build time is in build-*.json and steps.tsv)
 #   lut2        a second build of the same LUT + compare-lut against the first (repeatability)
 #   fidelity    validate-lut over 50 sampled networks (needs lut)
+#   fit         latbench fit: the latency model on 40 D-optimal networks, judged on 20 held-out ones (needs lut)
 #   fps         nas fps eager / cudagraph / compile of a sampled network, host-bound flag (uses lut)
 #   throughput  search throughput, bf16 AMP + channels-last vs strict fp32
 #   backends    whole networks eager / cudagraph / compile, 2 architectures (optional)
@@ -35,10 +36,10 @@
 set -u
 set -o pipefail
 
-ALL_STEPS="tests timer lut lut2 fidelity fps throughput backends"
-DEFAULT_STEPS="tests timer lut fidelity fps throughput"
-declare -A EST=([tests]=90 [timer]=120 [lut]=180 [lut2]=200 [fidelity]=200 [fps]=150 [throughput]=90 [backends]=240)
-declare -A CAP=([tests]=240 [timer]=200 [lut]=300 [lut2]=300 [fidelity]=300 [fps]=280 [throughput]=200 [backends]=300)
+ALL_STEPS="tests timer lut lut2 fidelity fit fps throughput backends"
+DEFAULT_STEPS="tests timer lut fidelity fit fps throughput"
+declare -A EST=([tests]=90 [timer]=120 [lut]=180 [lut2]=200 [fidelity]=200 [fit]=150 [fps]=150 [throughput]=90 [backends]=240)
+declare -A CAP=([tests]=240 [timer]=200 [lut]=300 [lut2]=300 [fidelity]=300 [fit]=280 [fps]=280 [throughput]=200 [backends]=300)
 SETUP_EST=15
 
 STEPS=${STEPS:-$DEFAULT_STEPS}
@@ -165,6 +166,9 @@ cmd_lut2() {
 cmd_fidelity() {
   echo "$PY benchmarks/lut_fidelity.py $LUT --samples 50 --out-dir $R"
 }
+cmd_fit() {
+  echo "$PY -m latbench.cli fit $LUT --fit-networks 40 --test-networks 20 --rounds 10 --window 0.05 --no-progress --json --plot $R/fit-$CARD.png > $R/fit-$CARD.json"
+}
 cmd_fps() {
   local lut=""
   [ -f "$LUT" ] && lut="--lut $LUT"
@@ -177,7 +181,7 @@ cmd_backends() {
   echo "$PY benchmarks/backends_whole_network.py --device cuda:0 --resolution $RES --archs 2 --out-dir $R"
 }
 
-needs_lut() { case "$1" in fidelity|lut2) return 0;; esac; return 1; }
+needs_lut() { case "$1" in fidelity|lut2|fit) return 0;; esac; return 1; }
 
 for s in $STEPS; do
   now=$(( $(date +%s) - T0 ))
