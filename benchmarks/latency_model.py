@@ -38,12 +38,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 GOAL = {"mape": 2.0, "worst": 6.0, "kendall_tau": 0.85}
-LADDER = ("raw", "affine", "overhead", "overhead+global", "+p10 column", "model (uniform fit networks)", "model",
+LADDER = ("raw", "affine", "overhead", "overhead+global", "+p10 column", "model", "model (uniform fit networks)",
           "measurement (split-half)")
 LABELS = {"raw": "Σ LUT", "affine": "affine a·Σ+b", "overhead": "− overhead (measured)",
           "overhead+global": "+ global fit", "+p10 column": "+ p10 column",
-          "model (uniform fit networks)": "+ per-op-group corrections (fitted on uniform networks)",
-          "model": "**latency model** (fitted on D-optimal networks)",
+          "model (uniform fit networks)": "latency model fitted on uniform networks instead",
+          "model": "**latency model**",
           "measurement (split-half)": "ceiling: even vs odd rounds of the measurement"}
 
 
@@ -115,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="cpu,ort,compile")
     ap.add_argument("--resolution", action="append", default=None)
     ap.add_argument("--fit", type=int, default=40)
-    ap.add_argument("--uniform-fit", type=int, default=40,
-                    help="Also measure this many uniform fit networks (the design's ablation); 0: skip.")
+    ap.add_argument("--design", default="uniform", choices=("uniform", "d-optimal"))
+    ap.add_argument("--uniform-fit", type=int, default=0,
+                    help="With --design d-optimal: also measure this many uniform fit networks (the design's "
+                         "ablation); 0: skip.")
     ap.add_argument("--test", type=int, default=30)
     ap.add_argument("--search", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=15)
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                      "--latency-scope", "network", "--out", str(genotype.parent), "--no-progress", "--no-plots",
                      "--workers", "0", "--seed", str(args.seed)], log)
             t0 = time.monotonic()
-            fit_json = run([latbench, "fit", str(lut), "--fit-networks", str(args.fit),
+            fit_json = run([latbench, "fit", str(lut), "--fit-networks", str(args.fit), "--design", args.design,
                             "--uniform-fit-networks", str(args.uniform_fit), "--test-networks", str(args.test),
                             "--from-search", str(genotype), "--search-networks", str(args.search), "--rounds",
                             str(args.rounds), "--window", str(args.window), "--seed", str(args.seed), "--json",
