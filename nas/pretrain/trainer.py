@@ -33,7 +33,6 @@ import dataclasses
 import datetime as _dt
 import json
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -43,22 +42,21 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-
-from nas.runtime import unused_parameters
 from torch.utils.data import DataLoader, Subset
 
 from latbench.errors import UserError
-from latbench.fileio import Journal, file_sha256, read_journal, truncate_journal
+from latbench.fileio import Journal
 from nas.data.transforms import RandomResizedCrop, ResizeCenterCrop, normalize_uint8
 from nas.genotype import Genotype, write_json_atomic
 from nas.pretrain import FORMAT, VERSION, is_backbone_key
 from nas.pretrain.imagenet import ImageFolderDataset, ImageNetLayout, find_imagenet, worker_error
 from nas.pretrain.model import LGCNetClassifier, parameter_counts
-from nas.runtime import (DistContext, EpochSampler, all_reduce_sum, capture_rng_state, init_distributed,
-                         load_checkpoint, progress_bar, restore_rng_state, save_checkpoint, seed_everything,
-                         shard_indices, teardown_distributed)
-from nas.train.checkpoint import check_same_architecture, load_exact
+from nas.runtime import (DistContext, EpochSampler, all_reduce_sum, init_distributed, load_checkpoint,
+                         progress_bar, seed_everything, shard_indices, teardown_distributed,
+                         unused_parameters)
+from nas.train.checkpoint import check_same_architecture
+from nas.train.loop import EpochRun, genotype_source, read_log
+from nas.train.loop import Progress as BaseProgress
 
 SCHEDULES = ("cosine", "step")
 RESULT_FORMAT = "nas-pretrain-result"
@@ -187,17 +185,9 @@ def format_duration(seconds: float | None) -> str:
 
 
 @dataclass
-class Progress:
-    epoch: int = 0            # the epoch in progress (== epochs when finished)
-    step_in_epoch: int = 0
-    global_step: int = 0
-    loss_sum: float = 0.0     # training loss summed over this epoch's steps so far
-    loss_count: int = 0
+class Progress(BaseProgress):
     log_sum: float = 0.0      # this process's loss summed since the last step record
     log_count: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -232,7 +222,7 @@ def evaluate_topk(model: nn.Module, dataset: ImageFolderDataset, *, device: torc
     hit1 = hit5 = loss_sum = 0.0
     count = 0
     with progress_bar(len(loader), "eval val", show_progress and ctx.is_main) as advance:
-        for images, labels in _batches(loader):
+        for images, labels in _batches_of(loader):
             x = normalize_uint8(images.to(device, non_blocking=True))
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -259,7 +249,7 @@ def _loader_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def _batches(loader: DataLoader):
+def _batches_of(loader: DataLoader):
     """Iterate ``loader``; an error in a worker process comes back as its own one-line message."""
     it = iter(loader)
     while True:
@@ -272,32 +262,19 @@ def _batches(loader: DataLoader):
         yield batch
 
 
-class _Run:
+class _Run(EpochRun):
     def __init__(self, genotype: Genotype, cfg: PretrainConfig, layout: ImageNetLayout,
                  genotype_path: str | None, ctx: DistContext, log: Callable[[str], None]):
-        self.cfg, self.ctx, self.layout = cfg, ctx, layout
-        self.log = log if ctx.is_main else (lambda s: None)
-        self.out = Path(cfg.out_dir)
-        self.device = torch.device(ctx.device)
-        cuda = self.device.type == "cuda"
-        self.amp = cuda if cfg.amp is None else bool(cfg.amp and cuda)
-        self.channels_last = cuda if cfg.channels_last is None else bool(cfg.channels_last)
-        if cfg.batch_size % ctx.world_size:
-            raise UserError(f"--batch-size {cfg.batch_size} does not divide over {ctx.world_size} processes")
-        self.rank_batch = cfg.batch_size // ctx.world_size
+        super().__init__(cfg, ctx, log)
+        self.layout = layout
         size = (cfg.crop, cfg.crop)
         self.train_ds = ImageFolderDataset(layout.train, RandomResizedCrop(size, scale=(cfg.scale_min, 1.0)),
                                            seed=cfg.seed)
         self.val_ds = ImageFolderDataset(layout.val, ResizeCenterCrop(cfg.val_resize_size, size))
         config = genotype.config if cfg.width_mult is None else genotype.config.replace(width_mult=float(cfg.width_mult))
         self.genotype = Genotype(genotype.arch, config, dict(genotype.meta))
-        self.genotype_source = {"path": None if genotype_path is None else str(genotype_path),
-                                "sha256": None if genotype_path is None else file_sha256(genotype_path)}
-        self.steps_per_epoch = EpochSampler.steps_per_epoch(len(self.train_ds), self.rank_batch, ctx.world_size)
-        if self.steps_per_epoch < 1:
-            raise UserError(f"the ImageNet train folder holds {len(self.train_ds)} images, fewer than one batch "
-                            f"of {cfg.batch_size}; lower --batch-size")
-        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.genotype_source = genotype_source(genotype_path)
+        self._count_steps(f"the ImageNet train folder holds {len(self.train_ds)} images")
         self.warmup_steps = min(self.total_steps, int(round(cfg.warmup_epochs * self.steps_per_epoch)))
 
     # ------------------------------------------------------------------ setup
@@ -307,17 +284,7 @@ class _Run:
         model = LGCNetClassifier(self.genotype.config, self.genotype.arch, self.layout.num_classes,
                                  head_channels=cfg.head_channels, dropout=cfg.dropout)
         self.params = parameter_counts(model)
-        self.unused: list[str] = unused_parameters(model, cfg.crop) if self.ctx.distributed else []
-        if self.ctx.distributed and self.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.net: nn.Module = model
-        if self.ctx.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=bool(self.unused))
+        self._place(model, cfg.crop)
         decay = [p for p in model.parameters() if p.ndim > 1]
         no_decay = [p for p in model.parameters() if p.ndim <= 1]
         self.optimizer = torch.optim.SGD(
@@ -328,7 +295,6 @@ class _Run:
             total_steps=self.total_steps, warmup_steps=self.warmup_steps, schedule=cfg.schedule,
             milestone_steps=tuple(m * spe for m in cfg.milestone_epochs), gamma=cfg.gamma,
             min_ratio=cfg.min_lr / cfg.base_lr))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.progress = Progress()
         self.history: list[dict[str, Any]] = []
@@ -343,29 +309,13 @@ class _Run:
             "data": self.layout.describe(),
             "head": {"channels": self.cfg.head_channels, "dropout": self.cfg.dropout,
                      "num_classes": self.layout.num_classes},
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": capture_rng_state(),
-            "progress": self.progress.to_dict(),
+            **self._train_state(),
             "config": self.cfg.to_dict(),
             "trajectory": self.cfg.trajectory(),
             "history": self.history,
             "best": dict(self.best),
             "world_size": self.ctx.world_size,
         }
-
-    def _save(self, name: str = "last.pt") -> None:
-        """Every rank calls this; rank 0 writes the epoch's running loss summed over ranks."""
-        local = (self.progress.loss_sum, self.progress.loss_count)
-        if self.ctx.distributed:
-            s, n = all_reduce_sum([self.progress.loss_sum, self.progress.loss_count], self.ctx)
-            self.progress.loss_sum, self.progress.loss_count = s, int(n)
-        if self.ctx.is_main:
-            save_checkpoint(self.out / name, self._payload())
-        self.progress.loss_sum, self.progress.loss_count = local
-        self.ctx.barrier()
 
     def _resume(self, path: Path) -> None:
         raw = load_checkpoint(path)
@@ -375,11 +325,7 @@ class _Run:
             raise UserError(f"checkpoint {path} has format version {raw.get('version')}; this nas reads {VERSION}")
         found = Genotype.from_dict(raw.get("genotype", {}), source=f"the genotype inside checkpoint {path}")
         check_same_architecture(self.genotype, found, "--arch (with this run's --width-mult)", f"checkpoint {path}")
-        old, new = raw.get("trajectory", {}), self.cfg.trajectory()
-        changed = [f"{k}: {old.get(k)} -> {new[k]}" for k in new if old.get(k) != new[k]]
-        if changed:
-            raise UserError(f"cannot resume {path} with different training settings ({'; '.join(changed)}); "
-                            f"use the original settings or a new --out")
+        self._check_trajectory(raw, path)
         was, now = raw.get("data", {}), self.layout.describe()
         for k in ("classes_sha256", "train_items"):
             if was.get(k) != now[k]:
@@ -387,86 +333,32 @@ class _Run:
                 raise UserError(f"cannot resume {path}: the ImageNet {what} changed since it was written "
                                 f"({was.get('train_items')} -> {now['train_items']} images, "
                                 f"{was.get('num_classes')} -> {now['num_classes']} classes)")
-        if raw.get("world_size", 1) != self.ctx.world_size:
-            raise UserError(f"checkpoint {path} was written by {raw.get('world_size')} processes, this run has "
-                            f"{self.ctx.world_size}; resume with the same number")
-        load_exact(self.model, raw["model"], f"checkpoint {path}")
-        self.optimizer.load_state_dict(raw["optimizer"])
-        self.scheduler.load_state_dict(raw["scheduler"])
-        self.scaler.load_state_dict(raw["scaler"])
-        restore_rng_state(raw["rng"])
-        self.progress = Progress(**raw["progress"])
-        if not self.ctx.is_main:  # the saved running loss is the sum over ranks; count it once
-            self.progress.loss_sum, self.progress.loss_count = 0.0, 0
-        self.history = list(raw.get("history", []))
+        self._restore(raw, path)
         self.best = dict(raw.get("best", {"top1": None, "epoch": None}))
 
-    # ------------------------------------------------------------------ loop
-    def run(self) -> PretrainResult:
+    # ------------------------------------------------------------------ run
+    def _start(self, journal: Journal | None) -> None:
         cfg = self.cfg
-        last = self.out / "last.pt"
-        if last.exists() and not cfg.resume:
-            raise UserError(f"{self.out} already holds a run ({last}); pass --resume to continue it "
-                            f"or choose another --out")
-        if cfg.resume and not last.exists():
-            raise UserError(f"--resume: {last} does not exist; start the run without --resume")
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._build()
-        journal = Journal(self.out / "log.jsonl") if self.ctx.is_main else None
-        try:
-            if cfg.resume:
-                self._resume(last)
-                if journal is not None:
-                    journal = self._trim_log(journal)
-                self._record(journal, {"event": "resume", "checkpoint": str(last), **self.progress.to_dict()})
-                self.log(f"resumed {last} at epoch {self.progress.epoch + 1}, step "
-                         f"{self.progress.step_in_epoch}/{self.steps_per_epoch}")
-            else:
-                if self.ctx.is_main:
-                    self.genotype.save(self.out / "genotype.json")
-                self._record(journal, {
-                    "event": "start", "config": cfg.to_dict(), "trajectory": cfg.trajectory(),
-                    "genotype": self.genotype_source, "data": self.layout.describe(),
-                    "world_size": self.ctx.world_size, "device": self.ctx.device, "amp": self.amp,
-                    "channels_last": self.channels_last, "params": self.params,
-                    "unused_parameters": self.unused, "steps_per_epoch": self.steps_per_epoch,
-                    "total_steps": self.total_steps, "warmup_steps": self.warmup_steps})
-                d = self.layout.describe()
-                self.log(f"ImageNet: {d['train_items']} training images in {d['num_classes']} classes, "
-                         f"{d['val_items']} val images ({d['val_layout']}); {self.steps_per_epoch} steps/epoch "
-                         f"of {cfg.batch_size} on {self.ctx.world_size} process(es), {self.ctx.device}"
-                         f"{', AMP' if self.amp else ''}{', channels-last' if self.channels_last else ''}")
-            finished = self._loop(journal)
-            result = None
-            if finished:
-                result = self._result()
-                if self.ctx.is_main:
-                    write_json_atomic(self.out / "result.json", result)
-        finally:
-            if journal is not None:
-                journal.close()
+        self._record(journal, {
+            "event": "start", "config": cfg.to_dict(), "trajectory": cfg.trajectory(),
+            "genotype": self.genotype_source, "data": self.layout.describe(),
+            "world_size": self.ctx.world_size, "device": self.ctx.device, "amp": self.amp,
+            "channels_last": self.channels_last, "params": self.params,
+            "unused_parameters": self.unused, "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total_steps, "warmup_steps": self.warmup_steps})
+        d = self.layout.describe()
+        self.log(f"ImageNet: {d['train_items']} training images in {d['num_classes']} classes, "
+                 f"{d['val_items']} val images ({d['val_layout']}); {self.steps_per_epoch} steps/epoch "
+                 f"of {cfg.batch_size} on {self.ctx.world_size} process(es), {self.ctx.device}"
+                 f"{', AMP' if self.amp else ''}{', channels-last' if self.channels_last else ''}")
+
+    def _finish(self, finished: bool) -> PretrainResult:
+        result = None
+        if finished:
+            result = self._result()
+            if self.ctx.is_main:
+                write_json_atomic(self.out / "result.json", result)
         return PretrainResult(self.out, finished, self.progress, result, self.ctx.is_main)
-
-    def _trim_log(self, journal: Journal) -> Journal:
-        """Drop records written past the checkpoint (just before a kill); reopen the log."""
-        journal.close()
-        p = self.progress
-
-        def keep(r: dict[str, Any]) -> bool:
-            if r.get("event") == "epoch":
-                return r.get("epoch", 0) <= p.epoch
-            if r.get("event") == "step":
-                return r.get("global_step", 0) <= p.global_step
-            return True
-        truncate_journal(journal.path, keep)
-        return Journal(journal.path)
-
-    def _record(self, journal: Journal | None, rec: dict[str, Any]) -> None:
-        if journal is not None:
-            journal.append({"time": time.time(), **rec})
-
-    def _stop_due(self) -> bool:
-        return self.cfg.stop_after is not None and self.progress.global_step >= self.cfg.stop_after
 
     def _eta(self) -> float | None:
         """Seconds left, from this process's mean time per training step so far (evaluation aside)."""
@@ -476,126 +368,88 @@ class _Run:
         return (time.time() - self._t_start) / done * (self.total_steps - self.progress.global_step)
 
     def _loop(self, journal: Journal | None) -> bool:
-        cfg, p = self.cfg, self.progress
-        self._t_start, self._steps_at_start = time.time(), p.global_step
-        while p.epoch < cfg.epochs:
-            t0 = time.time()
-            if self._stop_due() or not self._train_epoch(journal):
-                self._save()
-                self._record(journal, {"event": "stopped", **p.to_dict()})
-                self.log(f"stopped after {p.global_step} steps (--stop-after); continue with --resume")
-                return False
-            rec = self._end_epoch(time.time() - t0)
-            self._record(journal, rec)  # logged before the checkpoint: a resume trims what it lacks
-            self._save()
-            if rec["best"] and self.ctx.is_main:
-                tmp = self.out / ".best.pt.tmp"
-                shutil.copyfile(self.out / "last.pt", tmp)
-                tmp.replace(self.out / "best.pt")
-            msg = f"epoch {rec['epoch']}/{cfg.epochs}  loss {rec['train_loss']:.4f}  lr {rec['lr']:.4g}"
-            if rec.get("val_top1") is not None:
-                msg += f"  val top-1 {100 * rec['val_top1']:.2f}%  top-5 {100 * rec['val_top5']:.2f}%"
-            msg += f"  {rec['images_per_s']:.0f} img/s"
-            if p.epoch < cfg.epochs:
-                msg += f"  eta {format_duration(rec['eta_s'])}"
-            self.log(msg)
-        self._record(journal, {"event": "done", "global_step": p.global_step, "best": self.best})
-        return True
+        self._t_start, self._steps_at_start = time.time(), self.progress.global_step
+        return super()._loop(journal)
 
-    def _train_epoch(self, journal: Journal | None) -> bool:
-        """Run the rest of the current epoch; False when ``stop_after`` cut it short."""
-        cfg, p, ctx = self.cfg, self.progress, self.ctx
-        sampler = EpochSampler(len(self.train_ds), self.rank_batch, seed=cfg.seed, epoch=p.epoch,
-                               rank=ctx.rank, world_size=ctx.world_size, start_step=p.step_in_epoch)
-        loader = DataLoader(self.train_ds, batch_size=self.rank_batch, sampler=sampler,
-                            num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
-                            persistent_workers=False, drop_last=False, generator=_loader_generator())
-        self.net.train()
+    def _epoch_message(self, rec: dict[str, Any]) -> str:
+        cfg = self.cfg
+        msg = f"epoch {rec['epoch']}/{cfg.epochs}  loss {rec['train_loss']:.4f}  lr {rec['lr']:.4g}"
+        if rec.get("val_top1") is not None:
+            msg += f"  val top-1 {100 * rec['val_top1']:.2f}%  top-5 {100 * rec['val_top5']:.2f}%"
+        msg += f"  {rec['images_per_s']:.0f} img/s"
+        if self.progress.epoch < cfg.epochs:
+            msg += f"  eta {format_duration(rec['eta_s'])}"
+        return msg
+
+    def _done_fields(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    # ------------------------------------------------------------------ epoch
+    def _loader_generator(self) -> torch.Generator:
+        return _loader_generator()
+
+    def _batches(self, sampler: EpochSampler):
+        return _batches_of(super()._batches(sampler))
+
+    def _begin_epoch(self) -> None:
+        p = self.progress
         # running sums on the device: one host sync per log interval, not per step. The epoch's sum
         # continues from the checkpoint's, so a resumed run adds the same numbers in the same order.
-        loss_acc = torch.tensor(p.loss_sum, dtype=torch.float64, device=self.device)
-        interval_acc = torch.tensor(p.log_sum, dtype=torch.float64, device=self.device)
-        t_log = time.time()
-        plain_log = not sys.stderr.isatty() and cfg.show_progress
-        remaining = self.steps_per_epoch - p.step_in_epoch
+        self._loss_acc = torch.tensor(p.loss_sum, dtype=torch.float64, device=self.device)
+        self._interval_acc = torch.tensor(p.log_sum, dtype=torch.float64, device=self.device)
+        self._t_log = time.time()
+        self._plain_log = not sys.stderr.isatty() and self.cfg.show_progress
         self._epoch_steps = 0
-        with progress_bar(remaining, f"epoch {p.epoch + 1}/{cfg.epochs}", cfg.show_progress and ctx.is_main) as advance:
-            for images, labels in _batches(loader):
-                loss = self._step(images, labels)
-                loss_acc += loss
-                interval_acc += loss
-                p.log_count += 1
-                self._epoch_steps += 1
-                p.step_in_epoch += 1
-                p.global_step += 1
-                p.loss_count += 1
-                at_end = p.step_in_epoch >= self.steps_per_epoch
-                if p.global_step % cfg.log_every == 0:
-                    mean = float(interval_acc) / p.log_count
-                    now = time.time()
-                    ips = min(p.log_count, self._epoch_steps) * cfg.batch_size / max(1e-9, now - t_log)
-                    eta = self._eta()
-                    lr = float(self.optimizer.param_groups[0]["lr"])
-                    self._record(journal, {"event": "step", "epoch": p.epoch + 1, "global_step": p.global_step,
-                                           "loss": mean, "lr": lr, "images_per_s": ips, "eta_s": eta})
-                    if plain_log:
-                        self.log(f"epoch {p.epoch + 1} step {p.step_in_epoch}/{self.steps_per_epoch}  loss {mean:.4f}  "
-                                 f"lr {lr:.4g}  {ips:.0f} img/s  eta {format_duration(eta)}")
-                    advance(1, loss=mean, eta=format_duration(eta))
-                    interval_acc.zero_()
-                    p.log_count, t_log = 0, now
-                else:
-                    advance(1)
-                save_now = bool(cfg.checkpoint_every and p.global_step % cfg.checkpoint_every == 0)
-                if at_end or self._stop_due() or save_now:
-                    p.loss_sum, p.log_sum = float(loss_acc), float(interval_acc)
-                if at_end:
-                    break
-                if self._stop_due():
-                    return False
-                if save_now:
-                    self._save()
-        return True
 
-    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        x = normalize_uint8(images.to(self.device, non_blocking=True))
-        labels = labels.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            logits = self.net(x)
-        loss = self.criterion(logits.float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        return loss.detach().double()
-
-    def _end_epoch(self, seconds: float) -> dict[str, Any]:
+    def _count(self, loss: torch.Tensor, journal: Journal | None, advance: Callable[..., None]) -> None:
         cfg, p = self.cfg, self.progress
-        loss_sum, loss_count = all_reduce_sum([p.loss_sum, p.loss_count], self.ctx)
-        epoch = p.epoch + 1
-        steps = self._epoch_steps  # fewer than an epoch when it was resumed mid-way
-        rec: dict[str, Any] = {"event": "epoch", "epoch": epoch, "global_step": p.global_step,
-                               "train_loss": loss_sum / max(1, loss_count),
-                               "lr": float(self.optimizer.param_groups[0]["lr"]),
-                               "seconds": round(seconds, 3),
-                               "images_per_s": steps * cfg.batch_size / max(1e-9, seconds),
-                               "val_top1": None, "val_top5": None, "val_loss": None}
-        if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
-            r = evaluate_topk(self.model, self.val_ds, device=self.device, ctx=self.ctx,
-                              batch_size=cfg.eval_batch_size or self.rank_batch, workers=cfg.workers,
-                              channels_last=self.channels_last, amp=self.amp,
-                              show_progress=cfg.show_progress)
-            rec.update(val_top1=r["top1"], val_top5=r["top5"], val_loss=r["loss"], val_items=r["count"])
-        p.epoch, p.step_in_epoch, p.loss_sum, p.loss_count = epoch, 0, 0.0, 0
+        loss = loss.double()
+        self._loss_acc += loss
+        self._interval_acc += loss
+        p.log_count += 1
+        self._epoch_steps += 1
+        if p.global_step % cfg.log_every == 0:
+            mean = float(self._interval_acc) / p.log_count
+            now = time.time()
+            ips = min(p.log_count, self._epoch_steps) * cfg.batch_size / max(1e-9, now - self._t_log)
+            eta = self._eta()
+            lr = float(self.optimizer.param_groups[0]["lr"])
+            self._record(journal, {"event": "step", "epoch": p.epoch + 1, "global_step": p.global_step,
+                                   "loss": mean, "lr": lr, "images_per_s": ips, "eta_s": eta})
+            if self._plain_log:
+                self.log(f"epoch {p.epoch + 1} step {p.step_in_epoch}/{self.steps_per_epoch}  loss {mean:.4f}  "
+                         f"lr {lr:.4g}  {ips:.0f} img/s  eta {format_duration(eta)}")
+            advance(1, loss=mean, eta=format_duration(eta))
+            self._interval_acc.zero_()
+            p.log_count, self._t_log = 0, now
+        else:
+            advance(1)
+
+    def _settle(self) -> None:
+        p = self.progress
+        p.loss_sum, p.log_sum = float(self._loss_acc), float(self._interval_acc)
+
+    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize_uint8(super()._inputs(images))
+
+    def _epoch_fields(self, seconds: float) -> dict[str, Any]:
+        # fewer steps than an epoch's when it was resumed mid-way
+        return {"images_per_s": self._epoch_steps * self.cfg.batch_size / max(1e-9, seconds),
+                "val_top1": None, "val_top5": None, "val_loss": None}
+
+    def _validate(self) -> dict[str, Any]:
+        cfg = self.cfg
+        r = evaluate_topk(self.model, self.val_ds, device=self.device, ctx=self.ctx,
+                          batch_size=cfg.eval_batch_size or self.rank_batch, workers=cfg.workers,
+                          channels_last=self.channels_last, amp=self.amp, show_progress=cfg.show_progress)
+        return {"val_top1": r["top1"], "val_top5": r["top5"], "val_loss": r["loss"], "val_items": r["count"]}
+
+    def _judge(self, rec: dict[str, Any]) -> None:
+        epoch = rec["epoch"]
         rec["best"] = rec["val_top1"] is not None and (self.best["top1"] is None or rec["val_top1"] > self.best["top1"])
         if rec["best"]:
             self.best = {"top1": rec["val_top1"], "top5": rec["val_top5"], "epoch": epoch}
-        rec["eta_s"] = self._eta() if epoch < cfg.epochs else 0.0
-        self.history.append(rec)
-        return rec
+        rec["eta_s"] = self._eta() if epoch < self.cfg.epochs else 0.0
 
     def _result(self) -> dict[str, Any]:
         from nas.fps import genotype_hash
@@ -618,11 +472,6 @@ class _Run:
             "history": [{k: r.get(k) for k in ("epoch", "train_loss", "lr", "val_top1", "val_top5")}
                         for r in self.history],
         }
-
-
-def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a run's ``log.jsonl``."""
-    return list(read_journal(path))
 
 
 __all__ = ["PretrainConfig", "PretrainResult", "RESULT_FORMAT", "SCHEDULES", "evaluate_topk", "format_duration",

@@ -38,30 +38,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from latbench.errors import UserError
-from latbench.fileio import Journal, file_sha256, read_journal, truncate_journal
+from latbench.fileio import Journal
 from nas.data import make_dataset
 from nas.data.base import SegDataset
 from nas.genotype import Genotype
 from nas.losses import OhemCrossEntropy
 from nas.network import LGCNet
-from nas.runtime import (DistContext, EpochSampler, all_reduce_sum, capture_rng_state,
-                         init_distributed, progress_bar, restore_rng_state, save_checkpoint,
-                         seed_everything, teardown_distributed)
+from nas.runtime import DistContext, init_distributed, seed_everything, teardown_distributed
 from nas.train.checkpoint import (FORMAT, VERSION, MatchReport, check_same_architecture,
-                                  labels_to_dict, load_exact, load_init_weights)
+                                  labels_to_dict, load_init_weights)
 from nas.train.evaluate import DataSource, eval_dataset, evaluate_split
+from nas.train.loop import EpochRun, Progress, genotype_source, read_log
 
 DEFAULT_CROP = {"cityscapes": (768, 768), "camvid": (720, 960), "synthetic": (64, 64)}
 
@@ -158,18 +152,6 @@ class TrainConfig:
 
 
 @dataclass
-class Progress:
-    epoch: int = 0            # the epoch in progress (== epochs when finished)
-    step_in_epoch: int = 0
-    global_step: int = 0
-    loss_sum: float = 0.0     # training loss summed over this epoch's steps so far (this rank)
-    loss_count: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
 class TrainResult:
     out_dir: Path
     history: list[dict[str, Any]]
@@ -208,20 +190,10 @@ def poly_lambda(total_steps: int, power: float) -> Callable[[int], float]:
     return f
 
 
-class _Run:
+class _Run(EpochRun):
     def __init__(self, genotype: Genotype, cfg: TrainConfig, genotype_path: str | None,
                  ctx: DistContext, log: Callable[[str], None]):
-        self.cfg, self.ctx = cfg, ctx
-        self.log = log if ctx.is_main else (lambda s: None)
-        self.out = Path(cfg.out_dir)
-        self.device = torch.device(ctx.device)
-        cuda = self.device.type == "cuda"
-        self.amp = cuda if cfg.amp is None else bool(cfg.amp and cuda)
-        self.channels_last = cuda if cfg.channels_last is None else bool(cfg.channels_last)
-        if cfg.batch_size % ctx.world_size:
-            raise UserError(f"batch size {cfg.batch_size} does not divide over {ctx.world_size} processes")
-        self.rank_batch = cfg.batch_size // ctx.world_size
-
+        super().__init__(cfg, ctx, log)
         self.train_ds = self._train_dataset(genotype.config.num_classes)
         self.val_ds = eval_dataset(cfg.source(), cfg.val_split, num_classes=self.train_ds.num_classes,
                                    resolution=cfg.val_input)
@@ -229,13 +201,8 @@ class _Run:
         if cfg.width_mult is not None:
             changes["width_mult"] = float(cfg.width_mult)
         self.genotype = Genotype(genotype.arch, genotype.config.replace(**changes), dict(genotype.meta))
-        self.genotype_source = {"path": None if genotype_path is None else str(genotype_path),
-                                "sha256": None if genotype_path is None else file_sha256(genotype_path)}
-        self.steps_per_epoch = EpochSampler.steps_per_epoch(len(self.train_ds), self.rank_batch, ctx.world_size)
-        if self.steps_per_epoch < 1:
-            raise UserError(f"the {cfg.dataset} training split has {len(self.train_ds)} items, fewer than "
-                            f"one batch of {cfg.batch_size}; lower --batch-size")
-        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.genotype_source = genotype_source(genotype_path)
+        self._count_steps(f"the {cfg.dataset} training split has {len(self.train_ds)} items")
 
     def _train_dataset(self, genotype_classes: int) -> SegDataset:
         cfg = self.cfg
@@ -269,30 +236,19 @@ class _Run:
         self.init_report: MatchReport | None = None
         if cfg.init:
             self.init_report = load_init_weights(model, cfg.init)
-        if self.ctx.distributed and self.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.net: nn.Module = model
-        if self.ctx.distributed:
-            from nas.runtime import unused_parameters
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # a cell input whose every edge chose zero has no gradient: DDP must know
-            unused = unused_parameters(model, (32, 32))
-            self.net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=bool(unused))
+        self._place(model, (32, 32))
         self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, poly_lambda(self.total_steps, cfg.poly_power))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.criterion = OhemCrossEntropy(cfg.ohem_thresh, cfg.ohem_min_kept,
                                           ignore_index=self.train_ds.ignore_index)
         self.progress = Progress()
         self.history: list[dict[str, Any]] = []
         self.best = -math.inf
+
+    def _best_miou(self) -> float | None:
+        return None if math.isinf(self.best) else self.best
 
     def _payload(self) -> dict[str, Any]:
         return {
@@ -300,33 +256,13 @@ class _Run:
             "genotype": self.genotype.to_dict(),
             "genotype_source": self.genotype_source,
             "labels": labels_to_dict(self.train_ds.spec),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": capture_rng_state(),
-            "progress": self.progress.to_dict(),
+            **self._train_state(),
             "train_config": self.cfg.to_dict(),
             "trajectory": self.cfg.trajectory(),
             "history": self.history,
-            "best_miou": None if math.isinf(self.best) else self.best,
+            "best_miou": self._best_miou(),
             "world_size": self.ctx.world_size,
         }
-
-    def _save(self, name: str = "last.pt") -> None:
-        """Every rank calls this; rank 0 writes. The epoch's running loss is summed over ranks first,
-        so the file holds the global partial sum (restored on rank 0 only)."""
-        local = (self.progress.loss_sum, self.progress.loss_count)
-        if self.ctx.distributed:
-            self.progress.loss_sum, self.progress.loss_count = self._global_loss()
-        if self.ctx.is_main:
-            save_checkpoint(self.out / name, self._payload())
-        self.progress.loss_sum, self.progress.loss_count = local
-        self.ctx.barrier()
-
-    def _global_loss(self) -> tuple[float, int]:
-        loss_sum, count = all_reduce_sum([self.progress.loss_sum, self.progress.loss_count], self.ctx)
-        return loss_sum, int(count)
 
     def _resume(self, path: Path) -> None:
         from nas.train.checkpoint import read_checkpoint
@@ -334,180 +270,64 @@ class _Run:
         ck = read_checkpoint(path)
         check_same_architecture(self.genotype, ck.genotype, "--arch (with this run's data set and "
                                 "--width-mult)", f"checkpoint {path}")
-        old = ck.raw.get("trajectory", {})
-        new = self.cfg.trajectory()
-        changed = [f"{k}: {old.get(k, TRAJECTORY_DEFAULTS.get(k))} -> {new[k]}" for k in new
-                   if old.get(k, TRAJECTORY_DEFAULTS.get(k)) != new[k]]
-        if changed:
-            raise UserError(f"cannot resume {path} with different training settings ({'; '.join(changed)}); "
-                            f"use the original settings or a new --out")
-        if ck.raw.get("world_size", 1) != self.ctx.world_size:
-            raise UserError(f"checkpoint {path} was written by {ck.raw.get('world_size')} processes, this run "
-                            f"has {self.ctx.world_size}; resume with the same number")
-        load_exact(self.model, ck.state_dict, f"checkpoint {path}")
-        self.optimizer.load_state_dict(ck.raw["optimizer"])
-        self.scheduler.load_state_dict(ck.raw["scheduler"])
-        self.scaler.load_state_dict(ck.raw["scaler"])
-        restore_rng_state(ck.raw["rng"])
-        self.progress = Progress(**ck.raw["progress"])
-        if not self.ctx.is_main:  # the saved running loss is the sum over ranks; count it once
-            self.progress.loss_sum, self.progress.loss_count = 0.0, 0
-        self.history = list(ck.raw.get("history", []))
+        self._check_trajectory(ck.raw, path, TRAJECTORY_DEFAULTS)
+        self._restore(ck.raw, path)
         best = ck.raw.get("best_miou")
         self.best = -math.inf if best is None else float(best)
 
-    # ------------------------------------------------------------------ loop
-    def run(self) -> TrainResult:
+    # ------------------------------------------------------------------ run
+    def _start(self, journal: Journal | None) -> None:
         cfg = self.cfg
-        last = self.out / "last.pt"
-        if last.exists() and not cfg.resume:
-            raise UserError(f"{self.out} already holds a run ({last}); pass --resume to continue it "
-                            f"or choose another --out")
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._build()
-        journal = Journal(self.out / "log.jsonl") if self.ctx.is_main else None
-        try:
-            if cfg.resume and last.exists():
-                self._resume(last)
-                if journal is not None:
-                    journal = self._trim_log(journal)
-                self._record(journal, {"event": "resume", "checkpoint": str(last), **self.progress.to_dict()})
-                self.log(f"resumed {last} at epoch {self.progress.epoch + 1}, step "
-                         f"{self.progress.step_in_epoch}/{self.steps_per_epoch}")
-            else:
-                if cfg.resume:  # as nas search: a resume needs a run to continue
-                    raise UserError(f"--resume: no checkpoint at {last}; start a new run without --resume")
-                if self.ctx.is_main:
-                    self.genotype.save(self.out / "genotype.json")
-                self._record(journal, {"event": "start", "config": cfg.to_dict(),
-                                       "protocol": self.protocol(),
-                                       "genotype": self.genotype_source, "world_size": self.ctx.world_size,
-                                       "device": self.ctx.device, "amp": self.amp,
-                                       "train_items": len(self.train_ds), "val_items": len(self.val_ds),
-                                       "steps_per_epoch": self.steps_per_epoch,
-                                       "total_steps": self.total_steps})
-                for note in self.protocol()["notes"]:
-                    self.log(f"note: {note}")
-                if self.init_report is not None:
-                    self._record(journal, {"event": "init", "path": cfg.init, **self.init_report.to_dict()})
-                    self.log(f"--init {cfg.init}: {self.init_report.summary()}")
-            finished = self._loop(journal)
-        finally:
-            if journal is not None:
-                journal.close()
+        self._record(journal, {"event": "start", "config": cfg.to_dict(),
+                               "protocol": self.protocol(),
+                               "genotype": self.genotype_source, "world_size": self.ctx.world_size,
+                               "device": self.ctx.device, "amp": self.amp,
+                               "train_items": len(self.train_ds), "val_items": len(self.val_ds),
+                               "steps_per_epoch": self.steps_per_epoch,
+                               "total_steps": self.total_steps})
+        for note in self.protocol()["notes"]:
+            self.log(f"note: {note}")
+        if self.init_report is not None:
+            self._record(journal, {"event": "init", "path": cfg.init, **self.init_report.to_dict()})
+            self.log(f"--init {cfg.init}: {self.init_report.summary()}")
+
+    def _finish(self, finished: bool) -> TrainResult:
         return TrainResult(self.out, self.history, self.progress, finished, self.ctx.is_main)
 
-    def _trim_log(self, journal: Journal) -> Journal:
-        """Drop epoch records past the checkpoint (written just before a kill); reopen the log."""
-        journal.close()
-        done = self.progress.epoch
-        truncate_journal(journal.path, lambda r: not (r.get("event") == "epoch" and r.get("epoch", 0) > done))
-        return Journal(journal.path)
+    def _epoch_message(self, rec: dict[str, Any]) -> str:
+        msg = f"epoch {rec['epoch']}/{self.cfg.epochs}  loss {rec['train_loss']:.4f}  lr {rec['lr']:.3g}"
+        if rec.get("val_miou") is not None:
+            msg += f"  val mIoU {100 * rec['val_miou']:.2f}%"
+        return msg
 
-    def _record(self, journal: Journal | None, rec: dict[str, Any]) -> None:
-        if journal is not None:
-            journal.append({"time": time.time(), **rec})
+    def _done_fields(self) -> dict[str, Any]:
+        return {"best_miou": self._best_miou()}
 
-    def _stop_due(self) -> bool:
-        return self.cfg.stop_after is not None and self.progress.global_step >= self.cfg.stop_after
+    # ------------------------------------------------------------------ epoch
+    def _count(self, loss: torch.Tensor, journal: Journal | None, advance: Callable[..., None]) -> None:
+        value = float(loss)
+        self.progress.loss_sum += value
+        advance(1, loss=value)
 
-    def _loop(self, journal: Journal | None) -> bool:
-        cfg, p = self.cfg, self.progress
-        while p.epoch < cfg.epochs:
-            t0 = time.time()
-            if self._stop_due() or not self._train_epoch():
-                self._save()
-                self._record(journal, {"event": "stopped", **p.to_dict()})
-                self.log(f"stopped after {p.global_step} steps (--stop-after); continue with --resume")
-                return False
-            rec = self._end_epoch(time.time() - t0)
-            self._record(journal, rec)  # logged before the checkpoint: a resume trims what it lacks
-            self._save_epoch(rec["best"])
-            msg = f"epoch {rec['epoch']}/{cfg.epochs}  loss {rec['train_loss']:.4f}  lr {rec['lr']:.3g}"
-            if rec.get("val_miou") is not None:
-                msg += f"  val mIoU {100 * rec['val_miou']:.2f}%"
-            self.log(msg)
-        self._record(journal, {"event": "done", "global_step": p.global_step, "best_miou":
-                               None if math.isinf(self.best) else self.best})
-        return True
+    def _epoch_fields(self, seconds: float) -> dict[str, Any]:
+        return {"val_miou": None}
 
-    def _train_epoch(self) -> bool:
-        """Run the rest of the current epoch; False when ``stop_after`` cut it short."""
-        cfg, p, ctx = self.cfg, self.progress, self.ctx
-        sampler = EpochSampler(len(self.train_ds), self.rank_batch, seed=cfg.seed, epoch=p.epoch,
-                               rank=ctx.rank, world_size=ctx.world_size, start_step=p.step_in_epoch)
-        loader = DataLoader(self.train_ds, batch_size=self.rank_batch, sampler=sampler,
-                            num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
-                            drop_last=False)
-        self.net.train()
-        remaining = self.steps_per_epoch - p.step_in_epoch
-        with progress_bar(remaining, f"epoch {p.epoch + 1}/{cfg.epochs}", cfg.show_progress and ctx.is_main) as advance:
-            for images, labels in loader:
-                loss = self._step(images, labels)
-                p.loss_sum += loss
-                p.loss_count += 1
-                p.step_in_epoch += 1
-                p.global_step += 1
-                advance(1, loss=loss)
-                if p.step_in_epoch >= self.steps_per_epoch:
-                    break
-                if self._stop_due():
-                    return False
-                if cfg.checkpoint_every and p.global_step % cfg.checkpoint_every == 0:
-                    self._save()
-        return True
+    def _validate(self) -> dict[str, Any]:
+        cfg = self.cfg
+        cm = evaluate_split(self.model, self.val_ds, device=self.device, ctx=self.ctx,
+                            batch_size=cfg.eval_batch_size, channels_last=self.channels_last,
+                            show_progress=cfg.show_progress)
+        miou = cm.miou()
+        return {"val_miou": None if math.isnan(miou) else miou,
+                "val_per_class": {n: (None if math.isnan(v) else v)
+                                  for n, v in zip(self.val_ds.class_names, cm.iou().tolist())},
+                "val_split": cfg.val_split,
+                "val_resolution": None if cfg.val_input is None else list(cfg.val_input)}
 
-    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
-        images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            logits = self.net(images)
-        loss = self.criterion(logits.float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        return float(loss.detach())
-
-    def _end_epoch(self, seconds: float) -> dict[str, Any]:
-        cfg, p, ctx = self.cfg, self.progress, self.ctx
-        loss_sum, loss_count = self._global_loss()
-        epoch = p.epoch + 1
-        rec: dict[str, Any] = {"event": "epoch", "epoch": epoch, "global_step": p.global_step,
-                               "train_loss": loss_sum / max(1, loss_count),
-                               "lr": float(self.optimizer.param_groups[0]["lr"]),
-                               "seconds": round(seconds, 3), "val_miou": None}
-        if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
-            cm = evaluate_split(self.model, self.val_ds, device=self.device, ctx=ctx,
-                                batch_size=cfg.eval_batch_size, channels_last=self.channels_last,
-                                show_progress=cfg.show_progress)
-            miou = cm.miou()
-            rec["val_miou"] = None if math.isnan(miou) else miou
-            rec["val_per_class"] = {n: (None if math.isnan(v) else v)
-                                    for n, v in zip(self.val_ds.class_names, cm.iou().tolist())}
-            rec["val_split"] = cfg.val_split
-            rec["val_resolution"] = None if cfg.val_input is None else list(cfg.val_input)
-        self.history.append(rec)
-        p.epoch, p.step_in_epoch, p.loss_sum, p.loss_count = epoch, 0, 0.0, 0
+    def _judge(self, rec: dict[str, Any]) -> None:
         rec["best"] = rec["val_miou"] is not None and rec["val_miou"] > self.best
         if rec["best"]:
             self.best = rec["val_miou"]
-        return rec
-
-    def _save_epoch(self, improved: bool) -> None:
-        self._save()
-        if improved and self.ctx.is_main:
-            tmp = self.out / ".best.pt.tmp"
-            shutil.copyfile(self.out / "last.pt", tmp)
-            tmp.replace(self.out / "best.pt")
-
-
-def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a run's ``log.jsonl``."""
-    return list(read_journal(path))
 
 
 __all__ = ["DEFAULT_CROP", "Progress", "TrainConfig", "TrainResult", "poly_lambda", "read_log",
