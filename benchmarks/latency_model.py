@@ -39,10 +39,11 @@ from pathlib import Path
 
 GOAL = {"mape": 2.0, "worst": 6.0, "kendall_tau": 0.85}
 LADDER = ("raw", "affine", "overhead", "overhead+global", "+p10 column", "model", "model (uniform fit networks)",
-          "measurement (split-half)")
+          "model (uniform part of the fit set only)", "measurement (split-half)")
 LABELS = {"raw": "Σ LUT", "affine": "affine a·Σ+b", "overhead": "− overhead (measured)",
           "overhead+global": "+ global fit", "+p10 column": "+ p10 column",
           "model (uniform fit networks)": "latency model fitted on uniform networks instead",
+          "model (uniform part of the fit set only)": "latency model fitted on the uniform part of the fit set only",
           "model": "**latency model**",
           "measurement (split-half)": "ceiling: even vs odd rounds of the measurement"}
 
@@ -81,9 +82,9 @@ def render_md(runs: list[dict], date: str, device: str) -> str:
         d = r["fit"]
         m = d["measurement"]
         prov = d["model"]["provenance"]
-        lines += [f"## {d['scope']['backend']} at {d['scope']['height']}x{d['scope']['width']}", "",
+        lines += [f"## {d['scope']['backend']} at {d['scope']['height']}x{d['scope']['width']} (fit of {d['date']})", "",
                   f"- commands: " + "; ".join(f"`{c}`" for c in r["commands"]),
-                  f"- fit on {prov.get('fit_networks')} uniform networks; model: {d['model']['group_by']} groups, "
+                  f"- fit on {prov.get('fit_networks')} networks ({prov.get('fit_networks_from_search') or 0} of them drawn from the search's α, the rest {prov.get('fit_design', 'uniform')}); model: {d['model']['group_by']} groups, "
                   f"column {d['model']['column']}, λ {prov.get('lambda')}, per-call overhead {d['overhead_us']:.2f} µs, "
                   f"constant {d['model']['constant_us']:.1f} µs; fitted: {prov.get('fitted')}",
                   f"- measurement: {m['rounds']['rounds']} interleaved rounds of {m['rounds']['window_s']} s, "
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uniform-fit", type=int, default=0,
                     help="With --design d-optimal: also measure this many uniform fit networks (the design's "
                          "ablation); 0: skip.")
+    ap.add_argument("--search-fit", type=int, default=0,
+                    help="Of the --fit networks, this many drawn from the search's α (latbench fit "
+                         "--search-fit-networks); the result files get a searchfitN tag.")
     ap.add_argument("--test", type=int, default=30)
     ap.add_argument("--search", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=15)
@@ -162,16 +166,18 @@ def main(argv: list[str] | None = None) -> int:
                      "--latency-scope", "network", "--out", str(genotype.parent), "--no-progress", "--no-plots",
                      "--workers", "0", "--seed", str(args.seed)], log)
             t0 = time.monotonic()
+            tag = f"{backend}-{res}" + (f"-searchfit{args.search_fit}" if args.search_fit else "")
             fit_json = run([latbench, "fit", str(lut), "--fit-networks", str(args.fit), "--design", args.design,
-                            "--uniform-fit-networks", str(args.uniform_fit), "--test-networks", str(args.test),
+                            "--uniform-fit-networks", str(args.uniform_fit),
+                            "--search-fit-networks", str(args.search_fit), "--test-networks", str(args.test),
                             "--from-search", str(genotype), "--search-networks", str(args.search), "--rounds",
                             str(args.rounds), "--window", str(args.window), "--seed", str(args.seed), "--json",
-                            "--no-progress", "--plot", str(out_dir / f"latency_model-{dev_slug}-{backend}-{res}-{date}.png")],
+                            "--no-progress", "--plot", str(out_dir / f"latency_model-{dev_slug}-{tag}-{date}.png")],
                            log, capture=True)
             d = {"fit": json.loads(fit_json), "commands": log, "lut_build_s": build_s,
                  "fit_wall_s": round(time.monotonic() - t0, 1), "date": date, "machine": dev,
                  "benchmark": "python benchmarks/latency_model.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))}
-            path = out_dir / f"latency_model-{dev_slug}-{backend}-{res}-{date}.json"
+            path = out_dir / f"latency_model-{dev_slug}-{tag}-{date}.json"
             path.write_text(json.dumps(d, indent=2, default=str) + "\n")
             runs.append(d)
             print(render_md([d], date, str(dev.get("name"))), flush=True)

@@ -68,6 +68,7 @@ class FitRequest:
     save: bool = True
     design: str = "uniform"          # how fit networks are chosen: uniform | d-optimal (from uniform draws)
     uniform_fit_networks: int = 0    # ablation: also measure this many uniform fit networks and report their model
+    search_fit_networks: int = 0     # of the fit networks, how many are drawn from the search's α (--from-search)
 
     def check(self) -> None:
         if self.fit_networks < MIN_FIT:
@@ -81,6 +82,13 @@ class FitRequest:
             raise UserError(f"--design must be one of {', '.join(DESIGNS)}, not {self.design!r}")
         if self.uniform_fit_networks and self.uniform_fit_networks < MIN_FIT:
             raise UserError(f"--uniform-fit-networks must be 0 or at least {MIN_FIT}")
+        if self.search_fit_networks < 0:
+            raise UserError("--search-fit-networks cannot be negative")
+        if self.search_fit_networks and self.from_search is None:
+            raise UserError("--search-fit-networks draws fit networks from a search's α: give --from-search too")
+        if self.search_fit_networks > self.fit_networks - MIN_FIT // 2:
+            raise UserError(f"--search-fit-networks ({self.search_fit_networks}) leaves too few uniform fit networks "
+                            f"of --fit-networks {self.fit_networks}: at most {self.fit_networks - MIN_FIT // 2}")
         if self.from_search is not None and self.search_networks < 3:
             raise UserError(f"--search-networks must be at least 3 with --from-search, got {self.search_networks}")
 
@@ -90,6 +98,7 @@ class FitRequest:
             "lut_created": lut_created, "scope": scope.to_dict(), "fit": self.fit_networks, "test": self.test_networks,
             "search": self.search_networks if self.from_search else 0, "search_sha": search_sha, "seed": self.seed,
             "design": self.design, "uniform_fit": self.uniform_fit_networks,
+            **({"search_fit": self.search_fit_networks} if self.search_fit_networks else {}),
             "rounds": self.rounds.to_dict()}, default=str))
 
 
@@ -124,6 +133,7 @@ class FitResult:
                         "search_networks": self.request.search_networks if self.request.from_search else 0,
                         "from_search": self.request.from_search, "seed": self.request.seed,
                         "design": self.request.design, "uniform_fit_networks": self.request.uniform_fit_networks,
+                        "search_fit_networks": self.request.search_fit_networks,
                         "rounds": self.request.rounds.to_dict()},
             "figures": self.figures, "measurement": self.measurement,
             "networks": [{"key": n.key, "set": n.set, "measured_us": self.measured.get(n.key),
@@ -213,7 +223,10 @@ def sample_sets(space: Any, request: FitRequest,
     (benchmarks/results/latency_model-*-design-*): the D-optimal pick judged uniform held-out
     networks better but searched ones worse than uniform fit networks, and a pool enriched with
     op-skewed networks made both worse (the per-row corrections are not linear that far out), so
-    uniform fit networks are the default. Held-out networks are always drawn as asked (uniform, from the search)."""
+    uniform fit networks are the default. With ``request.search_fit_networks`` = K, K of the fit
+    networks are drawn from the search's α instead (disjoint from the held-out searched ones; their
+    keys start ``fits``): uniform draws barely vary in op composition, searches do not.
+    Held-out networks are always drawn as asked (uniform, from the search)."""
     from latbench.validate import sample_architectures
 
     taken: set[str] = set()
@@ -230,25 +243,29 @@ def sample_sets(space: Any, request: FitRequest,
                     break
         return got
 
-    def add(archs: list[dict[str, Any]], n: int, name: str) -> None:
+    def add(archs: list[dict[str, Any]], n: int, name: str, prefix: str | None = None) -> None:
         if len(archs) < n:
             raise UserError(f"could draw only {len(archs)} distinct {name} architectures of the {n} asked for "
                             "(the space or the search distribution is too small)")
-        out.extend(Network(f"{name}{i:03d}-{_arch_key(a)[:8]}", name, a, {}) for i, a in enumerate(archs))
+        out.extend(Network(f"{prefix or name}{i:03d}-{_arch_key(a)[:8]}", name, a, {}) for i, a in enumerate(archs))
 
     reference = space.sample_architecture(random.Random(f"latbench-fit-reference-{request.seed}"))
     taken.add(_arch_key(reference))
     # held-out sets first: the design must not pick a network the model is judged on
     test = fresh(request.test_networks, request.seed + 1_000_003, None) if request.test_networks else []
     search = fresh(request.search_networks, request.seed + 2_000_003, request.from_search) if request.from_search else []
+    n_search_fit = request.search_fit_networks if request.from_search else 0
+    n_uniform = request.fit_networks - n_search_fit
     if request.design == "d-optimal" and featurize is not None:
-        pool = fresh(max(25 * request.fit_networks, 500), request.seed, None)
-        picks = d_optimal(np.array([featurize(a) for a in pool]), request.fit_networks)
+        pool = fresh(max(25 * n_uniform, 500), request.seed, None)
+        picks = d_optimal(np.array([featurize(a) for a in pool]), n_uniform)
         fit = [pool[i] for i in picks]
         taken.difference_update(_arch_key(a) for i, a in enumerate(pool) if i not in set(picks))
     else:
-        fit = fresh(request.fit_networks, request.seed, None)
-    add(fit, request.fit_networks, "fit")
+        fit = fresh(n_uniform, request.seed, None)
+    add(fit, n_uniform, "fit")
+    if n_search_fit:
+        add(fresh(n_search_fit, request.seed + 4_000_003, request.from_search), n_search_fit, "fit", prefix="fits")
     if request.uniform_fit_networks:
         add(fresh(request.uniform_fit_networks, request.seed + 3_000_003, None), request.uniform_fit_networks,
             "fit-uniform")
@@ -390,6 +407,12 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
         uni_model, _ = fit_model({c: [n.rows[c] for n in uni] for c in COLUMNS}, [measured[n.key] for n in uni],
                                  scope, overhead)
         ladder["model (uniform fit networks)"] = lambda net, m=uni_model: m.predict_rows(net[m.column])
+    uniform_part = [n for n in fit_nets if not n.key.startswith("fits")]
+    if len(uniform_part) < len(fit_nets) and len(uniform_part) >= MIN_FIT:
+        # the ablation of search-drawn fit networks, at no extra measurement: the same fit on the uniform part only
+        part_model, _ = fit_model({c: [n.rows[c] for n in uniform_part] for c in COLUMNS},
+                                  [measured[n.key] for n in uniform_part], scope, overhead)
+        ladder["model (uniform part of the fit set only)"] = lambda net, m=part_model: m.predict_rows(net[m.column])
     figs: dict[str, dict[str, dict[str, Any]]] = {}
     for s in SETS:
         nets = by_set[s]
@@ -411,6 +434,7 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
         "by": "latbench fit", "date": now_iso(), "device": device_info.get("name"), "host": device_info.get("host"),
         "space": json.loads(json.dumps(setup.space.identity(), default=str)),
         "fit_networks": len(fit_nets), "fit_design": request.design, "seed": request.seed,
+        "fit_networks_from_search": sum(n.key.startswith("fits") for n in fit_nets),
         "statistic": request.rounds.statistic,
         "rounds": request.rounds.rounds, "overhead_probe": "latbench.probe (x + 1 on a tiny tensor)",
         "held_out": {s: {"n": f["model"]["n"], "mape": f["model"]["mape"], "worst": f["model"]["worst"],

@@ -141,6 +141,22 @@ def test_fit_sets_are_disjoint(fake_lut):
     assert not res.saved and stored_models(read_lut(fake_lut).meta) == []
 
 
+def test_fit_networks_drawn_from_the_search(fake_lut, tmp_path):
+    search = tmp_path / "search.json"
+    search.write_text(json.dumps({"weights": {"conv_3x3": 3, "skip": 1, "max_pool_3x3": 1, "zero": 0.5}}))
+    res = run_fit(FitRequest(str(fake_lut), fit_networks=12, search_fit_networks=4, test_networks=8,
+                             from_search=str(search), search_networks=6, seed=0, space_name=TOY, rounds=FAST,
+                             save=False))
+    fit = [n for n in res.networks if n.set == "fit"]
+    assert len(fit) == 12 and sum(n.key.startswith("fits") for n in fit) == 4
+    keys = [json.dumps(n.arch, sort_keys=True) for n in res.networks]
+    assert len(keys) == len(set(keys)) == 12 + 8 + 6  # fit, held-out uniform and held-out searched: disjoint
+    assert res.model.provenance["fit_networks_from_search"] == 4
+    # the ablation at no extra measurement: the same fit on the 8 uniform fit networks alone
+    assert "model (uniform part of the fit set only)" in res.figures["search"]
+    assert res.to_dict()["request"]["search_fit_networks"] == 4
+
+
 def test_real_cpu_fit_beats_the_raw_sum_on_held_out_networks(tmp_path):
     from nas.space import LGCNetSpace
     from search_support import RESOLUTION, tiny_space
@@ -174,6 +190,8 @@ def _sha(p: Path) -> str:
     (["--window", "0"], "window"),
     (["--resolution", "8x8"], "no rows at 8x8"),
     (["--statistic", "mean"], "statistic"),
+    (["--search-fit-networks", "4"], "give --from-search too"),
+    (["--search-fit-networks", "-1"], "cannot be negative"),
 ])
 def test_bad_options_are_one_line_and_leave_the_lut_intact(fake_lut, args, match):
     before = _sha(fake_lut)

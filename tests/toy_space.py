@@ -112,6 +112,15 @@ class ToySpace:
     def sample_architecture(self, rng: random.Random) -> dict[str, Any]:
         return {p: rng.choice(self.cell_ops) for p in CELL_POSITIONS}
 
+    def sample_from_search(self, rng: random.Random, path: Any) -> dict[str, Any]:
+        """A search's result for the toy space: a JSON file {"weights": {op: weight}} (the op mix a
+        search prefers), drawn per position."""
+        import json
+
+        weights = json.loads(open(path).read())["weights"]
+        ops = list(self.cell_ops)
+        return {p: rng.choices(ops, [float(weights.get(o, 0.0)) for o in ops])[0] for p in CELL_POSITIONS}
+
     def architecture_rows(self, arch: Mapping[str, Any]) -> list[tuple[str, str]]:
         return [("fixed.stem", "stem")] + [(p, arch[p]) for p in CELL_POSITIONS] + \
             [("fixed.add", "add"), ("fixed.head", "head")]

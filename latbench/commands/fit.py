@@ -15,6 +15,7 @@ MECH_LABELS = {
     "model": "latency model",
     "+p10 column": "+ p10 column",
     "model (uniform fit networks)": "model, uniform fit set",
+    "model (uniform part of the fit set only)": "model, uniform part of fit set",
     "measurement (split-half)": "(measurement vs itself)",
 }
 SET_LABELS = {"fit": "fit networks (in-sample)", "test": "held-out uniform", "search": "held-out from search"}
@@ -72,6 +73,10 @@ def render_text(d: dict) -> str:
                    "genotype.json written by `nas search`): searched networks sit where uniform samples rarely go.")
 @click.option("--search-networks", default=20, show_default=True, type=int,
               help="How many architectures to draw with --from-search.")
+@click.option("--search-fit-networks", default=0, show_default=True, type=int,
+              help="With --from-search: this many of the --fit-networks are drawn from the search's α instead of "
+                   "uniformly (disjoint from the held-out searched networks), so the fit sees the op mixes a search "
+                   "produces; the report adds the same model fitted on the uniform part alone.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
 @click.option("--resolution", default=None, help="Input HxW; required when the LUT holds several.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N. [default: the LUT's device type]")
@@ -92,7 +97,7 @@ def render_text(d: dict) -> str:
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
               help="Write a PNG: measured vs predicted on the held-out networks, raw sum and model.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_search, search_networks, seed, resolution, device, rounds, window,
+def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_search, search_networks, search_fit_networks, seed, resolution, device, rounds, window,
         statistic, drift_tolerance, no_save, space_name, as_json, plot_path, no_progress) -> None:
     """Fit a latency model for LUT: sample and measure whole networks with the LUT's own backend and
     protocol (interleaved rounds, a reference network watching for slow episodes), fit per-row
@@ -114,6 +119,7 @@ def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_sea
     except ValueError as exc:
         raise UserError(str(exc)) from None
     req = FitRequest(lut_path=lut, fit_networks=fit_networks, design=design, uniform_fit_networks=uniform_fit_networks,
+                     search_fit_networks=search_fit_networks,
                      test_networks=test_networks,
                      search_networks=search_networks, from_search=from_search, seed=seed, resolution=hw,
                      device=device, space_name=space_name, rounds=rc, save=not no_save)
