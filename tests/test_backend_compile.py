@@ -128,8 +128,9 @@ def test_a_module_that_computes_but_compiles_to_nothing_is_refused():
 
 
 def test_many_modules_of_one_class_each_really_compile(backend):
-    """Past Dynamo's recompile limit a frame silently runs eagerly; prepare resets Dynamo so that
-    every module is compiled (here with the limit lowered to 1 to make the point cheaply)."""
+    """Past Dynamo's recompile limit a frame silently runs eagerly; every prepared module has an
+    entry function of its own, so each one is compiled (here with the limit lowered to 1 to make
+    the point cheaply)."""
     import torch._dynamo.config as dynamo_config
 
     with dynamo_config.patch(recompile_limit=1):
@@ -140,6 +141,69 @@ def test_many_modules_of_one_class_each_really_compile(backend):
                 assert p.info["compiled_graphs"] >= 1
             finally:
                 p.close()
+
+
+class Branches(torch.nn.Module):
+    def __init__(self, ops):
+        super().__init__()
+        make = {"conv": lambda: torch.nn.Conv2d(4, 4, 3, padding=1), "pool": lambda: torch.nn.MaxPool2d(3, 1, 1),
+                "relu": torch.nn.ReLU}
+        self.ops = torch.nn.ModuleDict({k: make[k]() for k in ops})
+
+    def forward(self, x):
+        return sum(op(x) for op in self.ops.values())
+
+
+class TwoCells(torch.nn.Module):
+    """Nested module containers, as a sampled network's cells and edges are."""
+
+    def __init__(self, a, b):
+        super().__init__()
+        self.cells = torch.nn.ModuleList([Branches(a), Branches(b)])
+
+    def forward(self, x):
+        for cell in self.cells:
+            x = cell(x)
+        return x
+
+
+def test_modules_prepared_together_stay_compiled_when_timed_in_turn(backend):
+    """latbench fit / validate-lut prepare every network first and then time them in interleaved
+    rounds: preparing one must not undo another, and no timing call may compile (before the
+    private entries each prepare reset Dynamo: the earlier networks recompiled inside their samples
+    and, past the recompile limit, ran eagerly)."""
+    from torch._dynamo.utils import counters
+
+    # one class, different submodules (as sampled networks differ): one compiled graph's guards
+    # fail for the others
+    prepared = [backend.prepare(TwoCells(a, b).eval(), [torch.randn(1, 4, 7, 9)], QUICK)
+                for a, b in ((("conv",), ("pool",)), (("pool",), ("relu",)), (("relu",), ("conv",)),
+                             (("conv", "pool"), ("relu",)))]
+    try:
+        graphs = counters["stats"]["unique_graphs"]
+        for _ in range(2):
+            for p in prepared:
+                assert p.time(2) > 0
+        assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled while timing
+        assert all(p.info["compiled_graphs"] == 1 for p in prepared)
+    finally:
+        for p in prepared:
+            p.close()
+
+
+def test_a_timing_call_that_compiles_is_an_error():
+    from latbench.backends.compile import RecompileCheck
+
+    class CompilesWhileTimed:  # stands in for a prepared object whose guards fail inside a sample
+        info: dict = {}
+
+        def time(self, calls):
+            torch.compile(lambda t: t * 3)(torch.randn(2))
+            return 1e-3
+
+    with pytest.raises(RuntimeError, match="recompiled during timing"):
+        RecompileCheck(CompilesWhileTimed()).time(1)
+    assert RecompileCheck(CompilesWhileTimed()).info == {}
 
 
 def test_describe_records_mode_and_settings():

@@ -15,16 +15,23 @@ graphs compiled and any recompilation after the warm-up. Then:
   Inductor's graphs inside another graph is not supported by torch;
 - on the CPU, timed by wall clock like the ``cpu`` backend.
 
-Dynamo caches compiled code per Python frame and, past its recompile limit, silently runs the
-frame eagerly. A LUT build compiles hundreds of modules of a few classes, so ``prepare`` resets
-Dynamo first and checks afterwards that a graph really was compiled; a module that did not compile
-is a failed measurement, never an eager number under the ``compile`` name. Consequence: keep one
-prepared object of this backend alive at a time (preparing another resets Dynamo's caches).
+Dynamo caches compiled code per Python code object and, past its recompile limit (8), silently
+runs the frame eagerly. A LUT build compiles hundreds of modules of a few classes, and
+``latbench fit`` / ``validate-lut`` keep dozens of compiled networks of one class alive and call
+them in turn. So every prepared module is compiled through an entry function of its own (a fresh
+code object: its own cache, one entry), nothing resets Dynamo, ``prepare`` checks that a graph
+really was compiled, and timing checks that nothing compiled while it ran: a module that did not
+compile, or recompiled inside a sample, is a failed measurement, never an eager number under the
+``compile`` name. (Measured before this rule, 2026-11-29: when 50 networks were prepared first and
+timed in interleaved rounds, each prepare reset Dynamo and every network after the eighth ran
+eagerly, about 1.45x slower: benchmarks/results/compile_recompile_limit-cpu-amd-epyc-65x129-2026-11-29.json.)
 """
 
 from __future__ import annotations
 
+import itertools
 import time
+import types
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -60,6 +67,39 @@ def _graph_count() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+_ENTRY_IDS = itertools.count()
+
+
+def private_entry(module: Any) -> Any:
+    """A function that calls ``module``, with a code object of its own: Dynamo keeps its compiled
+    code on the code object, so each module compiled through its own entry has a private cache
+    (one entry) instead of sharing ``forward``'s with every other instance of its class."""
+    def call(*args: Any) -> Any:
+        return module(*args)
+
+    code = call.__code__.replace(co_name=f"latbench_compiled_{next(_ENTRY_IDS)}")
+    return types.FunctionType(code, call.__globals__, code.co_name, call.__defaults__, call.__closure__)
+
+
+class RecompileCheck:
+    """Wraps a prepared object: a timing call during which Dynamo compiled anything is an error
+    (the sample would hold compilation, or a fallback to eager after a recompile limit)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def time(self, calls: int) -> float:
+        before = _graph_count()
+        dt = self._inner.time(calls)
+        if _graph_count() != before:
+            raise RuntimeError("torch.compile recompiled during timing (guards failed); the sample is not "
+                               "of the compiled graph")
+        return dt
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def compile_module(module: torch.nn.Module, inputs: Sequence[torch.Tensor], settings: CompileSettings,
                    grad_mode: Any = torch.inference_mode) -> tuple[Any, dict[str, Any]]:
     """``torch.compile`` ``module`` and run it until compiled, under ``grad_mode`` (a context
@@ -67,11 +107,8 @@ def compile_module(module: torch.nn.Module, inputs: Sequence[torch.Tensor], sett
     about it (``compile_s``: the first call, i.e. the compilation; ``compiled_graphs``;
     ``recompiles_after_warmup``, which must stay 0); raises RuntimeError if Dynamo compiled nothing
     (it would otherwise run eagerly)."""
-    import torch._dynamo
-
-    torch._dynamo.reset()
     before = _graph_count()
-    compiled = torch.compile(module, mode=settings.mode, fullgraph=settings.fullgraph,
+    compiled = torch.compile(private_entry(module), mode=settings.mode, fullgraph=settings.fullgraph,
                              dynamic=settings.dynamic, backend=settings.backend)
     sync = torch.cuda.synchronize if any(t.is_cuda for t in inputs) else (lambda: None)
     t0 = time.perf_counter()
@@ -153,7 +190,7 @@ class CompileBackend:
             prepared = cls(fn, inputs, dev, config, self.precision)
         prepared.info.update(facts)
         prepared.info.update({"compile_mode": self.settings.mode, "graph_timing": self.graph_timing})
-        return prepared
+        return prepared if facts.get("passthrough") else RecompileCheck(prepared)
 
     def describe(self) -> dict[str, Any]:
         import torch._inductor.config as inductor_config
