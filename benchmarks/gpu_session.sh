@@ -13,7 +13,7 @@
 #   lut         the 769x1537 cudagraph LUT (its build time is in build-*.json and steps.tsv)
 #   lut2        a second build of the same LUT + compare-lut against the first (repeatability)
 #   fidelity    validate-lut over 50 sampled networks (needs lut)
-#   fit         latbench fit: the latency model on 40 D-optimal networks, judged on 20 held-out ones (needs lut)
+#   fit         latbench fit: the latency model on 40 uniform networks, judged on 20 held-out ones (needs lut)
 #   fps         nas fps eager / cudagraph / compile of a sampled network, host-bound flag (uses lut)
 #   throughput  search throughput, bf16 AMP + channels-last vs strict fp32
 #   backends    whole networks eager / cudagraph / compile, 2 architectures (optional)

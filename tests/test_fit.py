@@ -157,6 +157,18 @@ def test_fit_networks_drawn_from_the_search(fake_lut, tmp_path):
     assert res.to_dict()["request"]["search_fit_networks"] == 4
 
 
+def test_cli_draws_half_the_fit_networks_from_the_search_by_default(fake_lut, tmp_path):
+    search = tmp_path / "search.json"
+    search.write_text(json.dumps({"weights": {"conv_3x3": 3, "skip": 1, "max_pool_3x3": 1, "zero": 0.5}}))
+    r = CliRunner().invoke(cli, ["fit", str(fake_lut), "--space", TOY, "--no-progress", "--no-save", "--json",
+                                 "--fit-networks", "10", "--test-networks", "0", "--from-search", str(search),
+                                 "--search-networks", "4", "--rounds", "1", "--window", "0.002"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output[r.output.index("{"):])
+    assert d["request"]["search_fit_networks"] == 5
+    assert sum(n["key"].startswith("fits") for n in d["networks"]) == 5
+
+
 def test_real_cpu_fit_beats_the_raw_sum_on_held_out_networks(tmp_path):
     from nas.space import LGCNetSpace
     from search_support import RESOLUTION, tiny_space

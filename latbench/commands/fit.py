@@ -73,10 +73,11 @@ def render_text(d: dict) -> str:
                    "genotype.json written by `nas search`): searched networks sit where uniform samples rarely go.")
 @click.option("--search-networks", default=20, show_default=True, type=int,
               help="How many architectures to draw with --from-search.")
-@click.option("--search-fit-networks", default=0, show_default=True, type=int,
+@click.option("--search-fit-networks", default=None, type=int,
               help="With --from-search: this many of the --fit-networks are drawn from the search's α instead of "
                    "uniformly (disjoint from the held-out searched networks), so the fit sees the op mixes a search "
-                   "produces; the report adds the same model fitted on the uniform part alone.")
+                   "produces; the report adds the same model fitted on the uniform part alone. "
+                   "[default: half of --fit-networks with --from-search, else 0]")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
 @click.option("--resolution", default=None, help="Input HxW; required when the LUT holds several.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N. [default: the LUT's device type]")
@@ -118,6 +119,8 @@ def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_sea
         rc = RoundsConfig(rounds=rounds, window_s=window, statistic=statistic, drift_tolerance=drift_tolerance)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if search_fit_networks is None:
+        search_fit_networks = fit_networks // 2 if from_search else 0
     req = FitRequest(lut_path=lut, fit_networks=fit_networks, design=design, uniform_fit_networks=uniform_fit_networks,
                      search_fit_networks=search_fit_networks,
                      test_networks=test_networks,
