@@ -108,6 +108,7 @@ class Network:
     set: str
     arch: dict[str, Any]
     rows: dict[str, list[Row]]  # LUT column (median_us, p10_us) -> the network's rows
+    from_search: bool = False   # drawn from the search's α (held-out searched, or search-drawn fit networks)
 
 
 @dataclass
@@ -243,11 +244,13 @@ def sample_sets(space: Any, request: FitRequest,
                     break
         return got
 
-    def add(archs: list[dict[str, Any]], n: int, name: str, prefix: str | None = None) -> None:
+    def add(archs: list[dict[str, Any]], n: int, name: str, prefix: str | None = None,
+            from_search: bool = False) -> None:
         if len(archs) < n:
             raise UserError(f"could draw only {len(archs)} distinct {name} architectures of the {n} asked for "
                             "(the space or the search distribution is too small)")
-        out.extend(Network(f"{prefix or name}{i:03d}-{_arch_key(a)[:8]}", name, a, {}) for i, a in enumerate(archs))
+        out.extend(Network(f"{prefix or name}{i:03d}-{_arch_key(a)[:8]}", name, a, {}, from_search)
+                   for i, a in enumerate(archs))
 
     reference = space.sample_architecture(random.Random(f"latbench-fit-reference-{request.seed}"))
     taken.add(_arch_key(reference))
@@ -265,13 +268,14 @@ def sample_sets(space: Any, request: FitRequest,
         fit = fresh(n_uniform, request.seed, None)
     add(fit, n_uniform, "fit")
     if n_search_fit:
-        add(fresh(n_search_fit, request.seed + 4_000_003, request.from_search), n_search_fit, "fit", prefix="fits")
+        add(fresh(n_search_fit, request.seed + 4_000_003, request.from_search), n_search_fit, "fit", prefix="fits",
+            from_search=True)
     if request.uniform_fit_networks:
         add(fresh(request.uniform_fit_networks, request.seed + 3_000_003, None), request.uniform_fit_networks,
             "fit-uniform")
     add(test, request.test_networks, "test")
     if request.from_search:
-        add(search, request.search_networks, "search")
+        add(search, request.search_networks, "search", from_search=True)
     return out, reference
 
 
@@ -407,7 +411,7 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
         uni_model, _ = fit_model({c: [n.rows[c] for n in uni] for c in COLUMNS}, [measured[n.key] for n in uni],
                                  scope, overhead)
         ladder["model (uniform fit networks)"] = lambda net, m=uni_model: m.predict_rows(net[m.column])
-    uniform_part = [n for n in fit_nets if not n.key.startswith("fits")]
+    uniform_part = [n for n in fit_nets if not n.from_search]
     if len(uniform_part) < len(fit_nets) and len(uniform_part) >= MIN_FIT:
         # the ablation of search-drawn fit networks, at no extra measurement: the same fit on the uniform part only
         part_model, _ = fit_model({c: [n.rows[c] for n in uniform_part] for c in COLUMNS},
@@ -434,7 +438,7 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
         "by": "latbench fit", "date": now_iso(), "device": device_info.get("name"), "host": device_info.get("host"),
         "space": json.loads(json.dumps(setup.space.identity(), default=str)),
         "fit_networks": len(fit_nets), "fit_design": request.design, "seed": request.seed,
-        "fit_networks_from_search": sum(n.key.startswith("fits") for n in fit_nets),
+        "fit_networks_from_search": sum(n.from_search for n in fit_nets),
         "statistic": request.rounds.statistic,
         "rounds": request.rounds.rounds, "overhead_probe": "latbench.probe (x + 1 on a tiny tensor)",
         "held_out": {s: {"n": f["model"]["n"], "mape": f["model"]["mape"], "worst": f["model"]["worst"],

@@ -116,8 +116,9 @@ class ToySpace:
         """A search's result for the toy space: a JSON file {"weights": {op: weight}} (the op mix a
         search prefers), drawn per position."""
         import json
+        from pathlib import Path
 
-        weights = json.loads(open(path).read())["weights"]
+        weights = json.loads(Path(path).read_text())["weights"]
         ops = list(self.cell_ops)
         return {p: rng.choices(ops, [float(weights.get(o, 0.0)) for o in ops])[0] for p in CELL_POSITIONS}
 
