@@ -7,7 +7,7 @@
 For each scope and β, a real ``nas search`` on the synthetic data set priced by LUT (its latency
 model where it has one, ``--latency-model auto``), then every derived network measured end to end
 with the LUT's own backend and protocol, all of them in interleaved rounds
-(:func:`latbench.fit.measure_networks`). Reports, per scope, the measured latency against β, the
+(:func:`latbench.model.fit.measure_networks`). Reports, per scope, the measured latency against β, the
 predicted latency (the model's or Σ LUT), and whether measured latency falls monotonically as β
 grows (Spearman ρ of β vs latency, and every adjacent pair). The default α learning rate here is
 raised (``--lr-a 0.05``, as the demo does) so that a CPU search of a few minutes moves α at all; the
@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     # measure every derived network, interleaved, with the LUT's own backend and protocol
     import numpy as np
 
-    from latbench.fit import measure_networks
-    from latbench.interleave import RoundsConfig
-    from latbench.lut import read_lut
-    from latbench.model import ModelScope, lut_rows, model_for
+    from latbench.model.fit import measure_networks
+    from latbench.timing.interleave import RoundsConfig
+    from latbench.lut.table import read_lut
+    from latbench.model.latency_model import ModelScope, lut_rows, model_for
     from latbench.timing import get_backend
-    from latbench.validate import predict_us, resolve_setup
+    from latbench.model.validate import predict_us, resolve_setup
 
     lut = read_lut(args.lut)
     setup = resolve_setup(lut)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         rs = [r for r in runs if r["scope"] == scope]
         by_beta = {b: float(np.mean([r["measured_us"] for r in rs if r["beta"] == b])) for b in betas}
         lat = [by_beta[b] for b in betas]
-        from latbench.metrics_fit import spearman_rho
+        from latbench.model.metrics import spearman_rho
 
         summary[scope] = {"measured_us_by_beta": by_beta, "spearman_beta_vs_latency": spearman_rho(betas, lat),
                           "monotone_non_increasing": all(a >= b for a, b in zip(lat, lat[1:]))}

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from latbench.errors import UserError
     from latbench.fileio import atomic_write_text
     from latbench.space import parse_resolution
-    from latbench.validate import plot_validation, validate_lut
+    from latbench.model.validate import plot_validation, validate_lut
 
     command = "python benchmarks/lut_fidelity.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     import os
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     import statistics
 
     d["median_noise"] = statistics.median(s.measurement.noise for s in ok) if ok else None
-    from latbench.lut import read_lut
+    from latbench.lut.table import read_lut
 
     meta = read_lut(args.lut).meta
     d["lut_provenance"] = {k: meta.get(k) for k in ("name", "created", "device", "versions", "backend_info", "build")}

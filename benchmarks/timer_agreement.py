@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from latbench.build import make_inputs
+from latbench.build.builder import make_inputs
 from latbench.device import describe_device, resolve_device, software_versions
 from latbench.fileio import atomic_write_text
 from latbench.space import OpSpec, load_space, parse_resolution

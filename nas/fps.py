@@ -44,7 +44,7 @@ from torch import nn
 from latbench.device import describe_device, name_matches, software_versions
 from latbench.errors import UserError
 from latbench.fileio import FileLock, atomic_write_text, file_sha256
-from latbench.lut import LUT, now_iso, read_lut
+from latbench.lut.table import LUT, now_iso, read_lut
 from latbench.space import format_resolution
 from latbench.timing import Measurement, TimingConfig, get_backend, measure
 from nas.genotype import Genotype
@@ -168,8 +168,8 @@ def lut_prediction(lut: LUT, lut_path: str, genotype: Genotype, height: int, wid
     legacy calibrated a·Σ + b if stored, and the latency model's prediction (``latbench fit``)
     when the LUT has a model for these rows (``latency_model="none"`` skips it; a LUT whose
     models were all fitted for another scope is refused in one line)."""
-    from latbench.model import ModelScope, lut_rows, model_for
-    from latbench.validate import predict_us
+    from latbench.model.latency_model import ModelScope, lut_rows, model_for
+    from latbench.model.validate import predict_us
     from nas.space import LGCNetSpace
 
     rows = LGCNetSpace(genotype.config).architecture_rows(genotype.arch)

@@ -1,4 +1,4 @@
-"""Small LUTs built by hand for tests, written through :mod:`latbench.lut` (the project's one
+"""Small LUTs built by hand for tests, written through :mod:`latbench.lut.table` (the project's one
 LUT writer), so tests exercise the real file format.
 
     lut = make_lut({"cell0.e0": {"conv_3x3": 10.0, "skip": 1.0, "zero": 0.0}}, name="a")
@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from latbench.lut import LUT, SCHEMA_VERSION, now_iso, write_lut
+from latbench.lut.table import LUT, SCHEMA_VERSION, now_iso, write_lut
 
 DEFAULT_RES = (32, 64)
 

@@ -21,7 +21,7 @@ def tiny_space(**changes) -> SpaceConfig:
 
 
 def build_tiny_lut(path: Path, **changes) -> Path:
-    from latbench.build import build_lut
+    from latbench.build.builder import build_lut
     from latbench.timing import TimingConfig
     from nas.space import LGCNetSpace
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from latbench.cli import cli as latbench_cli
 from latbench.errors import UserError
-from latbench.lut import read_lut, write_lut
+from latbench.lut.table import read_lut, write_lut
 from nas.config import DEPLOY_WIDTH_MULT, SpaceConfig
 from nas.genotype import Architecture
 from nas.search.config import LUTConfig

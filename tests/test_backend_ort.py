@@ -126,7 +126,7 @@ def test_bad_requests_are_one_line_user_errors(tmp_path, kw, match):
 def test_build_lut_cli_with_ort_backend(tmp_path):
     """``latbench build-lut --backend ort`` end to end (toy space, tiny protocol)."""
     from latbench.cli import cli
-    from latbench.lut import read_lut
+    from latbench.lut.table import read_lut
 
     out = tmp_path / "toy-ort.parquet"
     args = ["build-lut", "--gpu", "cpu", "--device", "cpu", "--backend", "ort", "--space", "toy_space:ToySpace",

@@ -35,7 +35,7 @@ import torch
 from click.testing import CliRunner
 
 from latbench.cli import cli as latbench_cli
-from latbench.lut import META_KEY, read_lut
+from latbench.lut.table import META_KEY, read_lut
 from nas.cli import cli as nas_cli
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -155,7 +155,7 @@ def _tiny_lut(path: Path) -> Path:
     import pandas as pd
 
     from latbench.device import describe_device
-    from latbench.lut import LUT
+    from latbench.lut.table import LUT
     from lut_factory import make_meta, make_row, write
     from nas.config import SpaceConfig
     from nas.space import LGCNetSpace

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from latbench.build import build_lut, journal_path, lock_path
+from latbench.build.builder import build_lut, journal_path, lock_path
 from latbench.errors import UserError
 from latbench.fileio import read_journal
-from latbench.lut import ROW_ID, read_lut
+from latbench.lut.table import ROW_ID, read_lut
 from latbench.timing import TimingConfig
 
 from toy_space import ToySpace
@@ -90,7 +90,7 @@ def test_rerun_of_complete_build_times_nothing_and_adds_resolutions(tmp_path, to
 
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    from latbench.build import build_lut
+    from latbench.build.builder import build_lut
     from latbench.timing import TimingConfig
     from toy_space import ToySpace
     cfg = TimingConfig(**{config})
@@ -142,7 +142,7 @@ def test_torn_journal_line_is_ignored(tmp_path, toy_space, fast_config):
     key = lut.df[lut.df.status == "ok"].key.iloc[0]
     out.unlink()
     jp = journal_path(out)
-    from latbench.build import _compat
+    from latbench.build.builder import _compat
 
     header = {"type": "header", "compat": _compat(lut.meta)}
     rec = {"type": "timing", "key": key, "fields": {"median_us": 1.5, "status": "ok", "samples": 3},

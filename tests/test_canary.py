@@ -1,4 +1,4 @@
-"""The build's canary (latbench.canary): a slow episode during a LUT build is detected, the
+"""The build's canary (latbench.timing.canary): a slow episode during a LUT build is detected, the
 entries timed during it are timed again, and the drift is recorded in the LUT's provenance."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from latbench.build import build_lut
-from latbench.canary import CanaryConfig
-from latbench.lut import read_lut
+from latbench.build.builder import build_lut
+from latbench.timing.canary import CanaryConfig
+from latbench.lut.table import read_lut
 from latbench.timing import TimingConfig
 
 COST_US = {"stem": 100.0, "conv_3x3": 60.0, "max_pool_3x3": 15.0, "add": 5.0, "head": 30.0}

@@ -1,4 +1,4 @@
-"""latbench.compare on hand-built LUTs whose right answers are known."""
+"""latbench.lut.compare on hand-built LUTs whose right answers are known."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from latbench.compare import CompareOptions, compare_luts, compare_pair, decide_position, resolve_baseline
+from latbench.lut.compare import CompareOptions, compare_luts, compare_pair, decide_position, resolve_baseline
 from latbench.errors import LUTError, UserError
 from lut_factory import make_lut
 
@@ -174,7 +174,7 @@ def test_lut_with_two_backends_per_entry_is_refused():
     b2 = make_lut({"cell0.e0": dict(CELL)}, backend="cudagraph")
     import pandas as pd
 
-    from latbench.lut import LUT
+    from latbench.lut.table import LUT
 
     both = LUT(pd.concat([b1.df, b2.df], ignore_index=True), b1.meta)
     with pytest.raises(LUTError, match="one backend"):

@@ -272,7 +272,7 @@ def test_two_processes_released_together_on_a_stale_lock_never_both_take_it(tmp_
 def test_a_build_whose_disk_fills_releases_its_lock_and_keeps_whole_journal_lines(tmp_path, fast_config):
     """The disk fills after the first timing: the build ends with one OutputError, no stale lock,
     no torn journal line; once space is freed, the rerun keeps the first timing and finishes."""
-    from latbench.build import build_lut, journal_path
+    from latbench.build.builder import build_lut, journal_path
     from latbench.fileio import lock_path
     from toy_space import ToySpace
 

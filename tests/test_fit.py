@@ -18,14 +18,14 @@ import pytest
 from click.testing import CliRunner
 from torch import nn
 
-from latbench.build import build_lut
+from latbench.build.builder import build_lut
 from latbench.cli import cli
 from latbench.errors import UserError
-from latbench.fit import FitRequest, journal_path, run_fit
-from latbench.interleave import RoundsConfig
-from latbench.lut import LUT, read_lut, write_lut
-from latbench.model import stored_models
-from latbench.probe import CallProbe
+from latbench.model.fit import FitRequest, journal_path, run_fit
+from latbench.timing.interleave import RoundsConfig
+from latbench.lut.table import LUT, read_lut, write_lut
+from latbench.model.latency_model import stored_models
+from latbench.timing.probe import CallProbe
 from latbench.timing import TimingConfig, register_backend
 
 TOY = "toy_space:ToySpace"

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from latbench.build import build_lut
+from latbench.build.builder import build_lut
 from latbench.errors import UserError
 from latbench.timing import TimingConfig
 from nas.cli import cli

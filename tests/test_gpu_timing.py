@@ -75,7 +75,7 @@ def test_out_of_memory_is_a_failed_measurement_not_a_crash():
 def test_build_on_the_gpu(tmp_path):
     from toy_space import ToySpace
 
-    from latbench.build import build_lut
+    from latbench.build.builder import build_lut
 
     cfg = TimingConfig(warmup_s=0.05, min_samples=5, min_time_s=0.05, max_time_s=0.2, max_noise=0.05)
     lut = build_lut(ToySpace(), [(64, 128)], "cudagraph", cfg, tmp_path / "g.parquet", "gpu", device="cuda:0",

@@ -1,4 +1,4 @@
-"""Interleaved rounds (latbench.interleave) on a simulated machine: items whose per-call time is
+"""Interleaved rounds (latbench.timing.interleave) on a simulated machine: items whose per-call time is
 known, a clock the test controls, and slow episodes the test switches on."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from latbench.interleave import RoundsConfig, Window, aggregate, measure_interleaved
+from latbench.timing.interleave import RoundsConfig, Window, aggregate, measure_interleaved
 from latbench.timing import TimingConfig
 
 

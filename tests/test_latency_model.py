@@ -1,4 +1,4 @@
-"""The latency model (latbench.model) and its fit (latbench.modelfit) on synthetic networks whose
+"""The latency model (latbench.model.latency_model) and its fit (latbench.model.fitting) on synthetic networks whose
 true cost is known: per-call overhead paid once per row but once per network, fusion savings per
 op type, a context slope, a constant."""
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from latbench.errors import LUTError, UserError
-from latbench.model import LatencyModel, ModelScope, model_for, stored_models, with_model
-from latbench.modelfit import features, fit_fixed, fit_model, mechanisms, raw_sum
+from latbench.model.latency_model import LatencyModel, ModelScope, model_for, stored_models, with_model
+from latbench.model.fitting import features, fit_fixed, fit_model, mechanisms, raw_sum
 
 SCOPE = ModelScope("fake", "fp32", 32, 64, 1, "warm", {"type": "cpu", "name": "Fake CPU"})
 OPS = {"conv": 40.0, "sep": 25.0, "pool": 8.0, "skip": 3.0}
@@ -179,7 +179,7 @@ def test_corrupt_model_metadata_is_refused_in_one_line(bad):
 
 
 def test_d_optimal_design_spreads_the_fit_networks_over_every_direction():
-    from latbench.fit import d_optimal
+    from latbench.model.fit import d_optimal
 
     rng = np.random.default_rng(0)
     pool = rng.multinomial(80, [1 / 8] * 8, size=2000).astype(float)  # op counts of uniform networks

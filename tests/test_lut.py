@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from latbench.errors import LUTError
-from latbench.lut import COLUMNS, LUT, META_KEY, SCHEMA_VERSION, read_lut, write_lut
+from latbench.lut.table import COLUMNS, LUT, META_KEY, SCHEMA_VERSION, read_lut, write_lut
 
 
 def _row(position, op, median, status="ok", h=16, w=32, key=None):

@@ -1,12 +1,12 @@
-"""latbench.merge: pieces combine, provenance conflicts are refused, duplicates resolve predictably."""
+"""latbench.lut.merge: pieces combine, provenance conflicts are refused, duplicates resolve predictably."""
 
 from __future__ import annotations
 
 import pytest
 
 from latbench.errors import LUTError, UserError
-from latbench.lut import read_lut
-from latbench.merge import find_conflicts, merge_luts
+from latbench.lut.table import read_lut
+from latbench.lut.merge import find_conflicts, merge_luts
 from lut_factory import make_lut, write
 
 CELL = {"conv_3x3": 10.0, "skip": 1.0, "zero": 0.0}
@@ -92,6 +92,6 @@ def test_one_input_is_refused():
 
 def test_merge_uses_the_build_lock_file(tmp_path):
     from latbench.fileio import lock_path
-    from latbench.merge import output_lock
+    from latbench.lut.merge import output_lock
 
     assert output_lock(tmp_path / "x.parquet") == lock_path(tmp_path / "x.parquet")

@@ -1,4 +1,4 @@
-"""latbench.metrics_fit against hand-computed values and independent numpy/scipy computations."""
+"""latbench.model.metrics against hand-computed values and independent numpy/scipy computations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from latbench.metrics_fit import (fidelity, fit_affine, kendall_tau, mape, relative_errors, share_within,
+from latbench.model.metrics import (fidelity, fit_affine, kendall_tau, mape, relative_errors, share_within,
                                   spearman_rho)
 
 # A small recorded set: Σ LUT (µs) and measured (µs) of five architectures.

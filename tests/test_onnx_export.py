@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latbench.errors import UserError
-from latbench.onnx_export import (AdaptiveAvgPoolAsMatMul, ExportSettings, OnnxExportError, adaptive_pool_matrix,
+from latbench.backends.onnx_export import (AdaptiveAvgPoolAsMatMul, ExportSettings, OnnxExportError, adaptive_pool_matrix,
                                   export_onnx)
 from nas.config import SpaceConfig
 from nas.ops import CELL_PRIMITIVES, FUSION_PRIMITIVES, UP_PRIMITIVES, build_op

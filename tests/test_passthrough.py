@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latbench.build import build_lut, journal_path
+from latbench.build.builder import build_lut, journal_path
 from latbench.fileio import read_journal
-from latbench.lut import read_lut
+from latbench.lut.table import read_lut
 from latbench.timing.passthrough import is_passthrough
 
 

@@ -88,8 +88,8 @@ def test_precision_mode_is_recorded():
 
 
 def test_the_build_records_the_precision_mode(tmp_path, toy_space, fast_config):
-    from latbench.build import build_lut
-    from latbench.lut import read_lut
+    from latbench.build.builder import build_lut
+    from latbench.lut.table import read_lut
 
     build_lut(toy_space, [(16, 32)], "cpu", fast_config, tmp_path / "p.parquet", "cpu", progress=False)
     meta = read_lut(tmp_path / "p.parquet").meta

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from search_support import build_tiny_lut
 
-from latbench.lut import read_lut
+from latbench.lut.table import read_lut
 from nas.commands.sample import sample
 from nas.genotype import Genotype
 from nas.space import LGCNetSpace

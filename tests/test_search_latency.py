@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from latbench.errors import UserError
-from latbench.lut import read_lut, write_lut
+from latbench.lut.table import read_lut, write_lut
 from nas.ops import CELL_PRIMITIVES
 from nas.search.arch_params import ArchParams, gumbel_softmax
 from nas.search.config import LUTConfig
@@ -113,8 +113,8 @@ def test_calibration_from_lut_metadata(lut_path, tmp_path):
 def _model_lut(lut_path, tmp_path, **scope_changes):
     """The tiny LUT with a latency model stored in its metadata (per-op slopes, a per-row term,
     an overhead, a constant: every part of the model is exercised)."""
-    from latbench.model import LatencyModel, ModelScope, with_model
-    from latbench.lut import LUT
+    from latbench.model.latency_model import LatencyModel, ModelScope, with_model
+    from latbench.lut.table import LUT
 
     lut = read_lut(lut_path)
     scope = ModelScope.of_lut(lut.meta, *RESOLUTION, 1)
@@ -130,7 +130,7 @@ def _model_lut(lut_path, tmp_path, **scope_changes):
 
 
 def test_a_latency_model_prices_every_row_and_the_expectation_is_exact(lut_path, tmp_path):
-    from latbench.model import lut_rows
+    from latbench.model.latency_model import lut_rows
     from nas.genotype import Architecture
 
     p, model = _model_lut(lut_path, tmp_path)

@@ -203,7 +203,7 @@ def _one_line_error(r, *needles):
 
 
 def test_cli_bad_input_is_one_line_exit_2(lut_path, tmp_path):
-    from latbench.lut import read_lut, write_lut
+    from latbench.lut.table import read_lut, write_lut
 
     base = ["search", "--dataset", "synthetic", "--out", str(tmp_path / "x")]
     _one_line_error(_invoke(base + ["--lut", str(tmp_path / "missing.parquet")]), "does not exist")
@@ -247,8 +247,8 @@ def test_cli_resume_refuses_changed_options(lut_path, tmp_path):
 
 
 def test_a_search_priced_by_a_latency_model_resumes_exactly_and_says_which_model(lut_path, tmp_path):
-    from latbench.lut import LUT, read_lut, write_lut
-    from latbench.model import LatencyModel, ModelScope, with_model
+    from latbench.lut.table import LUT, read_lut, write_lut
+    from latbench.model.latency_model import LatencyModel, ModelScope, with_model
     from nas.search.config import LUTConfig
     from search_support import RESOLUTION
 
@@ -271,7 +271,7 @@ def test_a_search_priced_by_a_latency_model_resumes_exactly_and_says_which_model
     assert geno["meta"]["lut"]["latency_model"]["id"] == model.model_id
     assert geno["meta"]["lut"]["latency_scope"] == "network"
     # the genotype's predicted latency is the model's, not the raw sum
-    from latbench.model import lut_rows
+    from latbench.model.latency_model import lut_rows
     from nas.space import LGCNetSpace
 
     rows = LGCNetSpace(cfg.space).architecture_rows({"cells": geno["cells"], "fusion": geno["fusion"]})

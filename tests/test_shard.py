@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from latbench.build import build_lut, journal_path
+from latbench.build.builder import build_lut, journal_path
 from latbench.errors import UserError
 from latbench.fileio import lock_path, read_journal
-from latbench.lut import read_lut
-from latbench.shard import check_rank_devices, deal, existing_shards, shard_path
+from latbench.lut.table import read_lut
+from latbench.build.shard import check_rank_devices, deal, existing_shards, shard_path
 from latbench.timing import TimingConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def test_two_cpu_ranks_build_one_complete_lut(tmp_path, toy_space):
 
 KILL = textwrap.dedent("""
     import os, signal, sys
-    from latbench.build import build_lut
+    from latbench.build.builder import build_lut
     from latbench.timing import TimingConfig
     from toy_space import ToySpace
     n = []

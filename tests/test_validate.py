@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats
 
-from latbench.build import build_lut
+from latbench.build.builder import build_lut
 from latbench.cli import cli
 from latbench.errors import UserError
-from latbench.interleave import RoundsConfig
-from latbench.lut import read_lut, write_lut
-from latbench.validate import predict_us, sample_architectures, save_calibration, validate_lut
+from latbench.timing.interleave import RoundsConfig
+from latbench.lut.table import read_lut, write_lut
+from latbench.model.validate import predict_us, sample_architectures, save_calibration, validate_lut
 
 TOY = "toy_space:ToySpace"
 FAST = RoundsConfig(rounds=3, window_s=0.01)  # interleaved rounds, short: for behaviour, not accuracy
@@ -140,7 +140,7 @@ def test_sampling_from_a_search_follows_its_probabilities(tmp_path):
     import random as _random
 
     from latbench.errors import UserError as _UserError
-    from latbench.validate import sample_architectures
+    from latbench.model.validate import sample_architectures
     from nas.config import SpaceConfig
     from nas.fusion import edge_candidates
     from nas.genotype import Architecture, Genotype

@@ -1,6 +1,6 @@
 """The ``ort`` backend: ONNX Runtime, timed with latbench's protocol.
 
-``prepare`` exports the module to ONNX (:mod:`latbench.onnx_export`, cached), opens an
+``prepare`` exports the module to ONNX (:mod:`latbench.backends.onnx_export`, cached), opens an
 ``InferenceSession`` with explicit session options and binds inputs and outputs once with I/O
 binding, so that a timed call is ``session.run_with_iobinding`` and nothing else:
 
@@ -47,7 +47,7 @@ import torch
 
 from latbench.backends import INSTALL_HINTS
 from latbench.errors import UserError
-from latbench.onnx_export import DEFAULT_OPSET, ExportedModel, ExportSettings, export_onnx, resolve_cache_dir
+from latbench.backends.onnx_export import DEFAULT_OPSET, ExportedModel, ExportSettings, export_onnx, resolve_cache_dir
 from latbench.timing.config import TimingConfig
 from latbench.timing.precision import check_precision, precision_mode, tensor_precision
 

@@ -5,7 +5,7 @@ Written against the documented TensorRT 10/11 Python API; **never run in this pr
 
 ``prepare``:
 
-1. exports the module to ONNX (:mod:`latbench.onnx_export`; FP16 engines come from an FP16 ONNX
+1. exports the module to ONNX (:mod:`latbench.backends.onnx_export`; FP16 engines come from an FP16 ONNX
    file, because TensorRT 11 networks are strongly typed and 10.x's ``BuilderFlag.FP16`` is gone);
 2. builds a strongly typed network from it (``OnnxParser``; the ``STRONGLY_TYPED`` creation flag
    on 10.x, accepted and implied on 11.x), ``builder.build_serialized_network`` with the recorded
@@ -40,7 +40,7 @@ import torch
 from latbench.backends import INSTALL_HINTS
 from latbench.errors import UserError
 from latbench.fileio import atomic_write
-from latbench.onnx_export import DEFAULT_OPSET, ExportedModel, ExportSettings, export_onnx, resolve_cache_dir
+from latbench.backends.onnx_export import DEFAULT_OPSET, ExportedModel, ExportSettings, export_onnx, resolve_cache_dir
 from latbench.timing.config import TimingConfig
 from latbench.timing.precision import DTYPES, check_precision, precision_mode, tensor_precision
 

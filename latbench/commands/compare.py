@@ -24,8 +24,8 @@ def print_terminal(c, max_flips: int = 15) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from latbench.compare import iter_flipped
-    from latbench.report_md import fmt
+    from latbench.lut.compare import iter_flipped
+    from latbench.lut.report_md import fmt
 
     con = Console()
     t = Table(title="Provenance (fields that differ, plus identity)", title_justify="left")
@@ -108,9 +108,9 @@ def compare_lut(luts: Sequence[str], baseline: str | None, report: str | None, p
     Entries match on (position, op key, resolution); backend, precision, cache and threads may
     differ, they are what is compared. Ratio = other/baseline (> 1: slower than the baseline).
     """
-    from latbench.compare import CompareOptions, compare_luts, resolve_baseline, unique_labels
+    from latbench.lut.compare import CompareOptions, compare_luts, resolve_baseline, unique_labels
     from latbench.fileio import atomic_write_text, check_writable
-    from latbench.lut import read_lut
+    from latbench.lut.table import read_lut
 
     if len(luts) < 2:
         raise UserError(f"compare-lut needs at least two LUTs, got {len(luts)}: "
@@ -126,11 +126,11 @@ def compare_lut(luts: Sequence[str], baseline: str | None, report: str | None, p
     c = compare_luts(tables, list(luts), baseline=base, labels=labels,
                      options=CompareOptions(tie_rel=tie_rel, tie_abs_us=tie_abs_us))
     if plot:
-        from latbench.plots import compare_plot
+        from latbench.lut.plots import compare_plot
 
         compare_plot(c, plot)
     if report:
-        from latbench.report_md import render_markdown
+        from latbench.lut.report_md import render_markdown
 
         cmd = "latbench compare-lut " + " ".join(luts) + (f" --baseline {baseline}" if baseline else "") + \
             (f" --tie-rel {tie_rel:g} --tie-abs-us {tie_abs_us:g}" if (tie_rel, tie_abs_us) != (0.02, 0.0) else "")

@@ -26,7 +26,7 @@ def _f(v, spec: str = ".2f") -> str:
 
 
 def render_text(d: dict) -> str:
-    """A human summary of :meth:`latbench.fit.FitResult.to_dict`."""
+    """A human summary of :meth:`latbench.model.fit.FitResult.to_dict`."""
     m = d["model"]
     meas = d["measurement"]
     prov = m.get("provenance") or {}
@@ -109,8 +109,8 @@ def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_sea
     `nas search`, `nas fps` and `nas sample`. Resumable: rerun the same command after a crash."""
     from latbench.errors import UserError
     from latbench.fileio import check_outputs
-    from latbench.fit import FitRequest, run_fit
-    from latbench.interleave import RoundsConfig
+    from latbench.model.fit import FitRequest, run_fit
+    from latbench.timing.interleave import RoundsConfig
     from latbench.space import parse_resolution
 
     hw = parse_resolution(resolution) if resolution else None
@@ -132,7 +132,7 @@ def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_sea
         result = run_fit(req, on_event=progress.event, on_progress=progress.update)
     d = result.to_dict()
     if plot_path:
-        from latbench.plots import plot_fit
+        from latbench.lut.plots import plot_fit
 
         d["plot"] = str(plot_fit(d, plot_path))
     if as_json:

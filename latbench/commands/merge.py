@@ -28,8 +28,8 @@ def merge_lut(output: str, inputs: Sequence[str], force: bool, as_json: bool) ->
     timing over a failure, then unthrottled, more samples, lower noise, earlier source.
     """
     from latbench.fileio import FileLock, check_writable
-    from latbench.lut import read_lut, write_lut
-    from latbench.merge import merge_luts, output_lock
+    from latbench.lut.table import read_lut, write_lut
+    from latbench.lut.merge import merge_luts, output_lock
 
     if len(inputs) < 2:
         raise UserError(f"merge-lut needs at least two input LUTs, got {len(inputs)}: "

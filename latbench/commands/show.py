@@ -61,7 +61,7 @@ def summarize_lut(lut, top: int = 10, space: Any = None) -> dict[str, Any]:
 
 def _models(meta: dict[str, Any]) -> list[dict[str, Any]]:
     """Summaries of the LUT's latency models (``latbench fit``), with their held-out figures."""
-    from latbench.model import stored_models
+    from latbench.model.latency_model import stored_models
 
     out = []
     for m in stored_models(meta):
@@ -148,7 +148,7 @@ def _print_report(r: dict[str, Any]) -> None:
 def show(lut_path, top, space_name, as_json) -> None:
     """Print a LUT's provenance, coverage per position kind / stage and resolution, and its
     slowest entries."""
-    from latbench.lut import read_lut
+    from latbench.lut.table import read_lut
     from latbench.space import load_space
 
     lut = read_lut(lut_path)

@@ -87,10 +87,10 @@ def validate_lut(lut, samples, seed, resolution, device, as_json, plot_path, sav
     (`latbench fit`), the model's figures side by side."""
     from latbench.errors import UserError
     from latbench.fileio import check_outputs
-    from latbench.interleave import RoundsConfig
+    from latbench.timing.interleave import RoundsConfig
     from latbench.progress import PhaseProgress
     from latbench.space import parse_resolution
-    from latbench.validate import plot_validation, save_calibration as store, validate_lut as run
+    from latbench.model.validate import plot_validation, save_calibration as store, validate_lut as run
 
     hw = parse_resolution(resolution) if resolution else None
     check_outputs(files={"--plot": plot_path, "--save-calibration (the LUT)": lut if save_calibration else None})

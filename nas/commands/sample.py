@@ -38,7 +38,7 @@ def sample(lut_path: str, num: int, min_fps: float | None, resolution: str | Non
     """Random-search baselines (paper Table VII): N genotypes drawn uniformly (a), or only among
     architectures predicted faster than --min-fps (b)."""
     from latbench.fileio import check_outputs
-    from latbench.lut import read_lut
+    from latbench.lut.table import read_lut
     from latbench.space import parse_resolution
     from nas.config import SpaceConfig
     from nas.genotype import Architecture, Genotype

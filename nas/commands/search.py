@@ -47,7 +47,7 @@ def _choice(value: str | None, allowed: tuple[str, ...], what: str) -> str | Non
 
 
 def _lut_space_config(path: str) -> dict[str, Any]:
-    from latbench.lut import read_lut
+    from latbench.lut.table import read_lut
     from nas.space import NAME
 
     lut = read_lut(path)

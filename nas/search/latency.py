@@ -14,7 +14,7 @@ network's predicted latency (as :meth:`nas.space.LGCNetSpace.architecture_rows` 
 architecture) — a larger LAT, so the same β pushes less (d log LAT = dLAT / LAT).
 
 Each lat_m is a *priced* row cost: when the LUT holds a latency model fitted for these rows
-(``latbench fit``; :mod:`latbench.model`: measured per-call overhead removed, per-op-group
+(``latbench fit``; :mod:`latbench.model.latency_model`: measured per-call overhead removed, per-op-group
 corrections, a constant), its corrected cost — the model is additive over rows, so the expectation
 under the Gumbel-softmax weights is exact; otherwise the LUT's median (and, in the ``network``
 scope, the legacy affine calibration a·Σ+b of ``validate-lut --save-calibration``).
@@ -40,7 +40,7 @@ import torch
 
 from latbench.errors import LUTError, UserError
 from latbench.fileio import file_sha256
-from latbench.lut import LUT, read_lut
+from latbench.lut.table import LUT, read_lut
 from latbench.space import format_resolution
 from nas.config import SpaceConfig
 from nas.genotype import SPACE_VERSION, Architecture
@@ -63,7 +63,7 @@ class LatencyTable:
     ``cell``: ``[K, p, q]`` (q = 8, ``CELL_PRIMITIVES`` order); ``fusion``: one vector per fusion
     edge in its candidates' order; ``fixed``: µs of the fixed parts. These are the *priced* costs:
     the LUT's medians, or — when the LUT holds a latency model fitted for these rows
-    (``latbench fit``, :mod:`latbench.model`) — each row's corrected cost, with the model's
+    (``latbench fit``, :mod:`latbench.model.latency_model`) — each row's corrected cost, with the model's
     constant added to ``fixed``. ``raw_*`` keep the plain LUT medians (Σ LUT, for reports);
     ``calibration`` is a legacy affine ``(a, b)`` applied to a whole-network sum when there is no
     model. ``scope`` says what LAT prices: ``"cells"`` (eq. 9: the cells' edges, the paper's
@@ -231,7 +231,7 @@ def build_command(lut: LUT, path: str, resolution: tuple[int, int], retry_failed
         "max_noise", "max_time_s", "min_time_s", "warmup_s", "cold_cache", "threads") and proto[k] != defaults[k])
     if odd:
         cmd += (f" (this LUT's protocol also sets {', '.join(odd)}, which build-lut's options do not: "
-                f"finish it with latbench.build.build_lut and the LUT's protocol)")
+                f"finish it with latbench.build.builder.build_lut and the LUT's protocol)")
     older = sorted(k for k in defaults if k not in proto)
     if proto and older:
         cmd += (f" — but this LUT was measured before the timing protocol had {', '.join(older)}, so a build "
@@ -345,7 +345,7 @@ def _priced_rows(lut: LUT, model: Any, positions: Sequence[str], candidates: Seq
 def build_table(lut: LUT, config: SpaceConfig, resolution: tuple[int, int], batch: int,
                 calibration: bool = True, model: Any = None, scope: str = "network") -> LatencyTable:
     """The :class:`LatencyTable` of a LUT that passed :func:`check_lut`, priced by ``model`` (a
-    :class:`latbench.model.LatencyModel` for these rows) or, without one, by the raw medians and
+    :class:`latbench.model.latency_model.LatencyModel` for these rows) or, without one, by the raw medians and
     the LUT's legacy ``calibration`` (when ``calibration`` is true)."""
     from nas.fusion import edge_candidates
     from nas.space import LGCNetSpace
@@ -428,7 +428,7 @@ def resolve_model(lut: LUT, request: LUTConfig, backend: str, precision: str, re
     """The latency model that prices this search: the LUT's model for these rows with
     ``latency_model="auto"`` (None when the LUT has none), none with ``"none"``; a LUT whose models
     were fitted for another backend, precision, resolution, batch or device is refused (one line)."""
-    from latbench.model import ModelScope, model_for
+    from latbench.model.latency_model import ModelScope, model_for
 
     if request.latency_model == "none":
         return None

@@ -1,5 +1,5 @@
 """Merge LUTs built in pieces (different resolutions on different days, several GPUs of one
-model) into one LUT. Pure computation on :class:`~latbench.lut.LUT` objects.
+model) into one LUT. Pure computation on :class:`~latbench.lut.table.LUT` objects.
 
 - **Provenance must agree** on :data:`MUST_AGREE`: the device identity (type, name, compute
   capability), backend, precision, batch, cache state, measurement protocol (which holds the
@@ -9,7 +9,7 @@ model) into one LUT. Pure computation on :class:`~latbench.lut.LUT` objects.
   :class:`LUTError` unless ``force=True``; then the disagreeing top-level fields read
   ``"mixed"`` (so a later ``build-lut`` resume or a merge without force refuses the file) and
   ``meta["merged"]["conflicts"]`` lists them.
-- **Duplicate rows** (same :data:`latbench.lut.ROW_ID`: position, op, height, width, backend,
+- **Duplicate rows** (same :data:`latbench.lut.table.ROW_ID`: position, op, height, width, backend,
   precision, batch) keep exactly one, chosen by :func:`preference` (deterministic): a successful
   timing over an analytic row over a failure; then not throttled; then more samples; then lower
   noise; then the input given first. The count (and how many disagreed by more than 5 % in
@@ -29,7 +29,7 @@ import pandas as pd
 
 from latbench.errors import LUTError, UserError
 from latbench.fileio import lock_path
-from latbench.lut import LUT, ROW_ID, SCHEMA_VERSION, concat_rows, now_iso
+from latbench.lut.table import LUT, ROW_ID, SCHEMA_VERSION, concat_rows, now_iso
 
 MUST_AGREE = ("device", "backend", "precision", "batch", "cache", "protocol", "space")
 DEVICE_IDENTITY = ("type", "name", "compute_capability")

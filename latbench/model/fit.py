@@ -2,19 +2,19 @@
 
 :func:`run_fit`:
 
-1. reads the LUT and, from its metadata, how it was measured (:func:`latbench.validate.resolve_setup`:
+1. reads the LUT and, from its metadata, how it was measured (:func:`latbench.model.validate.resolve_setup`:
    space, backend, precision, batch, protocol, device — a different device is refused);
 2. samples three disjoint sets of architectures with ``random.Random``: ``fit`` (uniform), ``test``
    (uniform, held out) and, with ``from_search``, ``search`` (drawn from a search's α, held out),
    plus one *reference* network; every LUT row they need must be there (checked before timing);
 3. builds and prepares every network with the LUT's own backend, and a near-empty *probe* op that
-   measures the backend's per-call overhead (:mod:`latbench.probe`);
-4. measures all of them in interleaved rounds (:mod:`latbench.interleave`), the reference network
+   measures the backend's per-call overhead (:mod:`latbench.timing.probe`);
+4. measures all of them in interleaved rounds (:mod:`latbench.timing.interleave`), the reference network
    watching for slow episodes; every finished window goes to a journal next to the LUT
    (``LUT.fit.jsonl``), so a killed fit resumes and loses at most the window in flight;
-5. fits the model on the fit networks only (:func:`latbench.modelfit.fit_model`: grouping and λ by
+5. fits the model on the fit networks only (:func:`latbench.model.fitting.fit_model`: grouping and λ by
    cross-validation on the fit set) and reports, on each held-out set, the figures of every
-   mechanism of the ablation ladder (:func:`latbench.modelfit.mechanisms`) side by side;
+   mechanism of the ablation ladder (:func:`latbench.model.fitting.mechanisms`) side by side;
 6. stores the model in the LUT's metadata (``latency_models``, replacing one of the same scope)
    under the LUT's lock, atomically, with its provenance.
 """
@@ -35,11 +35,11 @@ import torch
 
 from latbench.errors import UserError
 from latbench.fileio import FileLock, Journal, check_writable, lock_path, read_journal
-from latbench.interleave import InterleavedResult, RoundsConfig, Window, measure_interleaved
-from latbench.lut import now_iso, read_lut, write_lut
-from latbench.metrics_fit import kendall_tau, share_within, spearman_rho
-from latbench.model import COLUMNS, LatencyModel, ModelScope, lut_rows, with_model
-from latbench.modelfit import Row, features, fit_model, mechanisms
+from latbench.timing.interleave import InterleavedResult, RoundsConfig, Window, measure_interleaved
+from latbench.lut.table import now_iso, read_lut, write_lut
+from latbench.model.metrics import kendall_tau, share_within, spearman_rho
+from latbench.model.latency_model import COLUMNS, LatencyModel, ModelScope, lut_rows, with_model
+from latbench.model.fitting import Row, features, fit_model, mechanisms
 from latbench.space import format_resolution
 from latbench.timing import get_backend
 
@@ -161,7 +161,7 @@ def figures(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, 
 
 def split_halves(res: InterleavedResult, statistic: str) -> dict[str, tuple[float, float]]:
     """Each item's figure from its even rounds and from its odd rounds (items with both)."""
-    from latbench.interleave import aggregate
+    from latbench.timing.interleave import aggregate
 
     out = {}
     for k, r in res.items.items():
@@ -228,7 +228,7 @@ def sample_sets(space: Any, request: FitRequest,
     networks are drawn from the search's α instead (disjoint from the held-out searched ones; their
     keys start ``fits``): uniform draws barely vary in op composition, searches do not.
     Held-out networks are always drawn as asked (uniform, from the search)."""
-    from latbench.validate import sample_architectures
+    from latbench.model.validate import sample_architectures
 
     taken: set[str] = set()
     out: list[Network] = []
@@ -287,7 +287,7 @@ def measure_networks(setup: Any, backend: Any, archs: dict[str, dict[str, Any]],
     """Build and prepare every architecture (and the per-call overhead probe, item ``probe``) with
     ``backend`` and ``setup``'s protocol, measure them in interleaved rounds, close them.
     ``on_progress(phase, done, total, what)`` with phase ``prepare`` then ``measure``."""
-    from latbench.probe import probe_inputs, probe_module
+    from latbench.timing.probe import probe_inputs, probe_module
     from latbench.timing.loop import describe_error
 
     prepared: dict[str, Any] = {}
@@ -324,7 +324,7 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
             on_progress: Callable[[str, int, int, str], None] | None = None) -> FitResult:
     """See the module docstring. ``on_progress(phase, done, total, what)``."""
     from latbench.device import describe_device
-    from latbench.validate import resolve_setup
+    from latbench.model.validate import resolve_setup
 
     request.check()
     lut = read_lut(request.lut_path)
@@ -440,7 +440,7 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
         "fit_networks": len(fit_nets), "fit_design": request.design, "seed": request.seed,
         "fit_networks_from_search": sum(n.from_search for n in fit_nets),
         "statistic": request.rounds.statistic,
-        "rounds": request.rounds.rounds, "overhead_probe": "latbench.probe (x + 1 on a tiny tensor)",
+        "rounds": request.rounds.rounds, "overhead_probe": "latbench.timing.probe (x + 1 on a tiny tensor)",
         "held_out": {s: {"n": f["model"]["n"], "mape": f["model"]["mape"], "worst": f["model"]["worst"],
                          "kendall_tau": f["model"]["kendall_tau"]} for s, f in figs.items() if s != "fit"},
         "in_sample": {k: figs["fit"]["model"][k] for k in ("n", "mape", "worst", "kendall_tau")} if "fit" in figs else None,
@@ -460,7 +460,7 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
 def save_model(lut_path: str | os.PathLike, model: LatencyModel) -> None:
     """Store ``model`` in the LUT's metadata (replacing one of the same scope), atomically and
     under the LUT's lock so a concurrent build or calibration is refused, not overwritten."""
-    from latbench.lut import LUT
+    from latbench.lut.table import LUT
 
     with FileLock(lock_path(lut_path), purpose="a LUT build, calibration or fit"):
         lut = read_lut(lut_path)  # re-read: save onto the current file, not a stale copy

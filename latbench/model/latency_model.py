@@ -12,8 +12,8 @@ differentiable search can still take its expectation under softmax / Gumbel weig
 
 ``t_r`` is the row's median, or its 10th percentile (``column``: the low end repeats better on a
 noisy machine; cross-validation chooses). ``overhead`` is measured (a near-empty op timed with the LUT's own backend and protocol,
-:mod:`latbench.probe`); ``constant``, ``slope`` and ``per_row`` are fitted on measured whole
-networks (:mod:`latbench.modelfit`). ``g(r)`` groups rows by the row's ``op`` (``group_by="op"``),
+:mod:`latbench.timing.probe`); ``constant``, ``slope`` and ``per_row`` are fitted on measured whole
+networks (:mod:`latbench.model.fitting`). ``g(r)`` groups rows by the row's ``op`` (``group_by="op"``),
 by ``op`` and ``stage`` (``"op+stage"``) or not at all (``"none"``: one global slope). The raw sum
 is the special case overhead 0, slope 1, per-row 0, constant 0.
 

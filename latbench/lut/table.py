@@ -139,7 +139,7 @@ class LUT:
                  column: str = "median_us") -> tuple[str, str, float, bool] | None:
         """``(op, stage, value, analytic)`` of a usable row, ``value`` read from ``column``
         (``median_us`` or ``p10_us``; 0 for an analytic row): what a latency model needs to
-        correct it (:mod:`latbench.model`). None if the row is missing or failed."""
+        correct it (:mod:`latbench.model.latency_model`). None if the row is missing or failed."""
         if self.lookup(position, op, height, width, batch) is None:
             return None
         if self._rows is None:

@@ -14,7 +14,7 @@ import numpy as np
 from latbench.fileio import save_png
 
 if TYPE_CHECKING:
-    from latbench.compare import Comparison
+    from latbench.lut.compare import Comparison
 
 
 def _pyplot():

@@ -1,11 +1,11 @@
-"""Markdown rendering of a :class:`~latbench.compare.Comparison` (``compare-lut --report``)."""
+"""Markdown rendering of a :class:`~latbench.lut.compare.Comparison` (``compare-lut --report``)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any, Sequence
 
-from latbench.compare import Comparison, GroupStat, PairComparison, iter_flipped
+from latbench.lut.compare import Comparison, GroupStat, PairComparison, iter_flipped
 
 
 def fmt(x: Any, digits: int = 3) -> str:

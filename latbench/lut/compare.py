@@ -1,7 +1,7 @@
 """Compare LUTs: what changes between two devices, backends, precisions, cache states or thread
 counts, and would a latency-constrained search choose differently? Pure computation on
-:class:`~latbench.lut.LUT` objects; rendering lives in :mod:`latbench.report_md`,
-:mod:`latbench.plots` and the ``compare-lut`` command.
+:class:`~latbench.lut.table.LUT` objects; rendering lives in :mod:`latbench.lut.report_md`,
+:mod:`latbench.lut.plots` and the ``compare-lut`` command.
 
 Definitions (every figure in :meth:`Comparison.to_dict`):
 
@@ -47,7 +47,7 @@ import pandas as pd
 from scipy import stats
 
 from latbench.errors import LUTError, UserError
-from latbench.lut import LUT
+from latbench.lut.table import LUT
 
 MATCH_ON = ("position", "op", "key", "height", "width")
 USABLE = ("ok", "analytic")

@@ -19,7 +19,7 @@ tensors travel, so no NCCL is needed) and share the output's folder:
    space, backend, protocol and kind of GPU, and deals the op keys still to time round-robin over
    the ranks (enumeration order interleaves positions and resolutions, so the shares are alike).
 3. **Time (every rank).** Each rank runs the ordinary resumable build
-   (:func:`latbench.build.build_lut`, ``only_keys`` = its share) into its own shard file
+   (:func:`latbench.build.builder.build_lut`, ``only_keys`` = its share) into its own shard file
    ``OUTPUT.shard<RANK>.parquet`` (journal, checkpoints, lock: as crash-safe as a plain build).
 4. **Merge (rank 0).** Once every rank has finished, rank 0 merges the output and the shard files
    into the output (a timing beats an analytic row beats a failure; new beats old), writes it
@@ -252,7 +252,7 @@ def deal(keys: Sequence[str], world: int) -> list[list[str]]:
 
 
 def _merge_frames(existing: pd.DataFrame | None, shards: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    from latbench.lut import ROW_ID, concat_rows
+    from latbench.lut.table import ROW_ID, concat_rows
 
     frames, source = [], []
     if existing is not None and len(existing):
@@ -284,10 +284,10 @@ def sharded_build(space: Any, resolutions: Sequence[tuple[int, int]], backend: s
                   warn: Callable[[str], None] | None = None,
                   on_timed: Callable[[str, Any], None] | None = None) -> Any:
     """Run this rank's part of a sharded build (see the module docstring). Returns the merged
-    :class:`~latbench.lut.LUT` on rank 0 and None on the other ranks."""
-    from latbench import build as B
+    :class:`~latbench.lut.table.LUT` on rank 0 and None on the other ranks."""
+    from latbench.build import builder as B
     from latbench.fileio import FileLock, check_writable, lock_path
-    from latbench.lut import LUT, now_iso, read_lut, write_lut
+    from latbench.lut.table import LUT, now_iso, read_lut, write_lut
     from latbench.space import format_resolution
     from latbench.timing import get_backend
 

@@ -5,7 +5,7 @@ A LUT build times hundreds of entries one after the other; a shared machine's sl
 GPU clock change that NVML does not report) makes the entries timed during it slow, each with a
 small noise estimate. :class:`Canary` times one op of the build (the first one that is not a
 pass-through) in short windows: three at the start, then one every ``every_s`` seconds. Its
-typical level is the median of its window minima so far (:class:`latbench.interleave.Baseline`);
+typical level is the median of its window minima so far (:class:`latbench.timing.interleave.Baseline`);
 a reading more than ``tolerance`` slower than that level,
 confirmed by a second one, is a *drift*: the build is told which entries were timed since the last good reading, re-times
 them (each at most ``max_retimes`` times), and records the event in the LUT's provenance.
@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from latbench.interleave import Baseline, RoundsConfig, _Sampler
+from latbench.timing.interleave import Baseline, RoundsConfig, _Sampler
 from latbench.timing.config import TimingConfig
 
 Clock = Callable[[], float]

@@ -29,7 +29,7 @@ from latbench.device import describe_device, device_identity, software_versions
 from latbench.errors import UserError
 from latbench.fileio import FileLock, Journal, check_writable, lock_path, read_journal
 from latbench.memory import check_entries_fit
-from latbench.lut import LUT, ROW_ID, SCHEMA_VERSION, concat_rows, dedupe_rows, now_iso, read_lut, write_lut
+from latbench.lut.table import LUT, ROW_ID, SCHEMA_VERSION, concat_rows, dedupe_rows, now_iso, read_lut, write_lut
 from latbench.space import Entry, OpSpec, format_resolution
 from latbench.timing import Measurement, TimingConfig, get_backend, measure_prepared
 from latbench.timing.loop import describe_error
@@ -276,9 +276,9 @@ def build_lut(space: Any, resolutions: Sequence[tuple[int, int]], backend: str |
     ``backend`` is a registered backend name or an instance; ``retry_failed`` re-times keys that
     failed in an earlier run; ``on_timed(key, measurement)`` is called after each new timing;
     ``only_keys`` restricts the timing to those op keys (one rank's share of a sharded build,
-    :mod:`latbench.shard`): the LUT then holds the analytic rows and the rows of those keys, and
+    :mod:`latbench.build.shard`): the LUT then holds the analytic rows and the rows of those keys, and
     its metadata says ``complete`` only if nothing of the space is missing. ``canary`` (a
-    :class:`latbench.canary.CanaryConfig`) re-times one op at intervals and times again what was
+    :class:`latbench.timing.canary.CanaryConfig`) re-times one op at intervals and times again what was
     measured during a drift (recorded in ``meta["build"]["canary"]``); None: no canary.
     """
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
@@ -372,7 +372,7 @@ def build_lut(space: Any, resolutions: Sequence[tuple[int, int]], backend: str |
         n_failed = 0
         watch = None
         if canary is not None and todo:
-            from latbench.canary import DriftWatch, start_canary
+            from latbench.timing.canary import DriftWatch, start_canary
 
             c = start_canary(space, {k: specs[k] for k in todo}, backend_obj, config, canary)
             watch = DriftWatch(c, warn) if c is not None else None

@@ -2,7 +2,7 @@
 
 :func:`validate_lut`:
 
-1. reads the LUT (:func:`latbench.lut.read_lut`) and, from its metadata, the search space
+1. reads the LUT (:func:`latbench.lut.table.read_lut`) and, from its metadata, the search space
    (``space``: name + config, loaded with :func:`latbench.space.load_space`), the timing backend,
    precision, batch and protocol (``protocol``, a :class:`~latbench.timing.TimingConfig`);
 2. samples N distinct architectures with ``random.Random(seed)`` — uniformly
@@ -11,18 +11,18 @@
 3. predicts each one as Σ LUT over ``space.architecture_rows(arch)`` at the chosen resolution —
    every row must be present and ``ok`` (or analytic), otherwise a :class:`UserError` names the
    missing ones — and, when the LUT holds a latency model for these rows (``latbench fit``,
-   :mod:`latbench.model`), with that model too;
+   :mod:`latbench.model.latency_model`), with that model too;
 4. builds each one (``space.build_architecture``) and measures it end to end through the *same*
    backend, precision, batch and protocol on the same kind of device the LUT was measured on (a
    different device is refused: that comparison is ``compare-lut``'s job), all networks in
-   interleaved rounds (:mod:`latbench.interleave`), so a slow episode of a shared machine cannot
+   interleaved rounds (:mod:`latbench.timing.interleave`), so a slow episode of a shared machine cannot
    bias a few networks;
-5. reports the figures of :func:`latbench.metrics_fit.fidelity` for the raw sum (MAPE, share within
+5. reports the figures of :func:`latbench.model.metrics.fidelity` for the raw sum (MAPE, share within
    ±5 % / ±10 %, Kendall τ, Spearman ρ, the affine calibration measured ≈ a·ΣLUT + b with its
    leave-one-out error and the MAPE after calibration) and, side by side, the model's.
 
 :func:`save_calibration` stores the fitted ``a``, ``b`` in the LUT's metadata (``calibration``)
-through :meth:`latbench.lut.LUT.with_calibration` and an atomic :func:`latbench.lut.write_lut`,
+through :meth:`latbench.lut.table.LUT.with_calibration` and an atomic :func:`latbench.lut.table.write_lut`,
 holding the LUT's build lock so a concurrent build is refused rather than overwritten. (A latency
 model, ``latbench fit``, supersedes it: the search and ``nas fps`` prefer the model.)
 """
@@ -41,8 +41,8 @@ import torch
 
 from latbench.device import describe_device, device_identity, resolve_device, software_versions
 from latbench.errors import LUTError, UserError
-from latbench.lut import LUT, now_iso, read_lut, write_lut
-from latbench.metrics_fit import Fidelity, fidelity
+from latbench.lut.table import LUT, now_iso, read_lut, write_lut
+from latbench.model.metrics import Fidelity, fidelity
 from latbench.space import format_resolution, load_space
 from latbench.timing import Measurement, TimingConfig, get_backend, measure
 
@@ -258,10 +258,10 @@ def validate_lut(lut_path: str | Path, samples: int, seed: int = 0, resolution: 
                  on_event: Callable[[str], None] | None = None,
                  on_progress: Callable[[str, int, int, str], None] | None = None) -> ValidationResult:
     """Sample, predict, measure (interleaved rounds, ``rounds``: a
-    :class:`latbench.interleave.RoundsConfig`) and score; see the module docstring."""
-    from latbench.fit import PROBE, measure_networks
-    from latbench.interleave import RoundsConfig
-    from latbench.model import ModelScope, lut_rows, model_for
+    :class:`latbench.timing.interleave.RoundsConfig`) and score; see the module docstring."""
+    from latbench.model.fit import PROBE, measure_networks
+    from latbench.timing.interleave import RoundsConfig
+    from latbench.model.latency_model import ModelScope, lut_rows, model_for
 
     if samples < 3:
         raise UserError(f"--samples must be at least 3 (an affine calibration needs 3 points), got {samples}")
@@ -299,7 +299,7 @@ def validate_lut(lut_path: str | Path, samples: int, seed: int = 0, resolution: 
     fid = fidelity([s.predicted_us for s in ok], [s.measured_us for s in ok])
     model_figs = None
     if model is not None:
-        from latbench.fit import figures
+        from latbench.model.fit import figures
 
         model_figs = figures([s.model_us for s in ok], [s.measured_us for s in ok])
     info = describe_device(setup.device)

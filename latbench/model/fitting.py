@@ -1,4 +1,4 @@
-"""Fitting a :class:`~latbench.model.LatencyModel` on measured whole networks (pure numpy/scipy).
+"""Fitting a :class:`~latbench.model.latency_model.LatencyModel` on measured whole networks (pure numpy/scipy).
 
 Each fit network ``i`` contributes its LUT rows ``(op, stage, median_us, analytic)`` and its
 measured latency ``y_i``. With ``v_r = max(median_r − overhead, 0)`` and rows grouped by
@@ -11,7 +11,7 @@ a deviation is charged by how much it moves the fit networks' latency, relativel
 
 The LUT column (median or 10th percentile), ``lam`` and the grouping are chosen by K-fold
 cross-validation on the fit networks only
-(:func:`fit_model`); held-out networks judge the result elsewhere (:mod:`latbench.fit`).
+(:func:`fit_model`); held-out networks judge the result elsewhere (:mod:`latbench.model.fit`).
 
 :data:`MECHANISMS` names the ablation ladder a fit report shows: the raw sum, today's affine
 calibration, the measured per-call overhead alone, overhead + a global affine correction, and
@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from latbench.model import LatencyModel, ModelScope, group_key
+from latbench.model.latency_model import LatencyModel, ModelScope, group_key
 
 Row = tuple[str, str, float, bool]  # (op, stage, median_us, analytic)
 
@@ -248,7 +248,7 @@ def mechanisms(rows: RowsByColumn, y: Sequence[float], scope: ModelScope, overhe
     - ``+p10 column``: the same on the rows' 10th percentiles (when the LUT has them);
     - ``model``: the selected model (column, grouping and λ chosen by cross-validation).
     """
-    from latbench.metrics_fit import fit_affine
+    from latbench.model.metrics import fit_affine
 
     y = np.asarray(y, dtype=np.float64)
     med = rows["median_us"]
