@@ -80,8 +80,10 @@ def test_cli_writes_table_and_png(tmp_path):
     r = CliRunner().invoke(cli, ["report", "--reports", str(reports), "--out", str(out), "--plot", str(png)])
     assert r.exit_code == 0, r.output
     text = out.read_text()
-    table = [ln for ln in text.splitlines() if ln.startswith("|")]
+    per_network, _, repeated = text.partition("## Repeated runs")
+    table = [ln for ln in per_network.splitlines() if ln.startswith("|")]
     assert len(table) == 2 + 3 and "AMD EPYC" in text and "NVIDIA H100" in text
+    assert len([ln for ln in repeated.splitlines() if ln.startswith("|")]) == 2 + 3  # one run per group here
     assert "2.09 M params (Table VI d)" in text      # the paper's figure beside ours
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
