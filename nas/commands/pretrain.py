@@ -73,8 +73,10 @@ def parse_milestones(text: str | None) -> tuple[int, ...] | None:
               help="Seeds the initialisation, the data order and every crop.")
 @click.option("--device", default=None,
               help="cpu, cuda or cuda:N (torchrun: each process takes cuda:LOCAL_RANK). [default: GPU if any]")
-@click.option("--workers", default=8, show_default=True, type=click.IntRange(min=0),
-              help="Data-loading processes per training process (JPEG decoding is the usual bottleneck).")
+@click.option("--workers", default=None, type=click.IntRange(min=0),
+              help="Data-loading processes per training process (JPEG decoding is the usual bottleneck). "
+                   "[default: the CPU cores this process may use, shared among the torchrun processes of this "
+                   "machine, at most 8]")
 @click.option("--amp/--no-amp", default=None, help="float16 mixed precision. [default: on for GPUs, off on the CPU]")
 @click.option("--channels-last/--no-channels-last", default=None,
               help="channels-last memory format. [default: on for GPUs, off on the CPU]")
@@ -109,7 +111,11 @@ def pretrain(arch_path, data_root, val_labels, out_dir, epochs, batch_size, lr, 
     from nas.genotype import Genotype
     from nas.pretrain.trainer import PretrainConfig, pretrain_genotype
 
+    from nas.pretrain.trainer import default_workers
+
     genotype = Genotype.load(arch_path)
+    if workers is None:
+        workers = default_workers()
     if out_dir is None:
         out_dir = str(Path("runs") / f"pretrain-{Path(arch_path).stem}")
     cfg = PretrainConfig(

@@ -67,6 +67,30 @@ TRAJECTORY_FIELDS = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weig
                      "scale_min", "head_channels", "dropout", "width_mult", "seed")
 
 
+#: The most data-loading processes ``nas pretrain`` starts per training process by default.
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers(cpus: int | None = None, local_processes: int | None = None) -> int:
+    """``--workers``' default: the CPU cores this process may run on (its affinity mask, else the
+    machine's count), shared among the training processes torchrun starts on this machine
+    (``LOCAL_WORLD_SIZE``), at most :data:`MAX_DEFAULT_WORKERS`. It never asks for more workers than
+    cores, which is what makes PyTorch's DataLoader warn (and a small machine run out of memory)."""
+    import os
+
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+    if local_processes is None:
+        try:
+            local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        except ValueError:
+            local_processes = 1
+    return max(0, min(MAX_DEFAULT_WORKERS, cpus // max(1, local_processes)))
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Everything one pre-training run needs besides the genotype. Defaults: the recipe above."""
