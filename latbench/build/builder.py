@@ -29,6 +29,7 @@ from latbench.device import describe_device, device_identity, software_versions
 from latbench.errors import UserError
 from latbench.fileio import FileLock, Journal, check_writable, lock_path, read_journal
 from latbench.memory import check_entries_fit
+from latbench.progress import PhaseProgress
 from latbench.lut.table import LUT, ROW_ID, SCHEMA_VERSION, concat_rows, dedupe_rows, now_iso, read_lut, write_lut
 from latbench.space import Entry, OpSpec, format_resolution
 from latbench.timing import Measurement, TimingConfig, get_backend, measure_prepared
@@ -203,42 +204,6 @@ def time_spec(space: Any, spec: OpSpec, backend: Any, config: TimingConfig) -> M
         del prepared
 
 
-class _Progress:
-    """A rich progress bar on stderr (or nothing): entries done / total, current op, ETA."""
-
-    def __init__(self, enabled: bool, total: int, done: int) -> None:
-        self._p = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-
-        self._p = Progress(TextColumn("[bold]timing[/]"), BarColumn(), MofNCompleteColumn(),
-                           TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("ETA"),
-                           TimeRemainingColumn(), TextColumn("{task.description}"),
-                           console=Console(stderr=True), transient=False)
-        self._p.start()
-        self._task = self._p.add_task("", total=total, completed=done)
-
-    def current(self, text: str) -> None:
-        if self._p is not None:
-            self._p.update(self._task, description=text[:70])
-
-    def advance(self) -> None:
-        if self._p is not None:
-            self._p.advance(self._task)
-
-    def add(self, n: int) -> None:
-        """``n`` more entries to time (re-timed after a drift)."""
-        if self._p is not None and n:
-            self._p.update(self._task, total=self._p.tasks[self._task].total + n)
-
-    def close(self) -> None:
-        if self._p is not None:
-            self._p.stop()
-
-
 def request_metadata(space: Any, backend_obj: Any, config: TimingConfig, name: str, batch: int, precision: str,
                      device: str) -> dict[str, Any]:
     """The provenance a build of ``space`` with ``backend_obj`` writes into its LUT's metadata
@@ -265,13 +230,196 @@ def request_metadata(space: Any, backend_obj: Any, config: TimingConfig, name: s
     }
 
 
+@dataclass
+class _Request:
+    """What one build asks for: the space, the backend, the protocol and where the LUT goes."""
+
+    space: Any
+    backend: Any
+    backend_name: str
+    config: TimingConfig
+    output: Path
+    batch: int
+    precision: str
+    device: str               # where the backend runs (for the memory check)
+    meta: dict[str, Any]      # the metadata the LUT gets (before any timing)
+    compat: dict[str, Any]    # what an existing LUT or journal must match
+
+    @property
+    def journal(self) -> Path:
+        return journal_path(self.output)
+
+
+@dataclass
+class _Resumed:
+    """What earlier runs left: the existing LUT, the finished timings, the journal's header."""
+
+    existing: LUT | None
+    done: dict[str, Timed]
+    header: dict[str, Any] | None
+    created: str
+
+
+@dataclass
+class _Plan:
+    """Every row of the requested resolutions and the distinct keys, with those left to time."""
+
+    rows: list[tuple[Entry, int, int]]
+    specs: dict[str, OpSpec]
+    todo: list[str]
+
+
+@dataclass
+class _TimingRun:
+    """The outcome of the timing loop."""
+
+    failed: int
+    elapsed_s: float
+    watch: Any  # the canary's DriftWatch, or None
+
+
+def _request(space: Any, backend: str | Any, config: TimingConfig, output: str | os.PathLike, name: str,
+             batch: int, precision: str, device: str) -> _Request:
+    output = check_writable(output)
+    backend_obj = get_backend(backend, device=device, precision=precision, threads=config.threads) \
+        if isinstance(backend, str) else backend
+    backend_name = getattr(backend_obj, "name", str(backend))
+    meta = request_metadata(space, backend_obj, config, name, batch, precision, device)
+    meta["backend"] = backend_name
+    return _Request(space, backend_obj, backend_name, config, output, int(batch), precision,
+                    getattr(backend_obj, "device", device), meta, _compat(meta))
+
+
+def _resume(req: _Request, retry_failed: bool) -> _Resumed:
+    """Read the existing LUT and the unfinished journal (each checked against the request)."""
+    existing: LUT | None = None
+    if req.output.exists():
+        existing = read_lut(req.output)
+        _check_compatible(f"existing LUT {str(req.output)!r}", _compat(existing.meta), req.compat)
+    done: dict[str, Timed] = _timed_from_frame(existing.df, keep_failed=not retry_failed) if existing else {}
+    journal_records = list(read_journal(req.journal))
+    header = next((r for r in journal_records if r.get("type") == "header"), None)
+    if header is not None:
+        _check_compatible(f"unfinished build journal {str(req.journal)!r}", header.get("compat") or {}, req.compat)
+    for rec in journal_records:
+        if rec.get("type") == "timing" and isinstance(rec.get("key"), str):
+            if rec.get("fields", {}).get("status") == "failed" and retry_failed:
+                continue
+            done[rec["key"]] = Timed(dict(rec.get("fields") or {}), str(rec.get("measured_at") or ""))
+    created = (existing.meta.get("created") if existing else None) or \
+        (header.get("created") if header else None) or now_iso()
+    return _Resumed(existing, done, header, created)
+
+
+def _plan(req: _Request, resolutions: Sequence[tuple[int, int]], resumed: _Resumed,
+          only_keys: Collection[str] | None) -> _Plan:
+    """Enumerate every requested resolution; the distinct keys to time, in enumeration order.
+    Pass-throughs (the op returns its input) are analytic 0 µs on every backend: never timed."""
+    rows: list[tuple[Entry, int, int]] = []
+    specs: dict[str, OpSpec] = {}
+    for (h, w) in resolutions:
+        entries = req.space.enumerate(int(h), int(w), req.batch)
+        if not entries:
+            raise UserError(f"the space enumerated nothing at {format_resolution((h, w))}")
+        for e in entries:
+            rows.append((e, int(h), int(w)))
+            if not e.analytic:
+                specs.setdefault(e.spec.key, e.spec)
+    check_entries_fit(specs.values(), req.precision, req.device, req.space)  # before any work
+    done = resumed.done
+    todo = [k for k in specs if k not in done and (only_keys is None or k in only_keys)]
+    passthroughs = {k for k in todo if _builds_a_passthrough(req.space, specs[k])}
+    for k in passthroughs:
+        done[k] = PASSTHROUGH
+    return _Plan(rows, specs, [k for k in todo if k not in passthroughs])
+
+
+def _snapshot(req: _Request, resumed: _Resumed, plan: _Plan, complete: bool) -> LUT:
+    """The LUT of every finished row: the new rows, and the existing LUT's rows the plan does not
+    replace (other resolutions, other positions)."""
+    done = resumed.done
+    rows = [_row(e, h, w, req.batch, req.backend_name, req.precision, req.config.cache, done.get(e.spec.key))
+            for e, h, w in plan.rows if e.analytic or e.spec.key in done]
+    frames = []
+    old_rows = resumed.existing.df if resumed.existing is not None else None
+    if old_rows is not None and len(old_rows):
+        new_ids = {(e.position, e.op, h, w, req.backend_name, req.precision, req.batch) for e, h, w in plan.rows}
+        ids = list(zip(*(old_rows[c] for c in ROW_ID)))
+        keep = [(str(i[0]), str(i[1]), int(i[2]), int(i[3]), str(i[4]), str(i[5]), int(i[6])) not in new_ids
+                for i in ids]
+        frames.append(old_rows[keep])
+    frames.append(pd.DataFrame(rows))
+    df = dedupe_rows(concat_rows(frames))
+    meta = dict(req.meta)
+    if resumed.existing is not None and "calibration" in resumed.existing.meta:
+        meta["calibration"] = resumed.existing.meta["calibration"]
+    meta.update({"created": resumed.created, "updated": now_iso(), "complete": complete,
+                 "resolutions": [format_resolution(r) for r in
+                                 sorted({(int(h), int(w)) for h, w in zip(df["height"], df["width"])})]})
+    return LUT(df, meta)
+
+
+def _time_entries(req: _Request, resumed: _Resumed, plan: _Plan, journal: Journal | None, progress: PhaseProgress,
+                  checkpoint_s: float, warn: Callable[[str], None],
+                  on_timed: Callable[[str, Measurement], None] | None, canary: Any) -> _TimingRun:
+    """Time every key of ``plan.todo`` (and what a drift of the canary asks again), journalling
+    each timing and checkpointing the Parquet file every ``checkpoint_s`` seconds."""
+    t_start = last_ckpt = time.monotonic()
+    n_failed = 0
+    watch = None
+    if canary is not None and plan.todo:
+        from latbench.timing.canary import DriftWatch, start_canary
+
+        c = start_canary(req.space, {k: plan.specs[k] for k in plan.todo}, req.backend, req.config, canary)
+        watch = DriftWatch(c, warn) if c is not None else None
+    queue = list(plan.todo)
+    i = 0
+    while i < len(queue):
+        key = queue[i]
+        i += 1
+        progress.advance("timing", 0, key)
+        m = time_spec(req.space, plan.specs[key], req.backend, req.config)
+        timed = Timed.from_measurement(m)
+        assert journal is not None  # opened whenever there is something to time
+        journal.append({"type": "timing", "key": key, "fields": timed.fields, "measured_at": timed.measured_at})
+        resumed.done[key] = timed
+        if m.status == "failed":  # "analytic": a pass-through, not timed
+            n_failed += 1
+            warn(f"{key}: {m.error}")
+        if on_timed is not None:
+            on_timed(key, m)
+        progress.advance("timing")
+        if watch is not None:
+            redo = watch.timed(key)  # a confirmed drift of the canary: time those entries again
+            queue.extend(redo)
+            progress.grow("timing", len(redo))
+        if time.monotonic() - last_ckpt >= checkpoint_s:
+            write_lut(_snapshot(req, resumed, plan, complete=False), req.output)
+            last_ckpt = time.monotonic()
+    return _TimingRun(n_failed, round(time.monotonic() - t_start, 3), watch)
+
+
+def _finish(req: _Request, resumed: _Resumed, plan: _Plan, run: _TimingRun, canary: Any) -> LUT:
+    """Write the final LUT (``complete`` when no key of the space is missing) with the build's record."""
+    specs = plan.specs
+    lut = _snapshot(req, resumed, plan, complete=all(k in resumed.done for k in specs))
+    lut.meta["build"] = {"timed": len(plan.todo), "reused": len(specs) - len(plan.todo), "failed_now": run.failed,
+                         "distinct_timings": len(specs), "rows": len(plan.rows), "elapsed_s": run.elapsed_s}
+    if run.watch is not None:
+        lut.meta["build"]["canary"] = {**run.watch.canary.record.to_dict(), **canary.to_dict()}
+        run.watch.canary.close()
+    write_lut(lut, req.output)
+    return lut
+
+
 def build_lut(space: Any, resolutions: Sequence[tuple[int, int]], backend: str | Any, config: TimingConfig,
               output: str | os.PathLike, name: str, batch: int = 1, precision: str = "fp32",
               device: str = "cpu", progress: bool = True, *, retry_failed: bool = False,
               checkpoint_s: float = 30.0, warn: Callable[[str], None] | None = None,
               on_timed: Callable[[str, Measurement], None] | None = None,
               only_keys: Collection[str] | None = None, canary: Any = None) -> LUT:
-    """Build (or finish) the LUT at ``output`` and return it. See the module docstring.
+    """Build (or finish) the LUT at ``output`` and return it: resume → plan → timing loop → finish.
+    See the module docstring.
 
     ``backend`` is a registered backend name or an instance; ``retry_failed`` re-times keys that
     failed in an earlier run; ``on_timed(key, measurement)`` is called after each new timing;
@@ -286,147 +434,38 @@ def build_lut(space: Any, resolutions: Sequence[tuple[int, int]], backend: str |
         raise UserError("no resolution given")
     if batch < 1:
         raise UserError(f"batch must be >= 1, not {batch}")
-    output = check_writable(output)
-    backend_obj = get_backend(backend, device=device, precision=precision, threads=config.threads) \
-        if isinstance(backend, str) else backend
-    backend_name = getattr(backend_obj, "name", str(backend))
-
-    request_meta = request_metadata(space, backend_obj, config, name, batch, precision, device)
-    request_meta["backend"] = backend_name
-    compat = _compat(request_meta)
-
-    lock = FileLock(lock_path(output), purpose="a LUT build", on_stale=warn)
+    req = _request(space, backend, config, output, name, batch, precision, device)
+    lock = FileLock(lock_path(req.output), purpose="a LUT build", on_stale=warn)
     lock.acquire()
-    jpath = journal_path(output)
-    prog: _Progress | None = None
     journal: Journal | None = None
     try:
-        existing: LUT | None = None
-        if output.exists():
-            existing = read_lut(output)
-            _check_compatible(f"existing LUT {str(output)!r}", _compat(existing.meta), compat)
-        done: dict[str, Timed] = _timed_from_frame(existing.df, keep_failed=not retry_failed) if existing else {}
-        journal_records = list(read_journal(jpath))
-        header = next((r for r in journal_records if r.get("type") == "header"), None)
-        if header is not None:
-            _check_compatible(f"unfinished build journal {str(jpath)!r}", header.get("compat") or {}, compat)
-        for rec in journal_records:
-            if rec.get("type") == "timing" and isinstance(rec.get("key"), str):
-                if rec.get("fields", {}).get("status") == "failed" and retry_failed:
-                    continue
-                done[rec["key"]] = Timed(dict(rec.get("fields") or {}), str(rec.get("measured_at") or ""))
-
-        # Enumerate every requested resolution; distinct keys to time, in enumeration order.
-        plan: list[tuple[Entry, int, int]] = []
-        specs: dict[str, OpSpec] = {}
-        for (h, w) in resolutions:
-            entries = space.enumerate(int(h), int(w), int(batch))
-            if not entries:
-                raise UserError(f"the space enumerated nothing at {format_resolution((h, w))}")
-            for e in entries:
-                plan.append((e, int(h), int(w)))
-                if not e.analytic:
-                    specs.setdefault(e.spec.key, e.spec)
-        check_entries_fit(specs.values(), precision, getattr(backend_obj, "device", device), space)  # before any work
-        todo = [k for k in specs if k not in done and (only_keys is None or k in only_keys)]
-        # pass-throughs (the op returns its input) are analytic 0 µs on every backend: never timed
-        passthroughs = {k for k in todo if _builds_a_passthrough(space, specs[k])}
-        for k in passthroughs:
-            done[k] = PASSTHROUGH
-        todo = [k for k in todo if k not in passthroughs]
-
-        created = (existing.meta.get("created") if existing else None) or \
-            (header.get("created") if header else None) or now_iso()
-        old_rows = existing.df if existing is not None else None
-        new_ids = {(e.position, e.op, h, w, backend_name, precision, int(batch)) for e, h, w in plan}
-
-        def snapshot(complete: bool) -> LUT:
-            rows = [_row(e, h, w, batch, backend_name, precision, config.cache, done.get(e.spec.key))
-                    for e, h, w in plan if e.analytic or e.spec.key in done]
-            frames = []
-            if old_rows is not None and len(old_rows):
-                ids = list(zip(*(old_rows[c] for c in ROW_ID)))
-                keep = [(
-                    str(i[0]), str(i[1]), int(i[2]), int(i[3]), str(i[4]), str(i[5]), int(i[6])) not in new_ids
-                    for i in ids]
-                frames.append(old_rows[keep])
-            frames.append(pd.DataFrame(rows))
-            df = dedupe_rows(concat_rows(frames))
-            meta = dict(request_meta)
-            if existing is not None:
-                for k in ("calibration",):
-                    if k in existing.meta:
-                        meta[k] = existing.meta[k]
-            meta.update({"created": created, "updated": now_iso(), "complete": complete,
-                         "resolutions": [format_resolution(r) for r in
-                                         sorted({(int(h), int(w)) for h, w in zip(df["height"], df["width"])})]})
-            return LUT(df, meta)
-
-        if todo:
-            journal = Journal(jpath)
-            if header is None:
-                journal.append({"type": "header", "compat": compat, "created": created, "pid": os.getpid()})
-        prog = _Progress(progress, total=len(specs), done=len(specs) - len(todo))
-        t_start = time.monotonic()
-        last_ckpt = time.monotonic()
-        n_failed = 0
-        watch = None
-        if canary is not None and todo:
-            from latbench.timing.canary import DriftWatch, start_canary
-
-            c = start_canary(space, {k: specs[k] for k in todo}, backend_obj, config, canary)
-            watch = DriftWatch(c, warn) if c is not None else None
-        queue = list(todo)
-        i = 0
-        while i < len(queue):
-            key = queue[i]
-            i += 1
-            spec = specs[key]
-            prog.current(key)
-            m = time_spec(space, spec, backend_obj, config)
-            timed = Timed.from_measurement(m)
-            assert journal is not None
-            journal.append({"type": "timing", "key": key, "fields": timed.fields, "measured_at": timed.measured_at})
-            done[key] = timed
-            if m.status == "failed":  # "analytic": a pass-through, not timed
-                n_failed += 1
-                warn(f"{key}: {m.error}")
-            if on_timed is not None:
-                on_timed(key, m)
-            prog.advance()
-            if watch is not None:
-                redo = watch.timed(key)  # a confirmed drift of the canary: time those entries again
-                queue.extend(redo)
-                prog.add(len(redo))
-            if time.monotonic() - last_ckpt >= checkpoint_s:
-                write_lut(snapshot(complete=False), output)
-                last_ckpt = time.monotonic()
-        prog.close()
-        prog = None
-        lut = snapshot(complete=all(k in done for k in specs))
-        lut.meta["build"] = {"timed": len(todo), "reused": len(specs) - len(todo), "failed_now": n_failed,
-                             "distinct_timings": len(specs), "rows": len(plan),
-                             "elapsed_s": round(time.monotonic() - t_start, 3)}
-        if watch is not None:
-            lut.meta["build"]["canary"] = {**watch.canary.record.to_dict(), **canary.to_dict()}
-            watch.canary.close()
-        write_lut(lut, output)
+        resumed = _resume(req, retry_failed)
+        plan = _plan(req, resolutions, resumed, only_keys)
+        try:
+            if plan.todo:
+                journal = Journal(req.journal)
+                if resumed.header is None:
+                    journal.append({"type": "header", "compat": req.compat, "created": resumed.created,
+                                    "pid": os.getpid()})
+            n = len(plan.specs)
+            with PhaseProgress(progress, transient=False) as bar:
+                bar.start_phase("timing", n, n - len(plan.todo))
+                run = _time_entries(req, resumed, plan, journal, bar, checkpoint_s, warn, on_timed, canary)
+            lut = _finish(req, resumed, plan, run, canary)
+        except BaseException:
+            # Ctrl-C or a crash: make the Parquet file reflect everything finished so far.
+            if resumed.done:
+                try:
+                    write_lut(_snapshot(req, resumed, plan, complete=False), req.output)
+                except Exception:
+                    pass
+            raise
         if journal is not None:
             journal.close()
             journal = None
-        if jpath.exists():
-            jpath.unlink()
+        if req.journal.exists():
+            req.journal.unlink()
         return lut
-    except BaseException:
-        # Ctrl-C or a crash: make the Parquet file reflect everything finished so far.
-        if prog is not None:
-            prog.close()
-        try:
-            if "snapshot" in locals() and done:
-                write_lut(snapshot(complete=False), output)
-        except Exception:
-            pass
-        raise
     finally:
         if journal is not None:
             journal.close()
