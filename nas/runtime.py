@@ -284,28 +284,20 @@ def progress_bar(total: int, description: str, enabled: bool = True, *, complete
                  transient: bool = True) -> Iterator[Callable[..., None]]:
     """``with progress_bar(n, "epoch 1") as advance: advance(1, loss=0.3)``.
 
-    Draws a rich progress bar (with the latest keyword values as a status text) only when
-    ``enabled`` and stderr is an interactive terminal; otherwise ``advance`` does nothing.
-    ``completed``: steps already done (a resumed run); ``transient``: erase the bar when done.
+    latbench's one progress bar (:class:`latbench.progress.PhaseProgress`, with the latest keyword
+    values as its text), drawn only when ``enabled`` and stderr is an interactive terminal;
+    otherwise ``advance`` does nothing. ``completed``: steps already done (a resumed run);
+    ``transient``: erase the bar when done.
     """
-    from rich.console import Console
+    from latbench.progress import PhaseProgress
 
-    console = Console(stderr=True)
-    if not enabled or not console.is_terminal:
-        yield lambda *a, **k: None
-        return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                  console=console, transient=transient) as prog:
-        task = prog.add_task(description, total=total, completed=completed, status="")
+    with PhaseProgress(enabled, transient=transient, terminal_only=True) as bar:
+        bar.start_phase(description, total, completed)
 
         def advance(n: int = 1, **status: Any) -> None:
             text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                              for k, v in status.items())
-            prog.update(task, advance=n, status=text)
+            bar.advance(description, n, text)
 
         yield advance
 
