@@ -49,10 +49,14 @@ def test_build_then_show(tmp_path):
     assert r.exit_code == 0 and "slowest" in r.output and "coverage" in r.output
 
 
-def test_gpu_name_mismatch_warns(tmp_path):
-    r = run(build_args(tmp_path / "x.parquet")[:2] + ["h100"] + build_args(tmp_path / "x.parquet")[3:])
+def test_gpu_name_mismatch_is_refused_unless_forced(tmp_path):
+    args = build_args(tmp_path / "x.parquet")[:2] + ["h100"] + build_args(tmp_path / "x.parquet")[3:]
+    r = run(args)  # like nas fps: a name that contradicts the device is a user mistake
+    assert r.exit_code == 2 and "--gpu 'h100' does not describe the device" in r.output and "--force" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "x.parquet").exists()
+    r = run(args + ["--force"])
     assert r.exit_code == 0, r.output
-    assert "warning: --gpu 'h100' does not match" in r.stderr
+    assert "warning: --gpu 'h100' does not match" in r.stderr and (tmp_path / "x.parquet").exists()
 
 
 def test_space_opts_are_parsed_as_json(tmp_path):
@@ -62,7 +66,7 @@ def test_space_opts_are_parsed_as_json(tmp_path):
         parse_space_opts(("novalue",))
     out = tmp_path / "c8.parquet"
     assert run(build_args(out, "--space-opt", "channels=2")).exit_code == 0
-    from latbench.lut import read_lut
+    from latbench.lut.table import read_lut
 
     assert read_lut(out).meta["space"]["config"]["channels"] == 2
 

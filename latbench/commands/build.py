@@ -78,18 +78,21 @@ def _load_space(name: str, cfg: dict[str, Any]):
                    "since its last good reading are timed again and the drift is recorded in the LUT. 0: off.")
 @click.option("--canary-tolerance", default=0.05, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Relative drift of the canary that counts as a slow episode.")
+@click.option("--force", is_flag=True,
+              help="Build even when --gpu does not describe the device that times the ops (the LUT's metadata "
+                   "records the real device either way).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def build_lut(name, device, backend, resolutions, batch, precision, output, max_noise, max_time, min_time,
               warmup, cold_cache, threads, space_name, space_opts, backend_opts, retry_failed, shard, canary_every,
-              canary_tolerance, no_progress, as_json) -> None:
+              canary_tolerance, force, no_progress, as_json) -> None:
     """Time every candidate op at every position (and every fixed part) of a search space and
     write a LUT. Resumable: rerun the same command after a crash to time only what is missing.
     Prints the one-off preparation time of each entry where a backend has one (torch.compile's
     compilation, a TensorRT engine build)."""
-    from latbench.build import build_lut as run_build, raise_if_mostly_failed
+    from latbench.build.builder import build_lut as run_build, raise_if_mostly_failed
     from latbench.device import describe_device, name_matches, resolve_device
-    from latbench.fileio import check_writable
+    from latbench.files import check_writable
     from latbench.space import parse_resolution
     from latbench.timing import TimingConfig, available_backends, default_backend, get_backend
 
@@ -117,7 +120,7 @@ def build_lut(name, device, backend, resolutions, batch, precision, output, max_
     extra = parse_space_opts(backend_opts, "--backend-opt", "mode=max-autotune")
     warn = lambda msg: click.echo(f"warning: {msg}", err=True)  # noqa: E731
     if shard:
-        from latbench.shard import sharded_build
+        from latbench.build.shard import sharded_build
 
         space = _load_space(space_name, parse_space_opts(space_opts))
         lut = sharded_build(space, res, backend, extra, config, out, name, batch=batch, precision=precision,
@@ -136,10 +139,14 @@ def build_lut(name, device, backend, resolutions, batch, precision, output, max_
     space = _load_space(space_name, parse_space_opts(space_opts))
 
     info = describe_device(dev)
-    if not name_matches(name, info):
+    if not name_matches(name, info):  # as nas fps refuses a report name that contradicts the device
+        if not force:
+            raise UserError(f"--gpu {name!r} does not describe the device that would time the ops ({dev}: "
+                            f"{info.get('name')}); name the LUT after it (e.g. --gpu cpu on a CPU, --gpu h100 on an "
+                            "H100) or add --force")
         click.echo(f"warning: --gpu {name!r} does not match the device actually used ({dev}: {info.get('name')}); "
                    "the LUT metadata records the real device", err=True)
-    from latbench.canary import CanaryConfig
+    from latbench.timing.canary import CanaryConfig
 
     canary = CanaryConfig(every_s=canary_every, tolerance=canary_tolerance) if canary_every > 0 else None
     lut = run_build(space, res, backend_obj, config, out, name, batch=batch, precision=precision, device=dev,
