@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from latbench.errors import UserError
-    from latbench.fileio import atomic_write_text
+    from latbench.files import atomic_write_text
     from latbench.space import parse_resolution
     from latbench.model.validate import plot_validation, validate_lut
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from latbench.fileio import atomic_write_text
+from latbench.files import atomic_write_text
 
 DEFAULTS = {"cpu": {"crop": (129, 257), "batch": 4, "steps": 5, "warmup": 2},
             "cuda": {"crop": (513, 1025), "batch": 16, "steps": 20, "warmup": 5}}

@@ -40,7 +40,7 @@ import torch
 
 from latbench.build.builder import make_inputs
 from latbench.device import describe_device, resolve_device, software_versions
-from latbench.fileio import atomic_write_text
+from latbench.files import atomic_write_text
 from latbench.space import OpSpec, load_space, parse_resolution
 from latbench.timing import TimingConfig, default_backend, get_backend, measure
 from latbench.timing.precision import convert

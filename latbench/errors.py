@@ -21,7 +21,7 @@ class LUTError(UserError):
 class OutputError(UserError):
     """An output that cannot be written: a read-only or full disk, no permission, a file where a
     folder is wanted (or the reverse). Raised up front by the output checks of
-    :mod:`latbench.fileio`, and by its writers when the disk refuses a write half-way."""
+    :mod:`latbench.files`, and by its writers when the disk refuses a write half-way."""
 
 
 class ResourceError(UserError):

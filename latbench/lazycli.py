@@ -2,7 +2,7 @@
 and each command lives in its own module (``"name": "package.module:function"``).
 
 The group is also where failures the user's machine causes become one line: a disk that refuses
-a write (:func:`latbench.fileio.is_storage_error`: full, read-only, no permission...) and memory
+a write (:func:`latbench.files.is_storage_error`: full, read-only, no permission...) and memory
 that runs out end as one ``Error:`` line with exit status 2 (a :class:`~latbench.errors.UserError`),
 whichever command hit them. Every other exception still shows its traceback: it is a bug.
 """
@@ -51,7 +51,7 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx):
         from latbench.errors import ResourceError
-        from latbench.fileio import is_storage_error, output_error
+        from latbench.files import is_storage_error, output_error
 
         try:
             return super().invoke(ctx)

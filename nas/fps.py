@@ -43,7 +43,7 @@ from torch import nn
 
 from latbench.device import describe_device, name_matches, software_versions
 from latbench.errors import UserError
-from latbench.fileio import FileLock, atomic_write_text, file_sha256
+from latbench.files import FileLock, atomic_write_text, file_sha256
 from latbench.lut.table import LUT, now_iso, read_lut
 from latbench.space import format_resolution
 from latbench.timing import Measurement, TimingConfig, get_backend, measure

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from latbench.errors import UserError
-from latbench.fileio import atomic_write_text
+from latbench.files import atomic_write_text
 from nas.config import SpaceConfig
 from nas.ops import CELL_PRIMITIVES, FUSION_PRIMITIVES, UP_PRIMITIVES
 
@@ -154,7 +154,7 @@ def _show(v: Any, n: int = 40) -> str:
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON to ``path`` atomically (:func:`latbench.fileio.atomic_write_text`); strict JSON:
+    """Write JSON to ``path`` atomically (:func:`latbench.files.atomic_write_text`); strict JSON:
     a NaN or infinity is a bug, never written."""
     p = Path(path)
     try:

@@ -1,6 +1,6 @@
 """Checks a ``nas`` command runs before any work: the device exists, outputs can be written, the
 request fits the device's memory, a resume has something to resume. One function per command
-whose checks span several of these (the others call :mod:`latbench.fileio` / :mod:`nas.memory`
+whose checks span several of these (the others call :mod:`latbench.files` / :mod:`nas.memory`
 directly)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from latbench.device import resolve_device
 from latbench.errors import UserError
-from latbench.fileio import check_output_dir
+from latbench.files import check_output_dir
 
 
 def world_size() -> int:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from latbench.errors import UserError
-from latbench.fileio import atomic_write_text, save_png
+from latbench.files import atomic_write_text, save_png
 
 MIOU_FORMAT = "nas-miou"
 MIOU_VERSION = 1

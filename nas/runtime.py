@@ -2,7 +2,7 @@
 
 Nothing here knows about LGCNet. What already exists elsewhere is reused rather than repeated:
 device names come from :func:`latbench.device.resolve_device`, atomic writes and JSON-lines logs
-from :mod:`latbench.fileio` (``atomic_write``, ``Journal``, ``truncate_journal`` for a log cut back to a
+from :mod:`latbench.files` (``atomic_write``, ``Journal``, ``truncate_journal`` for a log cut back to a
 checkpoint's position on resume). ``nas train`` and ``nas search`` both run on these pieces.
 
 - :class:`DistContext` / :func:`init_distributed` / :func:`teardown_distributed`: one process per
@@ -41,7 +41,7 @@ from torch.utils.data import Sampler
 
 from latbench.device import resolve_device
 from latbench.errors import UserError
-from latbench.fileio import atomic_write_bytes
+from latbench.files import atomic_write_bytes
 
 
 # --------------------------------------------------------------------------- processes
@@ -179,7 +179,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """``torch.save(payload)`` atomically: readers see the old file or the new one, never half.
 
-    The file is serialised in memory first and written with :func:`latbench.fileio.atomic_write`,
+    The file is serialised in memory first and written with :func:`latbench.files.atomic_write`,
     so a full or read-only disk is an :class:`~latbench.errors.OutputError` naming the file
     (``torch.save`` writing itself would turn it into an opaque ``RuntimeError``)."""
     p = Path(path)

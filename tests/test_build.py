@@ -15,7 +15,7 @@ import pytest
 
 from latbench.build.builder import build_lut, journal_path, lock_path
 from latbench.errors import UserError
-from latbench.fileio import read_journal
+from latbench.files import read_journal
 from latbench.lut.table import ROW_ID, read_lut
 from latbench.timing import TimingConfig
 

@@ -1,4 +1,4 @@
-"""latbench.fileio: output checks on real read-only / full disks, atomic writes that fail cleanly,
+"""latbench.files: output checks on real read-only / full disks, atomic writes that fail cleanly,
 stale temporaries, journals cut back to whole lines, and the stale-lock takeover race."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from latbench.errors import OutputError, UserError
-from latbench.fileio import (FileLock, Journal, atomic_write_text, check_output_dir, check_writable,
+from latbench.files import (FileLock, Journal, atomic_write_text, check_output_dir, check_writable,
                              clean_stale_temporaries, read_journal)
 
 
@@ -157,7 +157,7 @@ def _dead_pid() -> int:
 
 
 def test_stale_temporaries_of_dead_writers_are_removed_by_the_next_write(tmp_path):
-    from latbench.fileio import _host_tag
+    from latbench.files.storage import host_tag as _host_tag
 
     target = tmp_path / "lut.parquet"
     dead = tmp_path / f".lut.parquet.{_dead_pid()}@{_host_tag()}-abcd1234.tmp"
@@ -180,7 +180,7 @@ def test_sigkill_during_the_final_write_leaves_a_temporary_the_rerun_removes(tmp
     """A writer killed inside atomic_write (the child blocks in its writer) leaves its temporary;
     the next write of the same file removes it."""
     target = tmp_path / "out.json"
-    code = ("import sys, time\nfrom latbench.fileio import atomic_write\n"
+    code = ("import sys, time\nfrom latbench.files import atomic_write\n"
             "def w(tmp):\n    open(tmp, 'w').write('partial')\n    print('writing', flush=True)\n    time.sleep(60)\n"
             f"atomic_write({str(target)!r}, w)\n")
     p = subprocess.Popen([sys_executable(), "-c", code], stdout=subprocess.PIPE, text=True)
@@ -225,7 +225,7 @@ def test_release_never_removes_a_lock_another_process_holds(tmp_path):
 def _contender(path: str, barrier, results, release, pause: float) -> None:
     """One of two processes racing for the same stale lock (run in a forked child)."""
     from latbench.errors import UserError as UE
-    from latbench.fileio import FileLock as FL
+    from latbench.files import FileLock as FL
 
     FL.takeover_pause_s = pause
     lock = FL(path, purpose="a race test")
@@ -273,7 +273,7 @@ def test_a_build_whose_disk_fills_releases_its_lock_and_keeps_whole_journal_line
     """The disk fills after the first timing: the build ends with one OutputError, no stale lock,
     no torn journal line; once space is freed, the rerun keeps the first timing and finishes."""
     from latbench.build.builder import build_lut, journal_path
-    from latbench.fileio import lock_path
+    from latbench.files import lock_path
     from toy_space import ToySpace
 
     mnt = tmp_path / "small"

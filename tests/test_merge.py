@@ -91,7 +91,7 @@ def test_one_input_is_refused():
 
 
 def test_merge_uses_the_build_lock_file(tmp_path):
-    from latbench.fileio import lock_path
+    from latbench.files import lock_path
     from latbench.lut.merge import output_lock
 
     assert output_lock(tmp_path / "x.parquet") == lock_path(tmp_path / "x.parquet")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from latbench.build.builder import build_lut, journal_path
-from latbench.fileio import read_journal
+from latbench.files import read_journal
 from latbench.lut.table import read_lut
 from latbench.timing.passthrough import is_passthrough
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from latbench.build.builder import build_lut, journal_path
 from latbench.errors import UserError
-from latbench.fileio import lock_path, read_journal
+from latbench.files import lock_path, read_journal
 from latbench.lut.table import read_lut
 from latbench.build.shard import check_rank_devices, deal, existing_shards, shard_path
 from latbench.timing import TimingConfig

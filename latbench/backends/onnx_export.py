@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from latbench.errors import UserError
-from latbench.fileio import atomic_write, atomic_write_text, file_sha256
+from latbench.files import atomic_write, atomic_write_text, file_sha256
 
 #: Opset written by default; 17 is the oldest accepted (LayerNorm, stable Resize semantics).
 DEFAULT_OPSET = 18

@@ -39,7 +39,7 @@ import torch
 
 from latbench.backends import INSTALL_HINTS
 from latbench.errors import UserError
-from latbench.fileio import atomic_write
+from latbench.files import atomic_write
 from latbench.backends.onnx_export import DEFAULT_OPSET, ExportedModel, ExportSettings, export_onnx, resolve_cache_dir
 from latbench.timing.config import TimingConfig
 from latbench.timing.precision import DTYPES, check_precision, precision_mode, tensor_precision

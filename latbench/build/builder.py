@@ -27,7 +27,7 @@ import torch
 
 from latbench.device import describe_device, device_identity, software_versions
 from latbench.errors import UserError
-from latbench.fileio import FileLock, Journal, check_writable, lock_path, read_journal
+from latbench.files import FileLock, Journal, check_writable, lock_path, read_journal
 from latbench.memory import check_entries_fit
 from latbench.progress import PhaseProgress
 from latbench.lut.table import LUT, ROW_ID, SCHEMA_VERSION, concat_rows, dedupe_rows, now_iso, read_lut, write_lut

@@ -286,7 +286,7 @@ def sharded_build(space: Any, resolutions: Sequence[tuple[int, int]], backend: s
     """Run this rank's part of a sharded build (see the module docstring). Returns the merged
     :class:`~latbench.lut.table.LUT` on rank 0 and None on the other ranks."""
     from latbench.build import builder as B
-    from latbench.fileio import FileLock, check_writable, lock_path
+    from latbench.files import FileLock, check_writable, lock_path
     from latbench.lut.table import LUT, now_iso, read_lut, write_lut
     from latbench.space import format_resolution
     from latbench.timing import get_backend

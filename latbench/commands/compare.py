@@ -109,7 +109,7 @@ def compare_lut(luts: Sequence[str], baseline: str | None, report: str | None, p
     differ, they are what is compared. Ratio = other/baseline (> 1: slower than the baseline).
     """
     from latbench.lut.compare import CompareOptions, compare_luts, resolve_baseline, unique_labels
-    from latbench.fileio import atomic_write_text, check_writable
+    from latbench.files import atomic_write_text, check_writable
     from latbench.lut.table import read_lut
 
     if len(luts) < 2:

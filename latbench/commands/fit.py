@@ -108,7 +108,7 @@ def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_sea
     model is stored in the LUT (one per backend/precision/resolution/batch/device) and used by
     `nas search`, `nas fps` and `nas sample`. Resumable: rerun the same command after a crash."""
     from latbench.errors import UserError
-    from latbench.fileio import check_outputs
+    from latbench.files import check_outputs
     from latbench.model.fit import FitRequest, run_fit
     from latbench.timing.interleave import RoundsConfig
     from latbench.space import parse_resolution

@@ -27,7 +27,7 @@ def merge_lut(output: str, inputs: Sequence[str], force: bool, as_json: bool) ->
     sources (same position, op, resolution, backend, precision, batch) keep one: a successful
     timing over a failure, then unthrottled, more samples, lower noise, earlier source.
     """
-    from latbench.fileio import FileLock, check_writable
+    from latbench.files import FileLock, check_writable
     from latbench.lut.table import read_lut, write_lut
     from latbench.lut.merge import merge_luts, output_lock
 

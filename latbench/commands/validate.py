@@ -86,7 +86,7 @@ def validate_lut(lut, samples, seed, resolution, device, as_json, plot_path, sav
     (with its leave-one-out error) — and, when the LUT holds a latency model for these rows
     (`latbench fit`), the model's figures side by side."""
     from latbench.errors import UserError
-    from latbench.fileio import check_outputs
+    from latbench.files import check_outputs
     from latbench.timing.interleave import RoundsConfig
     from latbench.progress import PhaseProgress
     from latbench.space import parse_resolution

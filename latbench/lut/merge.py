@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from latbench.errors import LUTError, UserError
-from latbench.fileio import lock_path
+from latbench.files import lock_path
 from latbench.lut.table import LUT, ROW_ID, SCHEMA_VERSION, concat_rows, now_iso
 
 MUST_AGREE = ("device", "backend", "precision", "batch", "cache", "protocol", "space")

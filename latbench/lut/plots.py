@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from latbench.fileio import save_png
+from latbench.files import save_png
 
 if TYPE_CHECKING:
     from latbench.lut.compare import Comparison

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latbench.errors import LUTError
-from latbench.fileio import atomic_write
+from latbench.files import atomic_write
 
 SCHEMA_VERSION = 1
 META_KEY = b"latbench"

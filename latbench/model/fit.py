@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from latbench.errors import UserError
-from latbench.fileio import FileLock, Journal, check_writable, lock_path, read_journal
+from latbench.files import FileLock, Journal, check_writable, lock_path, read_journal
 from latbench.timing.interleave import InterleavedResult, RoundsConfig, Window, measure_interleaved
 from latbench.lut.table import now_iso, read_lut, write_lut
 from latbench.model.metrics import kendall_tau, share_within, spearman_rho
@@ -334,7 +334,7 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
         check_writable(request.lut_path)
     search_sha = None
     if request.from_search:
-        from latbench.fileio import file_sha256
+        from latbench.files import file_sha256
 
         search_sha = file_sha256(request.from_search)
     def featurize(arch: dict[str, Any]) -> np.ndarray:

@@ -318,8 +318,8 @@ def validate_lut(lut_path: str | Path, samples: int, seed: int = 0, resolution: 
 def save_calibration(lut_path: str | Path, result: ValidationResult) -> dict[str, Any]:
     """Write ``result``'s calibration into the LUT's metadata (atomically, under the LUT's build
     lock); returns the stored calibration."""
-    from latbench.fileio import lock_path
-    from latbench.fileio import FileLock
+    from latbench.files import lock_path
+    from latbench.files import FileLock
 
     fit = result.fidelity.calibration
     if fit is None:
@@ -373,6 +373,6 @@ def plot_validation(result: ValidationResult, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    from latbench.fileio import save_png
+    from latbench.files import save_png
 
     return save_png(fig, path, 120)

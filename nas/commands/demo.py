@@ -138,7 +138,7 @@ def _check_options(device: str | None, resolution: str | None, out_dir: str,
     and the memory the searches need, all before any step runs; returns ``_device_defaults`` and the
     resolution."""
     from latbench.device import resolve_device
-    from latbench.fileio import check_outputs
+    from latbench.files import check_outputs
     from latbench.space import format_resolution, parse_resolution
     from nas.config import SpaceConfig
     from nas.memory import check_network_fits

@@ -16,7 +16,7 @@ def derive(checkpoint: str, out: str | None, plots_dir: str | None) -> None:
     from pathlib import Path
 
     from latbench.errors import UserError
-    from latbench.fileio import check_outputs
+    from latbench.files import check_outputs
     from nas.genotype import Genotype
     from nas.search.derive import genotype_from_checkpoint
 

@@ -42,7 +42,7 @@ def evaluate(ckpt_path, dataset, data_root, split, resolution, arch_path, device
     import torch
 
     from latbench.device import resolve_device
-    from latbench.fileio import check_outputs
+    from latbench.files import check_outputs
     from nas.genotype import Genotype
     from nas.memory import check_network_fits
     from nas.runtime import init_distributed, teardown_distributed

@@ -71,7 +71,7 @@ def fps(arch_path, label, device, resolutions, backends, precision, batch, width
 
     from latbench.device import resolve_device
     from latbench.errors import UserError
-    from latbench.fileio import check_outputs
+    from latbench.files import check_outputs
     from latbench.lut.table import read_lut
     from latbench.space import parse_resolution
     from latbench.timing import TimingConfig

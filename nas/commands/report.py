@@ -28,7 +28,7 @@ def report(reports_dir, out_path, plot_path, groups, group_plot_path, as_json) -
     with the network's mIoU where one was recorded, into a Markdown table; then the repeated runs of
     each configuration as mean ± std over the runs; optionally plots of both."""
     from latbench.errors import UserError
-    from latbench.fileio import atomic_write_text, check_outputs
+    from latbench.files import atomic_write_text, check_outputs
     from nas.report import (build_groups, build_rows, load_fps_records, load_miou_records, plot_fps_miou,
                             plot_groups, render_groups_markdown, render_markdown)
 

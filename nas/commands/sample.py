@@ -37,7 +37,7 @@ def sample(lut_path: str, num: int, min_fps: float | None, resolution: str | Non
            latency_model: str, out_dir: str) -> None:
     """Random-search baselines (paper Table VII): N genotypes drawn uniformly (a), or only among
     architectures predicted faster than --min-fps (b)."""
-    from latbench.fileio import check_outputs
+    from latbench.files import check_outputs
     from latbench.lut.table import read_lut
     from latbench.space import parse_resolution
     from nas.config import SpaceConfig

@@ -228,7 +228,7 @@ def search(ctx: click.Context, **p: Any) -> None:
     """Search an LGCNet architecture: Gumbel-softmax supernet + GCN-guided module + fusion cell,
     loss CE + β·log(LAT) with LAT from a latbench LUT (µs). Writes OUT/genotype.json, checkpoints,
     log.jsonl and plots. Multi-GPU / multi-process: run under torchrun."""
-    from latbench.fileio import check_outputs
+    from latbench.files import check_outputs
     from nas.search.config import SearchConfig
     from nas.search.derive import load_checkpoint
     from nas.search.trainer import RunOptions, SearchRun

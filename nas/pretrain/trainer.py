@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from latbench.errors import UserError
-from latbench.fileio import Journal
+from latbench.files import Journal
 from nas.data.transforms import RandomResizedCrop, ResizeCenterCrop, normalize_uint8
 from nas.genotype import Genotype, write_json_atomic
 from nas.pretrain import FORMAT, VERSION, is_backbone_key

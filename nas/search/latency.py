@@ -39,7 +39,7 @@ from typing import Any, Sequence
 import torch
 
 from latbench.errors import LUTError, UserError
-from latbench.fileio import file_sha256
+from latbench.files import file_sha256
 from latbench.lut.table import LUT, read_lut
 from latbench.space import format_resolution
 from nas.config import SpaceConfig

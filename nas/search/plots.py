@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
-from latbench.fileio import save_png
+from latbench.files import save_png
 from nas.cell import cell_edges
 from nas.config import SpaceConfig
 from nas.genotype import Architecture

@@ -20,7 +20,7 @@ both optimisers, the lr scheduler, the gradient scaler, the Gumbel generator, ev
 statistics. Data order is a pure function of (seed, epoch) (:class:`nas.runtime.EpochSampler`, the
 same sampler as ``nas train``) and augmentation of (seed, epoch, index) (:mod:`nas.data`), so a
 resumed run skips exactly the batches already seen and reproduces the uninterrupted run bit for bit
-(same device, same thread count). The JSON-lines logs (:class:`latbench.fileio.Journal`) are
+(same device, same thread count). The JSON-lines logs (:class:`latbench.files.Journal`) are
 truncated to the checkpoint's position on resume.
 
 Processes, checkpoint files, RNG capture, data order and the progress bar are :mod:`nas.runtime`'s,
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latbench.errors import UserError
-from latbench.fileio import FileLock, Journal, atomic_write_text, read_journal, truncate_journal
+from latbench.files import FileLock, Journal, atomic_write_text, read_journal, truncate_journal
 from nas.data.palette import IGNORE_INDEX
 from nas.memory import check_network_fits
 from nas.network import ArchWeights, LGCNet

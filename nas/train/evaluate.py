@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from latbench.errors import UserError
-from latbench.fileio import file_sha256
+from latbench.files import file_sha256
 from nas.data import make_dataset
 from nas.data.base import SegDataset
 from nas.metrics import ConfusionMatrix

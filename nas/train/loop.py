@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from latbench.errors import UserError
-from latbench.fileio import Journal, file_sha256, read_journal, truncate_journal
+from latbench.files import Journal, file_sha256, read_journal, truncate_journal
 from nas.runtime import (DistContext, EpochSampler, all_reduce_sum, capture_rng_state, progress_bar,
                          restore_rng_state, save_checkpoint, unused_parameters)
 from nas.train.checkpoint import load_exact

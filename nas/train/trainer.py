@@ -45,7 +45,7 @@ from typing import Any, Callable
 import torch
 
 from latbench.errors import UserError
-from latbench.fileio import Journal
+from latbench.files import Journal
 from nas.data import make_dataset
 from nas.data.base import SegDataset
 from nas.genotype import Genotype
