@@ -11,7 +11,15 @@ What the paper fixes (section III, IV-A) is the default; where it is silent we c
 - Head: 3×3 conv (``head_channels``) → BN → ReLU → 1×1 conv to the classes, then bilinear
   upsampling to the input size.
 - ``fusion``: ``"dcfc"`` (the dense-connected fusion cell, default), or the paper's Table X
-  ablations ``"aspp"``, ``"ppm"``, ``"none"`` applied to the last cell's output.
+  ablations ``"aspp"``, ``"ppm"``, ``"none"`` applied to the last cell's output, or ``"mscell"``
+  (Table X row d: CAS's searched multi-scale cell on the stride-8 and stride-16 inputs,
+  :mod:`nas.fusion`).
+- Cells after the last fusion input (Table XI rows such as ``fusion_inputs=(0, 7, 10)``) feed
+  nothing, so they are not part of the network: with ``fusion`` ``"dcfc"`` or ``"mscell"``,
+  ``num_cells`` is cut to ``max(fusion_inputs) + 1`` (and reduction cells beyond it dropped), so
+  the supernet, α, the GCN-guided module, the LUT rows, the price and the parameter count all stop
+  there (ours: the paper does not say what its Table XI networks did with those cells). A
+  genotype written with the uncut cell list still reads (:meth:`nas.genotype.Genotype.from_dict`).
 - Widths: ``init_channels`` (8, paper IV-A) is the width the supernet *searches* at;
   ``width_mult`` widens the *deployed* network (the one trained, timed and priced by the LUT):
   ``round(init_channels · width_mult)`` node channels at stride 4, stem and cells scaled alike,
@@ -37,7 +45,9 @@ from typing import Any, Mapping
 
 from latbench.errors import UserError
 
-FUSION_MODES = ("dcfc", "aspp", "ppm", "none")
+FUSION_MODES = ("dcfc", "aspp", "ppm", "none", "mscell")
+#: Fusion modes that read ``fusion_inputs`` (the others read the last cell only).
+INPUT_FUSION_MODES = ("dcfc", "mscell")
 #: Widening of the deployed network relative to the search width (ours; see the module docstring).
 DEPLOY_WIDTH_MULT = 4.5
 INT_FIELDS = ("num_cells", "steps", "init_channels", "fusion_channels", "head_channels", "num_classes")
@@ -85,7 +95,7 @@ class SpaceConfig:
             raise UserError(f"reduction_cells {self.reduction_cells} outside 0..{self.num_cells - 1}")
         if self.fusion not in FUSION_MODES:
             raise UserError(f"unknown fusion mode {self.fusion!r}; choose one of {', '.join(FUSION_MODES)}")
-        if self.fusion == "dcfc":
+        if self.fusion in INPUT_FUSION_MODES:
             if len(self.fusion_inputs) != 3:
                 raise UserError(f"fusion_inputs needs three cells (strides 4, 8, 16), got {self.fusion_inputs}")
             if any(not 0 <= c < self.num_cells for c in self.fusion_inputs):
@@ -95,6 +105,15 @@ class SpaceConfig:
                 raise UserError(
                     f"fusion_inputs {self.fusion_inputs} sit at strides {strides}; the fusion cell's Up×2 "
                     f"edges need three cells whose strides double (e.g. 4, 8, 16)")
+            self._cut_after_last_input()
+
+    def _cut_after_last_input(self) -> None:
+        """Cells after the last fusion input feed nothing: they are not part of the network
+        (module docstring). Strides of the kept cells are unchanged (only later reductions go)."""
+        used = max(self.fusion_inputs) + 1
+        if used < self.num_cells:
+            object.__setattr__(self, "num_cells", used)
+            object.__setattr__(self, "reduction_cells", tuple(r for r in self.reduction_cells if r < used))
 
     def _check_types(self) -> None:
         """Every field of the type it must have (a genotype or LUT file is data from anywhere)."""

@@ -35,7 +35,8 @@ FORMAT = "lgcnet-genotype"
 
 @dataclass(frozen=True)
 class Architecture:
-    """One op per cell edge (``cells[k][e]``) and per fusion edge (``fusion[e]``)."""
+    """One op per cell edge (``cells[k][e]``) and per searchable fusion edge (``fusion[e]``: the
+    fusion cell's 13 or the MSCell's 10, :func:`nas.fusion.fusion_edges`)."""
 
     cells: tuple[tuple[str, ...], ...]
     fusion: tuple[str, ...] = ()
@@ -66,7 +67,7 @@ class Architecture:
         return cls(cells=cells, fusion=fusion)
 
     def validate(self, config: SpaceConfig) -> None:
-        from nas.fusion import edge_candidates
+        from nas.fusion import fusion_edge_candidates
 
         if len(self.cells) != config.num_cells:
             raise UserError(f"architecture has {len(self.cells)} cells, the space has {config.num_cells}")
@@ -76,10 +77,11 @@ class Architecture:
             for e, op in enumerate(cell):
                 if op not in CELL_PRIMITIVES:
                     raise UserError(f"cell {k} edge {e}: unknown op {op!r}; cell ops are {', '.join(CELL_PRIMITIVES)}")
-        if config.fusion == "dcfc":
-            cands = edge_candidates()
+        cands = fusion_edge_candidates(config.fusion)
+        if cands:
+            what = "MSCell" if config.fusion == "mscell" else "fusion cell"
             if len(self.fusion) != len(cands):
-                raise UserError(f"fusion cell has {len(self.fusion)} edges, the space has {len(cands)}")
+                raise UserError(f"{what} has {len(self.fusion)} edges, the space has {len(cands)}")
             for e, (op, allowed) in enumerate(zip(self.fusion, cands)):
                 if op not in allowed:
                     raise UserError(f"fusion edge {e}: op {op!r} not allowed here; choose one of {', '.join(allowed)}")
@@ -119,7 +121,7 @@ class Genotype:
             raise UserError(f"{source}: 'meta' must be a JSON object, not {_show(meta)}")
         try:
             config = SpaceConfig.from_dict(raw_config)
-            arch = Architecture.from_dict(d)
+            arch = _cut_cells(Architecture.from_dict(d), config, raw_config)
             arch.validate(config)
         except UserError as exc:
             raise UserError(f"{source}: {exc.message}") from None
@@ -141,6 +143,16 @@ class Genotype:
             first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot read genotype {p}: {first}") from None
         return cls.from_dict(d, source=str(p))
+
+
+def _cut_cells(arch: Architecture, config: SpaceConfig, raw_config: Mapping[str, Any]) -> Architecture:
+    """A genotype written before cells after the last fusion input were cut (Table XI rows such as
+    ``fusion_inputs [0, 7, 10]`` with 14 cells) lists those cells too; they feed nothing, so they
+    are dropped (only when its own configuration asked for more cells than the network has)."""
+    asked = raw_config.get("num_cells", SpaceConfig.num_cells)
+    if isinstance(asked, int) and asked > config.num_cells and len(arch.cells) == asked:
+        return Architecture(arch.cells[:config.num_cells], arch.fusion)
+    return arch
 
 
 def _kind(v: Any) -> str:
@@ -167,10 +179,10 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
 
 def supernet_candidates(config: SpaceConfig) -> tuple[list[list[tuple[str, ...]]], list[tuple[str, ...]]]:
     """Every candidate at every edge: what the supernet holds."""
-    from nas.fusion import edge_candidates
+    from nas.fusion import fusion_edge_candidates
 
     cells = [[CELL_PRIMITIVES] * config.num_edges() for _ in range(config.num_cells)]
-    fusion = edge_candidates() if config.fusion == "dcfc" else []
+    fusion = fusion_edge_candidates(config.fusion)
     return cells, fusion
 
 

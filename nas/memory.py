@@ -43,14 +43,13 @@ class MemoryEstimate:
 
 
 def _arch_weights(config: SpaceConfig):
-    from nas.fusion import edge_candidates
+    from nas.fusion import fusion_edge_candidates
     from nas.network import ArchWeights
     from nas.ops import CELL_PRIMITIVES
 
     q = len(CELL_PRIMITIVES)
     cells = [torch.full((config.num_edges(), q), 1.0 / q, device="meta") for _ in range(config.num_cells)]
-    fusion = [torch.full((len(c),), 1.0 / len(c), device="meta") for c in edge_candidates()] \
-        if config.fusion == "dcfc" else []
+    fusion = [torch.full((len(c),), 1.0 / len(c), device="meta") for c in fusion_edge_candidates(config.fusion)]
     return ArchWeights(cells=cells, fusion=fusion)
 
 

@@ -1,4 +1,6 @@
-"""LGCNet: stem → 14 cells → fusion cell (or ASPP / PPM / nothing) → head → upsample.
+"""LGCNet: stem → 14 cells → fusion cell (or ASPP / PPM / MSCell / nothing) → head → upsample.
+
+Only the cells up to the last fusion input exist (``SpaceConfig.num_cells`` is cut there: Table XI).
 
 One class serves as the supernet (every candidate on every edge, mixed by architecture weights)
 and as the derived network (one op per edge, ``zero`` edges removed). Because both build their
@@ -19,7 +21,7 @@ from nas.blocks import ASPP, PPM, Head, Upsample, make_stem
 from nas.cell import Cell
 from nas.config import SpaceConfig
 from nas.fold import fold_batchnorm
-from nas.fusion import FusionCell
+from nas.fusion import FusionCell, MSCell
 from nas.genotype import Architecture, arch_candidates, supernet_candidates
 
 
@@ -47,13 +49,16 @@ class LGCNet(nn.Module):
         f = config.fusion_channels
         if config.fusion == "dcfc":
             self.fusion: nn.Module | None = FusionCell([config.cell_out_channels(c) for c in config.fusion_inputs], f, fusion_cands)
+        elif config.fusion == "mscell":
+            self.fusion = MSCell([config.cell_out_channels(c) for c in config.fusion_inputs[1:]], f, fusion_cands)
         elif config.fusion == "aspp":
             self.fusion = ASPP(last, f)
         elif config.fusion == "ppm":
             self.fusion = PPM(last, f)
         else:
             self.fusion = None
-        self.head = Head(f if self.fusion is not None else last, config.head_channels, config.num_classes)
+        head_in = last if self.fusion is None else getattr(self.fusion, "out_channels", f)
+        self.head = Head(head_in, config.head_channels, config.num_classes)
         self.upsample = Upsample()
 
     @property
@@ -71,6 +76,8 @@ class LGCNet(nn.Module):
         cfg = self.config
         if cfg.fusion == "dcfc":
             return self.fusion([outs[c] for c in cfg.fusion_inputs], None if weights is None else weights.fusion)
+        if cfg.fusion == "mscell":
+            return self.fusion([outs[c] for c in cfg.fusion_inputs[1:]], None if weights is None else weights.fusion)
         if self.fusion is not None:
             return self.fusion(outs[-1])
         return outs[-1]

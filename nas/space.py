@@ -12,7 +12,13 @@ Positions and their LUT rows:
   rows: ``fixed.aspp`` / ``fixed.ppm`` and the head on their 48-channel output
   (``fixed.head_pyramid``), or with no fusion at all the head on the last cell
   (``fixed.head_direct``); both upsample from the last cell's stride (``fixed.upsample_deep``).
+  Table X row d, the MSCell (:mod:`nas.fusion`), has ``mscell.reduce0/1`` (1×1 reductions of the
+  stride-8 and stride-16 inputs), its searchable edges ``mscell.e{j}`` (e0: ``deconv`` /
+  ``interp``; e1…e9: the 10 ops of Table III), ``mscell.merge`` (node sums and concatenation) and
+  the head on its stride-8 output (``fixed.head_mscell``, ``fixed.upsample_s8``).
   The positions differ because the shapes do: one (position, op) names one op shape.
+- Only the cells up to the last fusion input have rows (Table XI: ``SpaceConfig`` cuts
+  ``num_cells`` there), so a row such as ``fusion_inputs [0, 7, 10]`` prices 11 cells.
 
 :meth:`LGCNetSpace.network_entries` lists the rows of the configured network.
 :meth:`LGCNetSpace.enumerate` — what ``latbench build-lut`` times — adds the rows of every other
@@ -48,7 +54,8 @@ from nas.blocks import ASPP, PPM, Head, Upsample, make_preprocess, make_stem
 from nas.cell import CellMerge, cell_edges, cell_input_channels, cell_input_strides
 from nas.config import DEPLOY_WIDTH_MULT, FUSION_MODES, SpaceConfig
 from nas.fold import fold_batchnorm
-from nas.fusion import EDGES as FUSION_EDGES, NODES as FUSION_NODES, FusionMerge, edge_candidates, node_channels
+from nas.fusion import (EDGES as FUSION_EDGES, MSCELL_NODE_EDGES, MSCELL_STEPS, NODES as FUSION_NODES, FusionMerge,
+                        edge_candidates, fusion_edge_candidates, fusion_edges, mscell_edge_candidates, node_channels)
 from nas.genotype import SPACE_VERSION, Architecture
 from nas.network import inference_network
 from nas.ops import CELL_PRIMITIVES, DILATION, UP_OPS, ZERO, build_op, out_size
@@ -98,6 +105,8 @@ def head_positions(cfg: SpaceConfig) -> tuple[str, str]:
     output, the ASPP / PPM output or the last cell's output (other shapes, so other positions)."""
     if cfg.fusion == "dcfc":
         return "fixed.head", "fixed.upsample"
+    if cfg.fusion == "mscell":
+        return "fixed.head_mscell", "fixed.upsample_s8"
     return ("fixed.head_pyramid" if cfg.fusion in ("aspp", "ppm") else "fixed.head_direct"), "fixed.upsample_deep"
 
 
@@ -152,6 +161,19 @@ def _network_entries(cfg: SpaceConfig, height: int, width: int, batch: int) -> l
             merge_in.append((n, cout, hd, wd))
         add("fusion.merge", "fusion_merge", merge_in, "fixed", "fusion")
         head_in = (n, f, *lv[0])
+    elif cfg.fusion == "mscell":
+        (h8, w8), (h16, w16) = (sh.at(cfg.cell_stride(c)) for c in cfg.fusion_inputs[1:])
+        for i, (cell, (hi, wi)) in enumerate(zip(cfg.fusion_inputs[1:], ((h8, w8), (h16, w16)))):
+            add(f"mscell.reduce{i}", "fusion_reduce", [(n, cfg.cell_out_channels(cell), hi, wi)], "fixed", "mscell", cout=f)
+        cands = mscell_edge_candidates()
+        for op in cands[0]:
+            add("mscell.e0", op, [(n, f, h16, w16)], "candidate", "mscell",
+                cout=f, stride=1, dilation=DILATION[op], out=(h8, w8))
+        for j, ops in enumerate(cands[1:], start=1):
+            for op in ops:
+                add(f"mscell.e{j}", op, [(n, f, h8, w8)], "candidate", "mscell", cout=f, stride=1, dilation=DILATION[op])
+        add("mscell.merge", "cell_merge", [(n, f, h8, w8)] * len(MSCELL_NODE_EDGES), "fixed", "mscell", steps=MSCELL_STEPS)
+        head_in = (n, MSCELL_STEPS * f, h8, w8)
     else:
         last = cfg.num_cells - 1
         h_l, w_l = sh.at(cfg.cell_stride(last))
@@ -193,7 +215,8 @@ class LGCNetSpace:
         return [f"cell{k}.e{j}" for k in range(self.config.num_cells) for j in range(self.config.num_edges())]
 
     def fusion_positions(self) -> list[str]:
-        return [f"fusion.e{j}" for j in range(len(FUSION_EDGES))] if self.config.fusion == "dcfc" else []
+        """Positions of the searchable fusion edges (the fusion cell's or the MSCell's), α's order."""
+        return [pos for pos, _, _ in fusion_edges(self.config.fusion)]
 
     def positions(self) -> list[Position]:
         cfg = self.config
@@ -209,6 +232,10 @@ class LGCNetSpace:
             out += [Position(f"fusion.reduce{i}", ("fusion_reduce",), "fixed", "fusion") for i in range(3)]
             out += [Position(f"fusion.e{j}", cands, "candidate", "fusion") for j, cands in enumerate(edge_candidates())]
             out.append(Position("fusion.merge", ("fusion_merge",), "fixed", "fusion"))
+        elif cfg.fusion == "mscell":
+            out += [Position(f"mscell.reduce{i}", ("fusion_reduce",), "fixed", "mscell") for i in range(2)]
+            out += [Position(pos, cands, "candidate", "mscell") for pos, _, cands in fusion_edges("mscell")]
+            out.append(Position("mscell.merge", ("cell_merge",), "fixed", "mscell"))
         elif cfg.fusion in ("aspp", "ppm"):
             out.append(Position(f"fixed.{cfg.fusion}", (cfg.fusion,), "fixed", "fixed"))
         head, up = head_positions(cfg)
@@ -278,7 +305,7 @@ class LGCNetSpace:
     def sample_architecture(self, rng: random.Random) -> dict[str, Any]:
         cfg = self.config
         cells = [[rng.choice(CELL_PRIMITIVES) for _ in range(cfg.num_edges())] for _ in range(cfg.num_cells)]
-        fusion = [rng.choice(c) for c in edge_candidates()] if cfg.fusion == "dcfc" else []
+        fusion = [rng.choice(c) for c in fusion_edge_candidates(cfg.fusion)]
         return Architecture(cells, fusion).to_dict()
 
     def sample_from_search(self, rng: random.Random, path: str) -> dict[str, Any]:
@@ -292,7 +319,7 @@ class LGCNetSpace:
             raise UserError(f"{path} was searched in another configuration of the space than the LUT's")
         probs = geno.meta.get("probabilities") or {}
         cells, fusion = probs.get("cells"), probs.get("fusion", [])
-        cands = edge_candidates() if self.config.fusion == "dcfc" else []
+        cands = fusion_edge_candidates(self.config.fusion)
         if (not isinstance(cells, list) or len(cells) != self.config.num_cells
                 or any(len(c) != self.config.num_edges() or any(len(e) != len(CELL_PRIMITIVES) for e in c) for c in cells)
                 or len(fusion) != len(cands) or any(len(p) != len(c) for p, c in zip(fusion, cands))):
@@ -306,7 +333,7 @@ class LGCNetSpace:
         a = arch if isinstance(arch, Architecture) else Architecture.from_dict(arch)
         a.validate(self.config)
         chosen = {f"cell{k}.e{j}": op for k, cell in enumerate(a.cells) for j, op in enumerate(cell)}
-        chosen.update({f"fusion.e{j}": op for j, op in enumerate(a.fusion)})
+        chosen.update({pos: op for pos, op in zip(self.fusion_positions(), a.fusion)})
         rows = []
         for p in self.positions():
             rows.append((p.name, chosen[p.name] if p.kind == "candidate" else p.candidates[0]))

@@ -46,8 +46,11 @@ def test_enumeration_has_one_shape_per_row_and_the_extra_rows_are_few():
     assert len({(e.position, e.op) for e in entries}) == len(entries)
     own = {(e.position, e.op) for e in space.network_entries(65, 129)}
     extra = [(e.position, e.op) for e in entries if (e.position, e.op) not in own]
+    mscell = {(e.position, e.op) for e in LGCNetSpace(space.config.replace(fusion="mscell")).network_entries(65, 129)}
     assert sorted(extra) == sorted([("fixed.aspp", "aspp"), ("fixed.ppm", "ppm"), ("fixed.head_pyramid", "head"),
-                                    ("fixed.head_direct", "head"), ("fixed.upsample_deep", "upsample")])
+                                    ("fixed.head_direct", "head"), ("fixed.upsample_deep", "upsample")]
+                                   + sorted(mscell - own))
+    assert all(p.startswith(("mscell.", "fixed.head_mscell", "fixed.upsample_s8")) for p, _ in mscell - own)
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,9 @@ def test_enumeration_counts_match_the_paper():
     space = LGCNetSpace(SpaceConfig())
     entries = space.enumerate(H, W)
     by_kind = Counter(e.kind for e in entries)
-    assert by_kind["candidate"] == 14 * 5 * 8 + 9 * 10 + 4 * 2
+    # the cells (Table II), the fusion cell (Table III + Up×2), and the MSCell of Table X row d
+    assert by_kind["candidate"] == 14 * 5 * 8 + 9 * 10 + 4 * 2 + (9 * 10 + 1 * 2)
+    assert sum(1 for e in space.network_entries(H, W) if e.kind == "candidate") == 14 * 5 * 8 + 9 * 10 + 4 * 2
     cell_pairs = {(e.position, e.op) for e in entries if e.position.startswith("cell") and e.kind == "candidate"}
     assert len(cell_pairs) == 14 * 5 * 8
     fixed = {e.position for e in entries if e.kind == "fixed"}

@@ -19,7 +19,9 @@ The fusion cell (``fusion="dcfc"``) has its own parameters, never shared and nev
 through the GCN-guided module (the paper applies the GGM between cells only): one ``[9, 10]``
 matrix for the edges choosing among the 10 ops of Table III (``FUSION_PRIMITIVES`` order) and one
 ``[4, 2]`` matrix for the Up×2 edges (``UP_PRIMITIVES`` order); :meth:`ArchParams.fusion_logits`
-returns them as 13 vectors in fusion-edge order.
+returns them as 13 vectors in fusion-edge order. The MSCell (``fusion="mscell"``, Table X row d)
+is laid out the same way from its own edges (:func:`nas.fusion.fusion_edges`): ``[9, 10]`` for
+its node edges and ``[1, 2]`` for its Up×2 edge, 10 vectors in its edge order (e0 first).
 
 **Initialisation** (paper silent): ``init_std · N(0, 1)`` with ``init_std = 1e-3`` as DARTS, from
 an explicit generator, so every edge starts (almost) uniform and runs are reproducible.
@@ -63,13 +65,11 @@ class ArchConfig:
 
 def fusion_layout(config: SpaceConfig) -> list[tuple[str, int]]:
     """For every fusion edge in order: ``("op", row)`` in the op matrix or ``("up", row)``."""
-    from nas.fusion import EDGES
+    from nas.fusion import fusion_edges
 
-    if config.fusion != "dcfc":
-        return []
     rows = {"op": 0, "up": 0}
     out = []
-    for _, _, kind in EDGES:
+    for _, kind, _ in fusion_edges(config.fusion):
         out.append((kind, rows[kind]))
         rows[kind] += 1
     return out
@@ -113,7 +113,8 @@ class ArchParams(nn.Module):
         return self.cell_alpha.index_select(0, self._cell_index)
 
     def fusion_logits(self) -> list[torch.Tensor]:
-        """θ of every fusion edge, in fusion-edge order (10 or 2 entries each); [] without DCFC."""
+        """θ of every fusion edge, in fusion-edge order (10 or 2 entries each); [] without a searched
+        fusion cell (DCFC or MSCell)."""
         out = []
         for kind, row in self._layout:
             src = self.fusion_op if kind == "op" else self.fusion_up

@@ -36,14 +36,13 @@ CHECKPOINT_FORMAT = "lgcnet-search-checkpoint"
 
 def derive_architecture(cell_logits: torch.Tensor, fusion_logits: Sequence[torch.Tensor],
                         config: SpaceConfig) -> Architecture:
-    """Arg-max per edge of θ' (``[K, p, 8]``) and of each fusion edge's logits."""
-    from nas.fusion import edge_candidates
+    """Arg-max per edge of θ' (``[K, p, 8]``) and of each fusion edge's logits (the fusion cell's
+    or the MSCell's, :func:`nas.fusion.fusion_edges`)."""
+    from nas.fusion import fusion_edge_candidates
 
     idx = cell_logits.detach().argmax(-1).tolist()
     cells = [[CELL_PRIMITIVES[m] for m in row] for row in idx]
-    fusion: list[str] = []
-    if config.fusion == "dcfc":
-        fusion = [cands[int(t.detach().argmax())] for t, cands in zip(fusion_logits, edge_candidates())]
+    fusion = [cands[int(t.detach().argmax())] for t, cands in zip(fusion_logits, fusion_edge_candidates(config.fusion))]
     arch = Architecture(cells, fusion)
     arch.validate(config)
     return arch
