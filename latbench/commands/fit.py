@@ -18,7 +18,8 @@ MECH_LABELS = {
     "model (uniform part of the fit set only)": "model, uniform part of fit set",
     "measurement (split-half)": "(measurement vs itself)",
 }
-SET_LABELS = {"fit": "fit networks (in-sample)", "test": "held-out uniform", "search": "held-out from search"}
+SET_LABELS = {"fit": "fit networks (in-sample)", "test": "held-out uniform", "search": "held-out from search",
+              "other_searches": "held-out from other searches (--test-search)"}
 
 
 def _f(v, spec: str = ".2f") -> str:
@@ -41,6 +42,9 @@ def render_text(d: dict) -> str:
         f"per-call overhead {d['overhead_us']:.2f} µs; model: {m['group_by']} groups, "
         f"λ {_f(prov.get('lambda'), 'g')}, constant {m['constant_us']:.1f} µs, "
         f"cross-validated MAPE on the fit set {_f(prov.get('cv_mape'))} %",
+        f"fit networks: {d['request']['design']} design, seed {d['request']['seed']}; held-out sets: test seed "
+        f"{d['request']['test_seed']} (--test-seed {d['request']['test_seed']} reproduces them)",
+        *[str(n) for n in d.get("notes") or []],
         "",
     ]
     for s, figs in d["figures"].items():
@@ -52,6 +56,12 @@ def render_text(d: dict) -> str:
             lines.append(f"  {MECH_LABELS.get(name, name):<24} {_f(f['mape']):>7} {_f(f['worst']):>8} "
                          f"{_f(f['within_5'], '.0%'):>6} {_f(f['within_10'], '.0%'):>6} "
                          f"{_f(f['kendall_tau'], '.3f'):>6} {_f(f['spearman_rho'], '.3f'):>6}")
+    ex = d.get("lut_explains") or {}
+    if d.get("refused"):
+        lines += ["", f"not stored: {d['refused']}"]
+    elif ex:
+        lines += ["", f"the LUT explains the fit networks: global slope {_f(ex.get('global_slope'), '.3f')}, "
+                      f"raw-sum correlation r {_f(ex.get('raw_correlation'), '.3f')}"]
     return "\n".join(lines)
 
 
@@ -59,10 +69,12 @@ def render_text(d: dict) -> str:
 @click.argument("lut", type=click.Path(dir_okay=False))
 @click.option("--fit-networks", default=40, show_default=True, type=int,
               help="Architectures sampled uniformly and measured to fit the model (at least 8).")
-@click.option("--design", default="uniform", show_default=True, type=click.Choice(["uniform", "d-optimal"]),
-              help="How the fit networks are chosen: uniform draws, or d-optimal = from many uniform draws the "
-                   "ones whose op composition spreads the most (measured here: better on uniform held-out "
-                   "networks, worse on searched ones; docs/latency_model.md).")
+@click.option("--design", default="span", show_default=True, type=click.Choice(["span", "uniform", "d-optimal"]),
+              help="How the fit networks are chosen: span = spread evenly over the LUT-predicted latency range "
+                   "that draws tilted towards the LUT's cheapest and most expensive ops reach (light networks full "
+                   "of zero/skip/pooling as well as heavy ones, so the constant and slopes are pinned where "
+                   "searches go); uniform draws; or d-optimal = from many uniform draws the ones whose op "
+                   "composition spreads the most (docs/latency_model.md).")
 @click.option("--uniform-fit-networks", default=0, show_default=True, type=int,
               help="Ablation, with --design d-optimal: also measure this many uniform fit networks and report the "
                    "model fitted on them beside the designed one (costs their measurement).")
@@ -78,7 +90,19 @@ def render_text(d: dict) -> str:
                    "uniformly (disjoint from the held-out searched networks), so the fit sees the op mixes a search "
                    "produces; the report adds the same model fitted on the uniform part alone. "
                    "[default: half of --fit-networks with --from-search, else 0]")
-@click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fit networks' draws.")
+@click.option("--test-seed", default=None, type=click.IntRange(min=0),
+              help="Seed of the held-out sets' draws (recorded in the report and the model's provenance; give it "
+                   "to reproduce a fit's held-out sets). [default: a fresh random seed; a resumed fit keeps its own]")
+@click.option("--test-search", "test_search", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A result of another search the fit never saw (repeatable: other β, other seeds, a search priced "
+                   "by a model): its derived architecture (a genotype) and --test-search-draws draws from its α "
+                   "are measured and reported as the held-out set other_searches.")
+@click.option("--test-search-draws", default=4, show_default=True, type=click.IntRange(min=0),
+              help="Draws from each --test-search file's α (0: its derived architecture only).")
+@click.option("--yes", is_flag=True, help="Run even when the plan exceeds the bounds (2000 networks, --max-minutes).")
+@click.option("--max-minutes", default=None, type=float,
+              help="Refuse a fit whose estimated duration exceeds this many minutes. [default: 60]")
 @click.option("--resolution", default=None, help="Input HxW; required when the LUT holds several.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N. [default: the LUT's device type]")
 @click.option("--rounds", default=15, show_default=True, type=click.IntRange(min=1),
@@ -98,15 +122,21 @@ def render_text(d: dict) -> str:
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
               help="Write a PNG: measured vs predicted on the held-out networks, raw sum and model.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_search, search_networks, search_fit_networks, seed, resolution, device, rounds, window,
+def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_search, search_networks, search_fit_networks,
+        seed, test_seed, test_search, test_search_draws, yes, max_minutes, resolution, device, rounds, window,
         statistic, drift_tolerance, no_save, space_name, as_json, plot_path, no_progress) -> None:
     """Fit a latency model for LUT: sample and measure whole networks with the LUT's own backend and
     protocol (interleaved rounds, a reference network watching for slow episodes), fit per-row
     corrections (measured per-call overhead, per-op-group slope and per-row terms, a constant)
     on the fit networks, and report MAPE, worst error, ±5/±10 %, Kendall τ and Spearman ρ on
-    held-out networks for the raw sum, the affine calibration and the model side by side. The
-    model is stored in the LUT (one per backend/precision/resolution/batch/device) and used by
-    `nas search`, `nas fps` and `nas sample`. Resumable: rerun the same command after a crash."""
+    held-out networks (drawn from a fresh --test-seed, never a fit network; --test-search adds other
+    searches' networks) for the raw sum, the affine calibration and the model side by side. The
+    plan (networks × rounds × window, preparation, estimated minutes) is printed first; a fit
+    beyond the bounds is refused unless --yes / --max-minutes. The model is stored in the LUT (one
+    per backend/precision/resolution/batch/device, with its fit networks' fingerprints) and used by
+    `nas search`, `nas fps` and `nas sample` — unless the LUT does not explain the fit networks
+    (then nothing is stored and the command fails, saying why). Resumable: rerun the same command
+    after a crash."""
     from latbench.errors import UserError
     from latbench.files import check_outputs
     from latbench.model.fit import FitRequest, run_fit
@@ -124,7 +154,9 @@ def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_sea
     req = FitRequest(lut_path=lut, fit_networks=fit_networks, design=design, uniform_fit_networks=uniform_fit_networks,
                      search_fit_networks=search_fit_networks,
                      test_networks=test_networks,
-                     search_networks=search_networks, from_search=from_search, seed=seed, resolution=hw,
+                     search_networks=search_networks, from_search=from_search, seed=seed, test_seed=test_seed,
+                     test_search=tuple(test_search), test_search_draws=test_search_draws, yes=yes,
+                     max_minutes=max_minutes, resolution=hw,
                      device=device, space_name=space_name, rounds=rc, save=not no_save)
     from latbench.progress import PhaseProgress
 
@@ -143,3 +175,6 @@ def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_sea
             click.echo(f"saved the latency model ({result.model.model_id}) into {lut}")
         if plot_path:
             click.echo(f"wrote {plot_path}")
+    if result.refused and not no_save:
+        raise UserError(f"no latency model stored in {lut}: {result.refused}; rebuild the LUT on a quiet machine "
+                        "(build-lut --threads 1) and fit again")

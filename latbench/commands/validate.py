@@ -21,6 +21,10 @@ def render_text(d: dict) -> str:
         f"LUT {d['lut']} ({d['backend']}, {d['precision']}, batch {d['batch']}, {d['resolution']}) on {dev}",
         f"architectures: {d['measured']} measured of {d['requested']} (seed {d['seed']}, {d.get('sampling', 'uniform')})"
         + (f", host-bound share {_fmt(d['host_bound_share'], '.0%')}" if d.get("host_bound_share") is not None else ""),
+        *([f"excluded {d.get('excluded_fit_networks', 0)} draw(s) the LUT's latency model was fitted on "
+           f"(checked against {d['fit_fingerprints_known']} fit network fingerprints)"]
+          if d.get("fit_fingerprints_known") else []),
+        *[f"notice: {n}" for n in d.get("exclusion_notes") or []],
         f"MAPE            {_fmt(f['mape'], '.2f')} %",
         f"within ±5 %     {_fmt(f['within_5'], '.0%')}",
         f"within ±10 %    {_fmt(f['within_10'], '.0%')}",
@@ -53,7 +57,10 @@ def render_text(d: dict) -> str:
 @click.argument("lut", type=click.Path(dir_okay=False))
 @click.option("--samples", default=50, show_default=True, type=click.IntRange(min=3),
               help="Number of architectures to sample, build and measure.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed (random.Random).")
+@click.option("--seed", default=None, type=click.IntRange(min=0),
+              help="Sampling seed (random.Random); recorded in the report. Architectures the LUT's latency model "
+                   "was fitted on are never sampled (the report says how many draws were excluded). "
+                   "[default: a fresh random seed]")
 @click.option("--resolution", default=None, help="Input HxW; required when the LUT holds several.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N. [default: the LUT's device type]")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure and every sample as JSON on stdout.")

@@ -1,54 +1,74 @@
 """``latbench fit``: measure whole networks, fit a latency model, judge it on networks it never saw.
 
-:func:`run_fit`:
+:func:`run_fit` reads as its five steps:
 
-1. reads the LUT and, from its metadata, how it was measured (:func:`latbench.model.validate.resolve_setup`:
-   space, backend, precision, batch, protocol, device — a different device is refused);
-2. samples three disjoint sets of architectures with ``random.Random``: ``fit`` (uniform), ``test``
-   (uniform, held out) and, with ``from_search``, ``search`` (drawn from a search's α, held out),
-   plus one *reference* network; every LUT row they need must be there (checked before timing);
-3. builds and prepares every network with the LUT's own backend, and a near-empty *probe* op that
-   measures the backend's per-call overhead (:mod:`latbench.timing.probe`);
-4. measures all of them in interleaved rounds (:mod:`latbench.timing.interleave`), the reference network
-   watching for slow episodes; every finished window goes to a journal next to the LUT
-   (``LUT.fit.jsonl``), so a killed fit resumes and loses at most the window in flight;
-5. fits the model on the fit networks only (:func:`latbench.model.fitting.fit_model`: grouping and λ by
-   cross-validation on the fit set) and reports, on each held-out set, the figures of every
-   mechanism of the ablation ladder (:func:`latbench.model.fitting.mechanisms`) side by side;
-6. stores the model in the LUT's metadata (``latency_models``, replacing one of the same scope)
-   under the LUT's lock, atomically, with its provenance.
+1. **plan** (:func:`plan_fit`): read the LUT and how it was measured
+   (:func:`latbench.model.networks.resolve_setup`: space, backend, precision, batch, protocol,
+   device — a different device is refused); say what the fit will cost (networks × rounds ×
+   window, preparation per network, estimated minutes) and refuse beyond a bound unless asked;
+   take the journal's lock (a second fit on the same LUT is refused here, before anything is
+   read or resumed); draw the networks (:func:`sample_networks`): the *fit* networks (by default
+   spread over the latency range searches reach, :func:`latbench.model.networks.span_design`;
+   optionally half from a search's α), then the held-out sets — ``test`` (uniform), ``search``
+   (from ``--from-search``'s α) and ``other_searches`` (``--test-search``: other searches'
+   derived architectures and draws from their α) — from a *fresh* seed (``test_seed``, recorded),
+   every held-out network disjoint by architecture (:func:`~latbench.model.networks.arch_fingerprint`)
+   from every fit network; every LUT row they need must be there (checked before timing);
+2. **measure** (:func:`measure_fit`): build and prepare every network with the LUT's own backend
+   plus a near-empty *probe* op (the per-call overhead), measure them in interleaved rounds with a
+   reference network watching for slow episodes; every finished window goes to a journal next
+   to the LUT (``LUT.fit.jsonl``), so a killed fit resumes and loses at most the window in flight;
+3. **select** (:func:`select_model`): fit the model on the fit networks only
+   (:func:`latbench.model.fitting.fit_model`) and the ablation ladder beside it
+   (:func:`latbench.model.fitting.mechanisms`); refuse to store a model when the LUT does not
+   explain the fit networks (:func:`lut_explains`);
+4. **judge** (:func:`judge`): every rung of the ladder on every set, side by side, with the
+   measurement's agreement with itself;
+5. **store** (:func:`save_model`): the model in the LUT's metadata (``latency_models``,
+   replacing one of the same scope), under the LUT's lock, atomically, with its provenance — the
+   fingerprints of its fit networks among it, so ``validate-lut`` never judges it on them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import random
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
 from latbench.errors import UserError
-from latbench.files import FileLock, Journal, check_writable, lock_path, read_journal
-from latbench.timing.interleave import InterleavedResult, RoundsConfig, Window, measure_interleaved
+from latbench.files import FileLock, Journal, atomic_write_text, check_writable, lock_path, read_journal
 from latbench.lut.table import now_iso, read_lut, write_lut
-from latbench.model.metrics import kendall_tau, share_within, spearman_rho
-from latbench.model.latency_model import COLUMNS, LatencyModel, ModelScope, lut_rows, with_model
-from latbench.model.fitting import Row, features, fit_model, mechanisms
+from latbench.model.fitting import Row, features, fit_fixed, fit_model, mechanisms, raw_sum
+from latbench.model.latency_model import COLUMNS, LatencyModel, ModelScope, with_model
+from latbench.model.predictor import Predictor
+from latbench.model.networks import (PROBE, REFERENCE, LutSetup, arch_fingerprint, draw_distinct, figures,
+                                     measure_networks, op_costs, resolve_setup, search_file_architectures,
+                                     span_design)
 from latbench.space import format_resolution
-from latbench.timing import get_backend
+from latbench.timing.interleave import InterleavedResult, RoundsConfig, Window
+
+__all__ = ["FitRequest", "FitResult", "FitPlan", "Network", "run_fit", "save_model", "journal_path", "figures",
+           "measure_networks", "d_optimal", "split_halves", "repeatability", "lut_explains", "PROBE", "REFERENCE"]
 
 JOURNAL_SUFFIX = ".fit.jsonl"
-REFERENCE = "reference"
-PROBE = "probe"
-SETS = ("fit", "test", "search")
+SETS = ("fit", "test", "search", "other_searches")
 MIN_FIT = 8
-DESIGNS = ("uniform", "d-optimal")
+DESIGNS = ("span", "uniform", "d-optimal")
+MAX_NETWORKS = 2000        # beyond this many networks a fit is refused unless --yes
+MAX_MINUTES = 60.0         # beyond this estimate a fit is refused unless --yes or --max-minutes
+#: seconds to build and prepare one network, per backend (docs/latency_model.md "What it costs")
+PREPARE_S = {"cpu": 0.05, "eager": 0.05, "cudagraph": 0.3, "ort": 1.3, "compile": 28.0, "trt": 30.0}
+#: a LUT whose rows the fit networks' measurements scale by less than this (or more than its
+#: inverse), or whose raw sums correlate with them below MIN_RAW_CORRELATION, does not explain them
+MIN_GLOBAL_SLOPE = 0.05
+MIN_RAW_CORRELATION = 0.3
 
 
 @dataclass(frozen=True)
@@ -60,22 +80,33 @@ class FitRequest:
     test_networks: int = 20
     search_networks: int = 20
     from_search: str | None = None
-    seed: int = 0
+    seed: int = 0                    # the fit networks' draws
+    test_seed: int | None = None     # the held-out sets' draws; None: a fresh random seed (recorded)
+    test_search: tuple[str, ...] = ()  # other searches' results: held-out set ``other_searches``
+    test_search_draws: int = 4       # draws from each --test-search file's α (beside its derived architecture)
     resolution: tuple[int, int] | None = None
     device: str | None = None
     space_name: str | None = None
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     save: bool = True
-    design: str = "uniform"          # how fit networks are chosen: uniform | d-optimal (from uniform draws)
+    design: str = "span"             # how fit networks are chosen: span | uniform | d-optimal
     uniform_fit_networks: int = 0    # ablation: also measure this many uniform fit networks and report their model
     search_fit_networks: int = 0     # of the fit networks, how many are drawn from the search's α (--from-search)
+    yes: bool = False                # accept a plan beyond the bounds
+    max_minutes: float | None = None  # the bound on the estimated minutes (default MAX_MINUTES)
+
+    def total_networks(self) -> int:
+        other = len(self.test_search) * (1 + max(self.test_search_draws, 0))
+        return (self.fit_networks + self.uniform_fit_networks + self.test_networks
+                + (self.search_networks if self.from_search else 0) + other)
 
     def check(self) -> None:
+        """Refuse impossible or unbounded requests at once, before anything is read or allocated."""
         if self.fit_networks < MIN_FIT:
             raise UserError(f"--fit-networks must be at least {MIN_FIT} (a model fitted on fewer networks "
                             f"cannot be cross-validated), got {self.fit_networks}")
-        if self.test_networks < 0 or self.search_networks < 0:
-            raise UserError("--test-networks and --search-networks cannot be negative")
+        if self.test_networks < 0 or self.search_networks < 0 or self.test_search_draws < 0:
+            raise UserError("--test-networks, --search-networks and --test-search-draws cannot be negative")
         if self.test_networks and self.test_networks < 3:
             raise UserError(f"--test-networks must be 0 or at least 3 (Kendall τ needs pairs), got {self.test_networks}")
         if self.design not in DESIGNS:
@@ -91,15 +122,55 @@ class FitRequest:
                             f"of --fit-networks {self.fit_networks}: at most {self.fit_networks - MIN_FIT // 2}")
         if self.from_search is not None and self.search_networks < 3:
             raise UserError(f"--search-networks must be at least 3 with --from-search, got {self.search_networks}")
+        if self.test_seed is not None and self.test_seed < 0:
+            raise UserError(f"--test-seed cannot be negative, got {self.test_seed}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise UserError(f"--max-minutes must be positive, got {self.max_minutes}")
+        n = self.total_networks()
+        if n > MAX_NETWORKS and not self.yes:
+            raise UserError(f"this fit would measure {n} networks (more than {MAX_NETWORKS}: every one is built, "
+                            "prepared and held in memory at once); ask for fewer, or pass --yes if you mean it")
 
-    def journal_key(self, lut_created: Any, scope: ModelScope, search_sha: str | None) -> dict[str, Any]:
+    def journal_key(self, lut_created: Any, scope: ModelScope, search_sha: str | None, test_seed: int,
+                    other_shas: Sequence[str]) -> dict[str, Any]:
         """What must match for a rerun to continue an unfinished fit's measurements."""
         return json.loads(json.dumps({
             "lut_created": lut_created, "scope": scope.to_dict(), "fit": self.fit_networks, "test": self.test_networks,
             "search": self.search_networks if self.from_search else 0, "search_sha": search_sha, "seed": self.seed,
+            "test_seed": test_seed, "other_searches": list(other_shas), "other_draws": self.test_search_draws,
             "design": self.design, "uniform_fit": self.uniform_fit_networks,
             **({"search_fit": self.search_fit_networks} if self.search_fit_networks else {}),
             "rounds": self.rounds.to_dict()}, default=str))
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """What a fit will cost, said before it starts."""
+
+    networks: int          # measured networks (the reference and the overhead probe come on top)
+    rounds: int
+    window_s: float
+    prepare_s: float       # per network
+    backend: str
+
+    @property
+    def measure_s(self) -> float:
+        return (self.networks + 2) * self.rounds * self.window_s * 1.3  # ≈ 30 % between windows (measured)
+
+    @property
+    def minutes(self) -> float:
+        return (self.measure_s + (self.networks + 1) * self.prepare_s) / 60.0
+
+    def describe(self) -> str:
+        return (f"plan: {self.networks} networks × {self.rounds} rounds × {self.window_s:g} s window "
+                f"(≈ {self.measure_s / 60:.1f} min measuring, more after slow episodes) + "
+                f"≈ {self.prepare_s:g} s preparation per network with {self.backend} "
+                f"(≈ {(self.networks + 1) * self.prepare_s / 60:.1f} min): about {self.minutes:.1f} minutes")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"networks": self.networks, "rounds": self.rounds, "window_s": self.window_s,
+                "prepare_s_per_network": self.prepare_s, "backend": self.backend,
+                "estimated_minutes": round(self.minutes, 2)}
 
 
 @dataclass
@@ -109,6 +180,8 @@ class Network:
     arch: dict[str, Any]
     rows: dict[str, list[Row]]  # LUT column (median_us, p10_us) -> the network's rows
     from_search: bool = False   # drawn from the search's α (held-out searched, or search-drawn fit networks)
+    fingerprint: str = ""       # latbench.model.networks.arch_fingerprint
+    source: str | None = None   # other_searches: the --test-search file and whether derived or drawn
 
 
 @dataclass
@@ -124,39 +197,35 @@ class FitResult:
     device_info: dict[str, Any]
     saved: bool = False
     date: str = field(default_factory=now_iso)
+    test_seed: int | None = None
+    plan: FitPlan | None = None
+    refused: str | None = None      # why the model was not stored (the LUT does not explain the networks)
+    explains: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    statistics: dict[str, Any] = field(default_factory=dict)  # intervals, ceiling, selection (when available)
 
     def to_dict(self) -> dict[str, Any]:
+        r = self.request
         return {
-            "lut": self.request.lut_path, "date": self.date, "scope": self.scope.to_dict(),
+            "lut": r.lut_path, "date": self.date, "scope": self.scope.to_dict(),
             "device": self.device_info, "overhead_us": self.overhead_us,
-            "model": self.model.to_dict(), "saved": self.saved,
-            "request": {"fit_networks": self.request.fit_networks, "test_networks": self.request.test_networks,
-                        "search_networks": self.request.search_networks if self.request.from_search else 0,
-                        "from_search": self.request.from_search, "seed": self.request.seed,
-                        "design": self.request.design, "uniform_fit_networks": self.request.uniform_fit_networks,
-                        "search_fit_networks": self.request.search_fit_networks,
-                        "rounds": self.request.rounds.to_dict()},
-            "figures": self.figures, "measurement": self.measurement,
+            "model": self.model.to_dict(), "saved": self.saved, "refused": self.refused,
+            "lut_explains": self.explains, "notes": self.notes,
+            "plan": self.plan.to_dict() if self.plan else None,
+            "request": {"fit_networks": r.fit_networks, "test_networks": r.test_networks,
+                        "search_networks": r.search_networks if r.from_search else 0,
+                        "from_search": r.from_search, "seed": r.seed, "test_seed": self.test_seed,
+                        "test_search": list(r.test_search), "test_search_draws": r.test_search_draws,
+                        "design": r.design, "uniform_fit_networks": r.uniform_fit_networks,
+                        "search_fit_networks": r.search_fit_networks,
+                        "rounds": r.rounds.to_dict()},
+            "figures": self.figures, "statistics": self.statistics, "measurement": self.measurement,
             "networks": [{"key": n.key, "set": n.set, "measured_us": self.measured.get(n.key),
-                          "raw_sum_us": _raw(n.rows["median_us"]), "model_us": self.model.predict_rows(n.rows[self.model.column]),
-                          "arch": n.arch}
+                          "raw_sum_us": raw_sum(n.rows["median_us"]),
+                          "model_us": self.model.predict_rows(n.rows[self.model.column]),
+                          "fingerprint": n.fingerprint, "source": n.source, "arch": n.arch}
                          for n in self.networks],
         }
-
-
-def _raw(rows: Sequence[Row]) -> float:
-    return float(sum(0.0 if a else m for _, _, m, a in rows))
-
-
-def figures(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, Any]:
-    """MAPE, worst error, share within ±5 / ±10 %, Kendall τ, Spearman ρ (percentages in %)."""
-    p, m = np.asarray(predicted, float), np.asarray(measured, float)
-    rel = np.abs(p - m) / m
-    tau, rho = kendall_tau(p, m), spearman_rho(p, m)
-    return {"n": int(p.size), "mape": float(100 * rel.mean()), "worst": float(100 * rel.max()),
-            "within_5": share_within(p, m, 0.05), "within_10": share_within(p, m, 0.10),
-            "kendall_tau": None if math.isnan(tau) else tau, "spearman_rho": None if math.isnan(rho) else rho,
-            "mean_signed": float(100 * ((p - m) / m).mean())}
 
 
 def split_halves(res: InterleavedResult, statistic: str) -> dict[str, tuple[float, float]]:
@@ -174,8 +243,9 @@ def split_halves(res: InterleavedResult, statistic: str) -> dict[str, tuple[floa
 
 def repeatability(pairs: Sequence[tuple[float, float]]) -> dict[str, Any]:
     """How well the measurement agrees with itself: one half of the rounds "predicting" the other,
-    in the figures of :func:`figures`. No model can rank networks better than their measurement
-    ranks itself: τ between halves is the ceiling the held-out τ is bounded by."""
+    in the figures of :func:`figures`. Half against half understates how well the full measurement
+    ranks the networks (each half has twice the noise); it is reported as what it is, not as a
+    ceiling."""
     if len(pairs) < 3:
         return {"n": len(pairs)}
     a, b = zip(*pairs)
@@ -184,10 +254,6 @@ def repeatability(pairs: Sequence[tuple[float, float]]) -> dict[str, Any]:
 
 def journal_path(lut_path: str | os.PathLike) -> Path:
     return Path(str(lut_path) + JOURNAL_SUFFIX)
-
-
-def _arch_key(arch: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def d_optimal(features: np.ndarray, n: int) -> list[int]:
@@ -214,249 +280,375 @@ def d_optimal(features: np.ndarray, n: int) -> list[int]:
     return chosen
 
 
-def sample_sets(space: Any, request: FitRequest,
-                featurize: Callable[[dict[str, Any]], np.ndarray] | None = None) -> tuple[list[Network], dict[str, Any]]:
-    """The fit / test / search networks (disjoint) and the reference architecture.
+# ---- 1. plan -------------------------------------------------------------------------------------
+def make_plan(request: FitRequest, backend: str) -> FitPlan:
+    return FitPlan(request.total_networks(), request.rounds.rounds, request.rounds.window_s,
+                   PREPARE_S.get(backend, 1.0), backend)
 
-    The fit networks are uniform draws (``request.design == "uniform"``, the default) or, with
-    ``"d-optimal"`` (and ``featurize``: an architecture's per-op-group LUT sums and counts), the
-    ones :func:`d_optimal` picks from a pool of uniform draws. Measured on this project's CPU
-    (benchmarks/results/latency_model-*-design-*): the D-optimal pick judged uniform held-out
-    networks better but searched ones worse than uniform fit networks, and a pool enriched with
-    op-skewed networks made both worse (the per-row corrections are not linear that far out), so
-    uniform fit networks are the default. With ``request.search_fit_networks`` = K, K of the fit
-    networks are drawn from the search's α instead (disjoint from the held-out searched ones; their
-    keys start ``fits``): uniform draws barely vary in op composition, searches do not.
-    Held-out networks are always drawn as asked (uniform, from the search)."""
-    from latbench.model.validate import sample_architectures
 
+def check_plan(plan: FitPlan, request: FitRequest) -> None:
+    bound = request.max_minutes if request.max_minutes is not None else MAX_MINUTES
+    if plan.minutes > bound and not request.yes:
+        raise UserError(f"this fit would take about {plan.minutes:.0f} minutes (more than {bound:g}); ask for fewer "
+                        "networks or rounds, or pass --max-minutes M (or --yes) if you mean it")
+
+
+@dataclass
+class _Sampler:
+    """What :func:`sample_networks` needs from the LUT: the space, prices and op costs."""
+
+    space: Any
+    price: Callable[[dict[str, Any]], float]
+    costs: dict[str, float]
+    featurize: Callable[[dict[str, Any]], np.ndarray] | None = None
+
+
+def sample_networks(sampler: _Sampler, request: FitRequest, test_seed: int,
+                    notes: list[str] | None = None) -> tuple[list[Network], dict[str, Any]]:
+    """The fit networks, then the held-out sets (disjoint from them and from each other by
+    :func:`~latbench.model.networks.arch_fingerprint`), and the reference architecture.
+
+    Fit networks (``request.seed``): ``design`` ``span`` (default,
+    :func:`~latbench.model.networks.span_design`: evenly over the LUT-predicted latency range
+    that tilted draws reach, light to heavy), ``uniform`` draws, or ``d-optimal`` picks from
+    uniform draws; with ``search_fit_networks`` = K, K of them are drawn from the search's α
+    instead (keys ``fits…``). Held-out sets (``test_seed``): ``test`` uniform, ``search`` from
+    ``from_search``'s α, ``other_searches`` from every ``test_search`` file (its derived
+    architecture and ``test_search_draws`` draws from its α)."""
+    space = sampler.space
+    notes = notes if notes is not None else []
     taken: set[str] = set()
     out: list[Network] = []
 
-    def fresh(n: int, seed: int, from_search: str | None) -> list[dict[str, Any]]:
-        got = []
-        for arch in sample_architectures(space, 4 * n + 8, seed, from_search):
-            k = _arch_key(arch)
-            if k not in taken:
-                got.append(arch)
-                taken.add(k)
-                if len(got) == n:
-                    break
-        return got
-
-    def add(archs: list[dict[str, Any]], n: int, name: str, prefix: str | None = None,
-            from_search: bool = False) -> None:
-        if len(archs) < n:
+    def add(archs: list[dict[str, Any]], n: int | None, name: str, prefix: str | None = None,
+            from_search: bool = False, source: str | None = None) -> None:
+        if n is not None and len(archs) < n:
             raise UserError(f"could draw only {len(archs)} distinct {name} architectures of the {n} asked for "
                             "(the space or the search distribution is too small)")
-        out.extend(Network(f"{prefix or name}{i:03d}-{_arch_key(a)[:8]}", name, a, {}, from_search)
-                   for i, a in enumerate(archs))
+        start = sum(1 for x in out if x.key.startswith(prefix or name))
+        for i, a in enumerate(archs):
+            fp = arch_fingerprint(space, a)
+            out.append(Network(f"{prefix or name}{start + i:03d}-{fp[:8]}", name, a, {}, from_search, fp, source))
 
     reference = space.sample_architecture(random.Random(f"latbench-fit-reference-{request.seed}"))
-    taken.add(_arch_key(reference))
-    # held-out sets first: the design must not pick a network the model is judged on
-    test = fresh(request.test_networks, request.seed + 1_000_003, None) if request.test_networks else []
-    search = fresh(request.search_networks, request.seed + 2_000_003, request.from_search) if request.from_search else []
+    taken.add(arch_fingerprint(space, reference))
     n_search_fit = request.search_fit_networks if request.from_search else 0
-    n_uniform = request.fit_networks - n_search_fit
-    if request.design == "d-optimal" and featurize is not None:
-        pool = fresh(max(25 * n_uniform, 500), request.seed, None)
-        picks = d_optimal(np.array([featurize(a) for a in pool]), n_uniform)
+    n_main = request.fit_networks - n_search_fit
+    if request.design == "d-optimal" and sampler.featurize is not None:
+        pool = draw_distinct(space, max(25 * n_main, 500), request.seed, set(taken))
+        picks = d_optimal(np.array([sampler.featurize(a) for a in pool]), n_main)
         fit = [pool[i] for i in picks]
-        taken.difference_update(_arch_key(a) for i, a in enumerate(pool) if i not in set(picks))
+        taken.update(arch_fingerprint(space, a) for a in fit)
+    elif request.design == "span":
+        fit = span_design(space, n_main, request.seed, taken, sampler.price, sampler.costs)
     else:
-        fit = fresh(n_uniform, request.seed, None)
-    add(fit, n_uniform, "fit")
+        fit = draw_distinct(space, n_main, request.seed, taken)
+    add(fit, n_main, "fit")
     if n_search_fit:
-        add(fresh(n_search_fit, request.seed + 4_000_003, request.from_search), n_search_fit, "fit", prefix="fits",
-            from_search=True)
+        add(draw_distinct(space, n_search_fit, request.seed + 4_000_003, taken, request.from_search), n_search_fit,
+            "fit", prefix="fits", from_search=True)
     if request.uniform_fit_networks:
-        add(fresh(request.uniform_fit_networks, request.seed + 3_000_003, None), request.uniform_fit_networks,
-            "fit-uniform")
-    add(test, request.test_networks, "test")
+        add(draw_distinct(space, request.uniform_fit_networks, request.seed + 3_000_003, taken),
+            request.uniform_fit_networks, "fit-uniform")
+    # held out: a fresh seed, never a fit network
+    add(draw_distinct(space, request.test_networks, f"latbench-test-{test_seed}", taken), request.test_networks, "test")
     if request.from_search:
-        add(search, request.search_networks, "search", from_search=True)
+        add(draw_distinct(space, request.search_networks, f"latbench-search-{test_seed}", taken, request.from_search),
+            request.search_networks, "search", from_search=True)
+    for i, path in enumerate(request.test_search):
+        got = search_file_architectures(space, path, request.test_search_draws, f"latbench-other-{test_seed}-{i}", taken)
+        notes.extend(got.notes)
+        if got.derived is not None:
+            add([got.derived], None, "other_searches", prefix="oth", from_search=True, source=f"{path} (derived)")
+        add(got.draws, None, "other_searches", prefix="oth", from_search=True, source=f"{path} (α draw)")
     return out, reference
 
 
-def measure_networks(setup: Any, backend: Any, archs: dict[str, dict[str, Any]], rounds: RoundsConfig, *,
-                     reference: str | None = None, done: Sequence[Window] = (),
-                     on_window: Callable[[Window], None] | None = None,
-                     on_event: Callable[[str], None] | None = None,
-                     on_progress: Callable[[str, int, int, str], None] | None = None) -> InterleavedResult:
-    """Build and prepare every architecture (and the per-call overhead probe, item ``probe``) with
-    ``backend`` and ``setup``'s protocol, measure them in interleaved rounds, close them.
-    ``on_progress(phase, done, total, what)`` with phase ``prepare`` then ``measure``."""
-    from latbench.timing.probe import probe_inputs, probe_module
-    from latbench.timing.loop import describe_error
+@dataclass
+class _Prepared:
+    """Everything :func:`plan_fit` settled: what the later steps work on."""
 
-    prepared: dict[str, Any] = {}
-    total = len(archs) + 1
-    x = torch.randn(setup.batch, 3, setup.height, setup.width, generator=torch.Generator().manual_seed(0))
+    lut: Any
+    setup: LutSetup
+    scope: ModelScope
+    plan: FitPlan
+    networks: list[Network]
+    reference: dict[str, Any]
+    test_seed: int
+    key: dict[str, Any]
+    done: list[Window]
+    header: dict[str, Any] | None
+    lock: FileLock
+    notes: list[str]
+
+
+def _read_journal(jpath: Path, notes: list[str],
+                  on_event: Callable[[str], None] | None) -> tuple[dict[str, Any] | None, list[Window]]:
+    """The journal's header and its measured windows; unreadable lines are counted and said."""
+    if not jpath.exists():
+        return None, []
     try:
-        for i, (key, arch) in enumerate(archs.items()):
-            if on_progress is not None:
-                on_progress("prepare", i, total, key)
-            net = setup.space.build_architecture(arch)
-            if isinstance(net, torch.nn.Module):
-                net.eval()
-            try:
-                prepared[key] = backend.prepare(net, (x,), setup.protocol)
-            except Exception as exc:
-                raise UserError(f"cannot prepare network {key} with backend {setup.backend}: "
-                                f"{describe_error(exc)}") from None
-        prepared[PROBE] = backend.prepare(probe_module(), tuple(probe_inputs(setup.batch)), setup.protocol)
-        if on_progress is not None:
-            on_progress("prepare", total, total, "prepared")
-        return measure_interleaved(
-            prepared, setup.protocol, rounds, reference=reference, done=done, on_window=on_window,
-            on_event=on_event,
-            on_progress=(lambda d, t, w: on_progress("measure", d, t, w)) if on_progress else None)
-    finally:
-        for p in prepared.values():
-            try:
-                p.close()
-            except Exception:
-                pass
-
-
-def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = None,
-            on_progress: Callable[[str, int, int, str], None] | None = None) -> FitResult:
-    """See the module docstring. ``on_progress(phase, done, total, what)``."""
-    from latbench.device import describe_device
-    from latbench.model.validate import resolve_setup
-
-    request.check()
-    lut = read_lut(request.lut_path)
-    setup = resolve_setup(lut, request.resolution, request.device, request.space_name)
-    scope = ModelScope.of_lut(lut.meta, setup.height, setup.width, setup.batch, setup.backend, setup.precision)
-    if request.save:
-        check_writable(request.lut_path)
-    search_sha = None
-    if request.from_search:
-        from latbench.files import file_sha256
-
-        search_sha = file_sha256(request.from_search)
-    def featurize(arch: dict[str, Any]) -> np.ndarray:
-        rows = lut_rows(lut, setup.space.architecture_rows(arch), setup.height, setup.width, setup.batch)
-        X, N, _ = features([rows], 0.0, "op", design_groups)
-        return np.concatenate([X[0], N[0]])
-
-    design_groups = sorted({str(o) for o in lut.df["op"]})
-    networks, reference = sample_sets(setup.space, request, featurize)
-    for n in networks:  # a LUT that cannot price a network fails before any timing
-        pr = setup.space.architecture_rows(n.arch)
-        n.rows = {c: lut_rows(lut, pr, setup.height, setup.width, setup.batch, c) for c in COLUMNS}
-    lut_rows(lut, setup.space.architecture_rows(reference), setup.height, setup.width, setup.batch)
-
-    jpath = journal_path(request.lut_path)
-    key = request.journal_key(lut.meta.get("created"), scope, search_sha)
-    done: list[Window] = []
+        lines = [ln for ln in jpath.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError as exc:
+        raise UserError(f"cannot read the fit journal {jpath}: {exc.strerror or exc}") from None
     records = list(read_journal(jpath))
-    header = next((r for r in records if r.get("type") == "header"), None)
-    if header is not None and header.get("key") != key:
-        raise UserError(f"{jpath} holds an unfinished fit with other settings (LUT, scope, network counts, seed "
-                        "or rounds); rerun it with the same options, or delete that file to start afresh")
+    header = next((r for r in records if r.get("type") == "header" and isinstance(r.get("key"), dict)), None)
     latest: dict[tuple[str, int, float], Window] = {}
+    bad = len(lines) - len(records)
     for r in records:
         if r.get("type") == "window":
             try:
                 w = Window.from_dict(r["window"])
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, AttributeError):
+                bad += 1
                 continue
             latest[(w.item, w.round, w.t)] = w  # a later record of the same window (superseded) wins
-    done = list(latest.values())
-    if done and on_event is not None:
-        on_event(f"resuming: {len(done)} measured window(s) from {jpath}")
+        elif r.get("type") != "header":
+            bad += 1
+    msg = None
+    if header is None and lines:
+        msg = (f"notice: {jpath} is not a fit journal ({len(lines)} line(s) without a header); "
+               "replacing it and starting afresh")
+        atomic_write_text(jpath, "")
+        latest = {}
+    elif bad:
+        msg = f"notice: ignored {bad} unreadable line(s) of the fit journal {jpath} (torn or garbled)"
+    if msg:
+        notes.append(msg)
+        if on_event is not None:
+            on_event(msg)
+    return header, list(latest.values())
 
-    backend = get_backend(setup.backend, device=setup.device, precision=setup.precision,
-                          threads=setup.protocol.threads)
-    archs = {REFERENCE: reference, **{n.key: n.arch for n in networks}}
+
+def plan_fit(request: FitRequest, on_event: Callable[[str], None] | None = None) -> _Prepared:
+    """Step 1 (see the module docstring). Holds the journal's lock on return (``.lock``)."""
+    request.check()
+    lut = read_lut(request.lut_path)
+    setup = resolve_setup(lut, request.resolution, request.device, request.space_name)
+    from latbench.timing.plausibility import refuse_flagged
+    refuse_flagged(lut, str(request.lut_path), height=setup.height, width=setup.width, batch=setup.batch,
+                   backend=setup.backend, precision=setup.precision, use="a fit")  # §5.11
+    scope = ModelScope.of_lut(lut.meta, setup.height, setup.width, setup.batch, setup.backend, setup.precision)
+    if request.save:
+        check_writable(request.lut_path)
+    plan = make_plan(request, setup.backend)
+    if on_event is not None:
+        on_event(plan.describe())
+    check_plan(plan, request)
+    from latbench.files import file_sha256
+
+    search_sha = file_sha256(request.from_search) if request.from_search else None
+    for p in request.test_search:
+        if not Path(p).is_file():
+            raise UserError(f"--test-search {p}: no such file")
+    other_shas = [file_sha256(p) for p in request.test_search]
+    jpath = journal_path(request.lut_path)
     lock = FileLock(lock_path(jpath), purpose="a latbench fit")
-    lock.acquire()
-    journal: Journal | None = None
-    load_before = list(os.getloadavg())
+    lock.acquire()  # before the journal is read: a second fit is refused, not told it resumes
     try:
+        notes: list[str] = []
+        header, done = _read_journal(jpath, notes, on_event)
+        test_seed = request.test_seed
+        if test_seed is None:
+            old = (header or {}).get("key", {}).get("test_seed")
+            test_seed = int(old) if isinstance(old, int) and not isinstance(old, bool) else secrets.randbelow(2**31)
+        key = request.journal_key(lut.meta.get("created"), scope, search_sha, test_seed, other_shas)
+        if header is not None and header.get("key") != key:
+            raise UserError(f"{jpath} holds an unfinished fit with other settings (LUT, scope, network counts, seeds "
+                            "or rounds); rerun it with the same options, or delete that file to start afresh")
+        if done and on_event is not None:
+            on_event(f"resuming: {len(done)} measured window(s) from {jpath}")
+
+        predictor = Predictor(lut, scope)  # the LUT's rows at this scope (a fit prices them itself)
+
+        def rows_of(arch: dict[str, Any], column: str = "median_us") -> list[Row]:
+            return predictor.rows(setup.space.architecture_rows(arch), column)
+
+        def price(arch: dict[str, Any]) -> float:
+            try:
+                return raw_sum(rows_of(arch))
+            except UserError:
+                return math.inf  # a row the LUT lacks: never a fit network
+
+        groups = sorted({str(o) for o in lut.df["op"]})
+
+        def featurize(arch: dict[str, Any]) -> np.ndarray:
+            X, N, _ = features([rows_of(arch)], 0.0, "op", groups)
+            return np.concatenate([X[0], N[0]])
+
+        sampler = _Sampler(setup.space, price, op_costs(lut, setup.height, setup.width, setup.batch), featurize)
+        networks, reference = sample_networks(sampler, request, test_seed, notes)
+        for n in networks:  # a LUT that cannot price a network fails before any timing
+            n.rows = {c: rows_of(n.arch, c) for c in COLUMNS}
+        rows_of(reference)
+    except BaseException:
+        lock.release()
+        raise
+    return _Prepared(lut, setup, scope, plan, networks, reference, test_seed, key, done, header, lock, notes)
+
+
+# ---- 2. measure ----------------------------------------------------------------------------------
+def measure_fit(prep: _Prepared, request: FitRequest, *, on_event: Callable[[str], None] | None = None,
+                on_progress: Callable[[str, int, int, str], None] | None = None) -> InterleavedResult:
+    """Step 2: every network and the probe in interleaved rounds, journalled; releases the lock."""
+    from latbench.timing import get_backend
+
+    setup = prep.setup
+    jpath = journal_path(request.lut_path)
+    journal: Journal | None = None
+    try:
+        backend = get_backend(setup.backend, device=setup.device, precision=setup.precision,
+                              threads=setup.protocol.threads)
+        archs = {REFERENCE: prep.reference, **{n.key: n.arch for n in prep.networks}}
         journal = Journal(jpath)
-        if header is None:
-            journal.append({"type": "header", "key": key, "created": now_iso(), "pid": os.getpid()})
+        if prep.header is None:
+            journal.append({"type": "header", "key": prep.key, "created": now_iso(), "pid": os.getpid()})
         jr = journal
-        res: InterleavedResult = measure_networks(
-            setup, backend, archs, request.rounds, reference=REFERENCE, done=done,
+        return measure_networks(
+            setup, backend, archs, request.rounds, reference=REFERENCE, done=prep.done,
             on_window=lambda w: jr.append({"type": "window", "window": w.to_dict()}), on_event=on_event,
             on_progress=on_progress)
     finally:
         if journal is not None:
             journal.close()
-        lock.release()
+        prep.lock.release()
 
-    failed = [k for k, r in res.items.items() if not r.ok]
-    if PROBE in failed:
-        raise UserError(f"the per-call overhead probe could not be measured with backend {setup.backend}")
-    measured = {k: r.median_us for k, r in res.items.items() if r.ok}
-    overhead = measured[PROBE]
-    by_set = {s: [n for n in networks if n.set == s and n.key in measured] for s in SETS}
-    fit_nets = by_set["fit"]
+
+# ---- 3. select -----------------------------------------------------------------------------------
+def lut_explains(raw: Sequence[float], measured: Sequence[float], global_slope: float) -> tuple[bool, dict[str, Any]]:
+    """Does the LUT explain the fit networks? Not when the global fit scales its rows by less than
+    :data:`MIN_GLOBAL_SLOPE` (or more than its inverse: the rows are off by that factor from what
+    whole networks show — seen on a LUT timed under contention, every slope ≈ 0.003: a constant,
+    not a model of the LUT) or when the raw sums correlate with the measurements below
+    :data:`MIN_RAW_CORRELATION`. Returns (verdict, the figures and the reason)."""
+    r = float(np.corrcoef(np.asarray(raw, float), np.asarray(measured, float))[0, 1]) if len(raw) > 2 else math.nan
+    out: dict[str, Any] = {"global_slope": float(global_slope), "raw_correlation": None if math.isnan(r) else r,
+                           "min_global_slope": MIN_GLOBAL_SLOPE, "min_raw_correlation": MIN_RAW_CORRELATION}
+    why = None
+    if not (MIN_GLOBAL_SLOPE <= global_slope <= 1.0 / MIN_GLOBAL_SLOPE):
+        why = (f"the fitted global slope is {global_slope:.3g}: whole networks scale the LUT's rows by that factor, "
+               "so the rows do not describe these networks (a LUT timed under contention or with the wrong "
+               "thread count?)")
+    elif not math.isnan(r) and r < MIN_RAW_CORRELATION:
+        why = (f"the LUT's raw sums correlate with the measured networks at r = {r:.2f} only (below "
+               f"{MIN_RAW_CORRELATION}): the rows do not rank these networks")
+    out["reason"] = why
+    return why is None, out
+
+
+@dataclass
+class _Selected:
+    model: LatencyModel
+    ladder: dict[str, Callable[[Any], float]]
+    fit_nets: list[Network]
+    explains: dict[str, Any]
+    refused: str | None
+    selection: Any = None  # latbench.model.selection.Selection (or an older fitting.Selection)
+
+
+def select_model(prep: _Prepared, measured: dict[str, float], overhead: float, failed: list[str]) -> _Selected:
+    """Step 3: the model (cross-validated on the fit networks only), the ablation ladder, and
+    whether the LUT explains the fit networks at all."""
+    networks, scope = prep.networks, prep.scope
+    fit_nets = [n for n in networks if n.set == "fit" and n.key in measured]
     if len(fit_nets) < MIN_FIT:
         raise UserError(f"only {len(fit_nets)} fit networks could be measured (failed: {', '.join(failed[:5])})")
-    device_info = describe_device(setup.device)
-    if device_info.get("type") == "cpu" and setup.protocol.threads:
-        device_info["threads"] = setup.protocol.threads
     fit_rows = {c: [n.rows[c] for n in fit_nets] for c in COLUMNS}
     fit_y = [measured[n.key] for n in fit_nets]
-    model, sel = fit_model(fit_rows, fit_y, scope, overhead)
+    # networks drawn from one search's α form one group: cross-validation never splits them
+    groups = ["search" if n.from_search else n.key for n in fit_nets]
+    model, selection = fit_model(fit_rows, fit_y, scope, overhead, groups=groups)
     ladder = mechanisms(fit_rows, fit_y, scope, overhead, model)
+
+    def side_model(nets: list[Network]) -> Callable[[Any], float]:
+        m, _ = fit_model({c: [n.rows[c] for n in nets] for c in COLUMNS}, [measured[n.key] for n in nets],
+                         scope, overhead)
+        return lambda net, m=m: m.predict_rows(net[m.column])
+
     uni = [n for n in networks if n.set == "fit-uniform" and n.key in measured]
     if len(uni) >= MIN_FIT:  # the design's ablation: the same model fitted on uniform networks
-        uni_model, _ = fit_model({c: [n.rows[c] for n in uni] for c in COLUMNS}, [measured[n.key] for n in uni],
-                                 scope, overhead)
-        ladder["model (uniform fit networks)"] = lambda net, m=uni_model: m.predict_rows(net[m.column])
+        ladder["model (uniform fit networks)"] = side_model(uni)
     uniform_part = [n for n in fit_nets if not n.from_search]
-    if len(uniform_part) < len(fit_nets) and len(uniform_part) >= MIN_FIT:
-        # the ablation of search-drawn fit networks, at no extra measurement: the same fit on the uniform part only
-        part_model, _ = fit_model({c: [n.rows[c] for n in uniform_part] for c in COLUMNS},
-                                  [measured[n.key] for n in uniform_part], scope, overhead)
-        ladder["model (uniform part of the fit set only)"] = lambda net, m=part_model: m.predict_rows(net[m.column])
+    if len(fit_nets) > len(uniform_part) >= MIN_FIT:  # search-drawn fit networks' ablation, no extra measurement
+        ladder["model (uniform part of the fit set only)"] = side_model(uniform_part)
+    glob = fit_fixed(fit_rows["median_us"], fit_y, scope, overhead, "none", math.inf)
+    ok, explains = lut_explains([raw_sum(r) for r in fit_rows["median_us"]], fit_y, glob.default_slope)
+    return _Selected(model, ladder, fit_nets, explains, None if ok else explains["reason"], selection)
+
+
+# ---- 4. judge ------------------------------------------------------------------------------------
+def judge(prep: _Prepared, sel: _Selected, measured: dict[str, float],
+          res: InterleavedResult, statistic: str) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, Any]]:
+    """Step 4: every rung of the ladder on every set (``fit`` in sample, the others held out), each
+    figure with its bootstrap interval (``ci``) and each rung's paired difference to the affine fit
+    (``vs_affine``); per set, the measurement's agreement with itself and its noise ceiling; the
+    model choice and what it changes for a search (:func:`statistics`)."""
+    from latbench.model import metrics
+
+    by_set = {s: [n for n in prep.networks if n.set == s and n.key in measured] for s in SETS}
     figs: dict[str, dict[str, dict[str, Any]]] = {}
     for s in SETS:
         nets = by_set[s]
         if len(nets) < 3:
             continue
         y = [measured[n.key] for n in nets]
-        figs[s] = {name: figures([f(n.rows) for n in nets], y) for name, f in ladder.items()}
-    noises = [r.noise for k, r in res.items.items() if r.ok and k not in (PROBE, REFERENCE) and math.isfinite(r.noise)]
-    halves = split_halves(res, request.rounds.statistic)
+        preds = {name: [f(n.rows) for n in nets] for name, f in sel.ladder.items()}
+        figs[s] = {name: figures(p, y) for name, p in preds.items()}
+        for name, p in preds.items():
+            figs[s][name]["ci"] = metrics.bootstrap_set_metrics(p, y)
+        for name, d in metrics.paired_rung_differences(preds, y, against=("affine",)).items():
+            if "vs affine" in d:
+                figs[s][name]["vs_affine"] = d["vs affine"]
+    halves = split_halves(res, statistic)
     for s, nets in by_set.items():
         if s in figs:
             figs[s]["measurement (split-half)"] = repeatability([halves[n.key] for n in nets if n.key in halves])
-    measurement = {"statistic": request.rounds.statistic, "rounds": request.rounds.to_dict(),
-                   "resumed_windows": len(done),
-                   "protocol": setup.protocol.to_dict(), "median_network_noise": float(np.median(noises)) if noises else None,
-                   "failed": failed, "loadavg_before": [round(v, 2) for v in load_before],
-                   "loadavg_after": [round(v, 2) for v in os.getloadavg()], **res.summary()}
-    provenance = {
-        "by": "latbench fit", "date": now_iso(), "device": device_info.get("name"), "host": device_info.get("host"),
-        "space": json.loads(json.dumps(setup.space.identity(), default=str)),
-        "fit_networks": len(fit_nets), "fit_design": request.design, "seed": request.seed,
-        "fit_networks_from_search": sum(n.from_search for n in fit_nets),
-        "statistic": request.rounds.statistic,
-        "rounds": request.rounds.rounds, "overhead_probe": "latbench.timing.probe (x + 1 on a tiny tensor)",
-        "held_out": {s: {"n": f["model"]["n"], "mape": f["model"]["mape"], "worst": f["model"]["worst"],
-                         "kendall_tau": f["model"]["kendall_tau"]} for s, f in figs.items() if s != "fit"},
-        "in_sample": {k: figs["fit"]["model"][k] for k in ("n", "mape", "worst", "kendall_tau")} if "fit" in figs else None,
-        "drift_events": len(res.drift), "reference_p10_p90_spread": measurement.get("reference_p10_p90_spread"),
-        "loadavg": measurement["loadavg_before"],
-    }
-    model = LatencyModel(**{**model.__dict__, "provenance": {**model.provenance, **provenance}})
-    result = FitResult(request, scope, model, networks, measured, overhead, figs, measurement, device_info)
-    if request.save:
-        save_model(request.lut_path, model)
-        result.saved = True
-    if jpath.exists():
-        jpath.unlink()
-    return result
+    return figs, statistics(prep, by_set, sel, res, statistic, halves)
 
 
+def statistics(prep: _Prepared, by_set: dict[str, list[Network]], sel: _Selected, res: InterleavedResult,
+               statistic: str, halves: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """Per set, the ceiling any predictor could reach against this measurement (simulated from each
+    network's per-round spread, :func:`latbench.model.metrics.noise_ceiling`, and the
+    Spearman–Brown corrected split-half figure); the model choice
+    (:class:`latbench.model.selection.Selection`); and, for the search, at how many edges the
+    model's cheapest op differs from the raw LUT's and how many of those changes the bootstrap
+    supports (:func:`latbench.model.selection.cheapest_op_changes`)."""
+    from latbench.model import metrics
+
+    out: dict[str, Any] = {"ceiling": {}}
+    for s, nets in by_set.items():
+        if len(nets) < 3:
+            continue
+        c: dict[str, Any] = {}
+        try:
+            c["simulated"] = metrics.noise_ceiling(
+                [metrics.round_values(res.items[n.key].windows, statistic) for n in nets], statistic)
+        except ValueError as exc:
+            c["simulated"] = {"error": str(exc)}
+        pairs = [halves[n.key] for n in nets if n.key in halves]
+        try:
+            c["spearman_brown"] = metrics.spearman_brown_ceiling(pairs)
+        except ValueError as exc:
+            c["spearman_brown"] = {"error": str(exc)}
+        out["ceiling"][s] = c
+    to_dict = getattr(sel.selection, "to_dict", None)
+    if to_dict is not None:
+        out["selection"] = to_dict()
+    try:
+        from latbench.model.selection import cheapest_op_changes, lut_position_rows
+    except ImportError:
+        return out
+    setup, model = prep.setup, sel.model
+    raw_rows = lut_position_rows(prep.lut, setup.space, setup.height, setup.width, setup.batch)
+    model_rows = lut_position_rows(prep.lut, setup.space, setup.height, setup.width, setup.batch, model.column)
+    ch = cheapest_op_changes(raw_rows, model, getattr(sel.selection, "bootstrap_models", ()),
+                             model_rows_per_position=model_rows)
+    out["cheapest_op_changes"] = ch
+    return out
+
+
+# ---- 5. store ------------------------------------------------------------------------------------
 def save_model(lut_path: str | os.PathLike, model: LatencyModel) -> None:
     """Store ``model`` in the LUT's metadata (replacing one of the same scope), atomically and
     under the LUT's lock so a concurrent build or calibration is refused, not overwritten."""
@@ -467,6 +659,71 @@ def save_model(lut_path: str | os.PathLike, model: LatencyModel) -> None:
         meta = with_model(lut.meta, model)
         meta["updated"] = now_iso()
         write_lut(LUT(lut.df, meta), lut_path)
+
+
+def _provenance(prep: _Prepared, request: FitRequest, sel: _Selected, figs: dict[str, Any],
+                measurement: dict[str, Any], device_info: dict[str, Any], res: InterleavedResult) -> dict[str, Any]:
+    from latbench.files import file_sha256
+
+    fit_nets = sel.fit_nets
+    return {
+        "by": "latbench fit", "date": now_iso(), "device": device_info.get("name"), "host": device_info.get("host"),
+        "space": json.loads(json.dumps(prep.setup.space.identity(), default=str)),
+        "fit_networks": len(fit_nets), "fit_design": request.design, "seed": request.seed,
+        "test_seed": prep.test_seed,
+        "fit_fingerprints": [n.fingerprint for n in fit_nets],
+        "fit_networks_from_search": sum(n.from_search for n in fit_nets),
+        "test_search": [{"path": p, "sha256": file_sha256(p)} for p in request.test_search],
+        "statistic": request.rounds.statistic,
+        "rounds": request.rounds.rounds, "overhead_probe": "latbench.timing.probe (x + 1 on a tiny tensor)",
+        "held_out": {s: {"n": f["model"]["n"], "mape": f["model"]["mape"], "worst": f["model"]["worst"],
+                         "kendall_tau": f["model"]["kendall_tau"]} for s, f in figs.items() if s != "fit"},
+        "in_sample": {k: figs["fit"]["model"][k] for k in ("n", "mape", "worst", "kendall_tau")} if "fit" in figs else None,
+        "lut_explains": sel.explains,
+        "drift_events": len(res.drift), "reference_p10_p90_spread": measurement.get("reference_p10_p90_spread"),
+        "loadavg": measurement["loadavg_before"],
+    }
+
+
+def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = None,
+            on_progress: Callable[[str, int, int, str], None] | None = None) -> FitResult:
+    """Plan → measure → select → judge → store; see the module docstring.
+    ``on_progress(phase, done, total, what)``; ``on_event(line)`` for the plan and notices."""
+    from latbench.device import describe_device
+
+    prep = plan_fit(request, on_event)
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    res = measure_fit(prep, request, on_event=on_event, on_progress=on_progress)
+
+    failed = [k for k, r in res.items.items() if not r.ok]
+    if PROBE in failed:
+        raise UserError(f"the per-call overhead probe could not be measured with backend {prep.setup.backend}")
+    measured = {k: r.median_us for k, r in res.items.items() if r.ok}
+    overhead = measured[PROBE]
+    sel = select_model(prep, measured, overhead, failed)
+    figs, stats = judge(prep, sel, measured, res, request.rounds.statistic)
+
+    device_info = describe_device(prep.setup.device)
+    if device_info.get("type") == "cpu" and prep.setup.protocol.threads:
+        device_info["threads"] = prep.setup.protocol.threads
+    noises = [r.noise for k, r in res.items.items() if r.ok and k not in (PROBE, REFERENCE) and math.isfinite(r.noise)]
+    measurement = {"statistic": request.rounds.statistic, "rounds": request.rounds.to_dict(),
+                   "resumed_windows": len(prep.done), "protocol": prep.setup.protocol.to_dict(),
+                   "median_network_noise": float(np.median(noises)) if noises else None,
+                   "failed": failed, "loadavg_before": load_before,
+                   "loadavg_after": [round(v, 2) for v in os.getloadavg()], **res.summary()}
+    prov = _provenance(prep, request, sel, figs, measurement, device_info, res)
+    model = LatencyModel(**{**sel.model.__dict__, "provenance": {**sel.model.provenance, **prov}})
+    result = FitResult(request, prep.scope, model, prep.networks, measured, overhead, figs, measurement, device_info,
+                       test_seed=prep.test_seed, plan=prep.plan, refused=sel.refused, explains=sel.explains,
+                       notes=prep.notes, statistics=stats)
+    if request.save and sel.refused is None:
+        save_model(request.lut_path, model)
+        result.saved = True
+    jpath = journal_path(request.lut_path)
+    if jpath.exists():
+        jpath.unlink()
+    return result
 
 
 def format_resolution_of(scope: ModelScope) -> str:

@@ -5,9 +5,12 @@
 1. reads the LUT (:func:`latbench.lut.table.read_lut`) and, from its metadata, the search space
    (``space``: name + config, loaded with :func:`latbench.space.load_space`), the timing backend,
    precision, batch and protocol (``protocol``, a :class:`~latbench.timing.TimingConfig`);
-2. samples N distinct architectures with ``random.Random(seed)`` — uniformly
-   (``space.sample_architecture``) or, with ``from_search``, from the distribution a search left
-   in a file (the space's optional ``sample_from_search``, e.g. LGCNet's α probabilities);
+2. samples N distinct architectures with ``random.Random(seed)`` (``seed``: a fresh random one
+   unless given, recorded) — uniformly (``space.sample_architecture``) or, with ``from_search``,
+   from the distribution a search left in a file (the space's optional ``sample_from_search``,
+   e.g. LGCNet's α probabilities) — never one the LUT's latency models were fitted on
+   (:func:`fit_fingerprints`; the result says how many draws were excluded), so the model's
+   figures are held out, not its own training data;
 3. predicts each one as Σ LUT over ``space.architecture_rows(arch)`` at the chosen resolution —
    every row must be present and ``ok`` (or analytic), otherwise a :class:`UserError` names the
    missing ones — and, when the LUT holds a latency model for these rows (``latbench fit``,
@@ -39,30 +42,17 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from latbench.device import describe_device, device_identity, resolve_device, software_versions
-from latbench.errors import LUTError, UserError
+from latbench.device import describe_device, software_versions
+from latbench.errors import UserError
 from latbench.lut.table import LUT, now_iso, read_lut, write_lut
 from latbench.model.metrics import Fidelity, fidelity
-from latbench.space import format_resolution, load_space
-from latbench.timing import Measurement, TimingConfig, get_backend, measure
+from latbench.model.networks import (PROBE, REFERENCE, LutSetup, arch_fingerprint, figures, measure_networks,
+                                     resolve_setup, sample_architectures)
+from latbench.space import format_resolution
+from latbench.timing import Measurement, get_backend, measure
 
-
-@dataclass(frozen=True)
-class LutSetup:
-    """What the LUT says about how it was measured, and what this run will do to match it."""
-
-    space: Any
-    height: int
-    width: int
-    batch: int
-    backend: str
-    precision: str
-    protocol: TimingConfig
-    device: str
-
-    @property
-    def resolution(self) -> str:
-        return format_resolution((self.height, self.width))
+__all__ = ["ArchSample", "LutSetup", "ValidationResult", "fit_fingerprints", "measure_architecture", "predict_us",
+           "resolve_setup", "sample_architectures", "sample_excluding", "save_calibration", "validate_lut"]
 
 
 @dataclass
@@ -103,6 +93,9 @@ class ValidationResult:
     model: Any = None                     # the LUT's latency model for these rows, if any
     model_figures: dict[str, Any] | None = None
     measurement: dict[str, Any] = field(default_factory=dict)
+    excluded_fit_networks: int = 0        # draws skipped because the LUT's model was fitted on them
+    exclusion_notes: list[str] = field(default_factory=list)
+    excluding: int = 0                    # how many fit-network fingerprints the draws were checked against
 
     @property
     def ok_samples(self) -> list[ArchSample]:
@@ -115,6 +108,8 @@ class ValidationResult:
         return {
             "lut": self.lut_path, "lut_name": self.lut_name, "date": self.date, "seed": self.seed,
             "sampling": self.sampling,
+            "excluded_fit_networks": self.excluded_fit_networks, "fit_fingerprints_known": self.excluding,
+            "exclusion_notes": self.exclusion_notes,
             "space": s.space.identity(), "resolution": s.resolution, "batch": s.batch, "backend": s.backend,
             "precision": s.precision, "device": self.device_info, "versions": software_versions(),
             "protocol": s.protocol.to_dict(), "requested": len(self.samples), "measured": len(ok),
@@ -128,104 +123,7 @@ class ValidationResult:
         }
 
 
-# ---- setup -------------------------------------------------------------------------------------
-def resolve_setup(lut: LUT, resolution: tuple[int, int] | None = None, device: str | None = None,
-                  space_name: str | None = None) -> LutSetup:
-    """Read space, backend, precision, batch and protocol from ``lut``'s metadata; choose the
-    resolution (the LUT's only one, or ``resolution``, which the LUT must hold) and the device (the
-    LUT's device type unless ``device`` is given; a different device model is refused).
-
-    ``space_name`` (e.g. ``"package.module:Class"``) loads a space that is not registered under the
-    entry point; its identity must still equal the LUT's."""
-    meta = lut.meta
-    missing = [k for k in ("space", "backend", "precision", "batch", "protocol", "device") if k not in meta]
-    if missing:
-        raise LUTError(f"LUT metadata lacks {', '.join(missing)}: cannot reproduce how it was measured")
-    ident = meta["space"] or {}
-    try:
-        space = load_space(space_name or str(ident.get("name")), ident.get("config") or {})
-    except UserError as exc:
-        raise UserError(f"cannot load the LUT's search space: {exc.message}") from None
-    mine = json.loads(json.dumps(space.identity(), default=str))
-    if mine != ident:
-        raise LUTError(f"LUT was built for search space {ident.get('name')!r} v{ident.get('version')} "
-                       f"{ident.get('config')}, the loaded space is {mine.get('name')!r} v{mine.get('version')} "
-                       f"{mine.get('config')}")
-    have = lut.resolutions()
-    if not have:
-        raise LUTError("LUT holds no rows")
-    if resolution is None:
-        if len(have) > 1:
-            raise UserError(f"LUT holds {len(have)} resolutions ({', '.join(format_resolution(r) for r in have)}); "
-                            "choose one with --resolution")
-        resolution = have[0]
-    if tuple(resolution) not in have:
-        raise UserError(f"LUT has no rows at {format_resolution(resolution)}; it holds "
-                        f"{', '.join(format_resolution(r) for r in have)}")
-    lut_dev = meta.get("device") or {}
-    if device is None:
-        device = "cpu" if lut_dev.get("type") == "cpu" else f"cuda:{int(lut_dev.get('index') or 0)}"
-    dev = resolve_device(device)
-    here = device_identity(describe_device(dev))
-    there = device_identity(lut_dev)
-    if here != there:
-        raise UserError(f"LUT was measured on {there.get('name')!r} ({there.get('type')}) but this run would measure on "
-                        f"{here.get('name')!r} ({here.get('type')}); validate a LUT on its own device "
-                        "(use compare-lut to compare devices)")
-    try:
-        protocol = TimingConfig.from_dict(dict(meta["protocol"]))
-    except (TypeError, ValueError) as exc:
-        raise LUTError(f"LUT metadata has an unusable protocol: {exc}") from None
-    return LutSetup(space=space, height=int(resolution[0]), width=int(resolution[1]), batch=int(meta["batch"]),
-                    backend=str(meta["backend"]), precision=str(meta["precision"]), protocol=protocol, device=dev)
-
-
 # ---- prediction and sampling -------------------------------------------------------------------
-def predict_us(lut: LUT, rows: Sequence[tuple[str, str]], height: int, width: int, batch: int = 1) -> float:
-    """Σ LUT median over ``rows``; :class:`UserError` naming the rows that are missing or failed."""
-    total = 0.0
-    bad = []
-    for pos, op in rows:
-        v = lut.lookup(pos, op, height, width, batch)
-        if v is None:
-            bad.append(f"{pos}:{op}")
-        else:
-            total += v
-    if bad:
-        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
-        raise UserError(f"LUT lacks (or failed) {len(bad)} row(s) this architecture needs at "
-                        f"{format_resolution((height, width))} batch {batch}: {', '.join(bad[:3])}{more}")
-    return total
-
-
-def sample_architectures(space: Any, n: int, seed: int, from_search: str | Path | None = None) -> list[dict[str, Any]]:
-    """``n`` architectures drawn with ``random.Random(seed)`` — uniformly, or from the distribution
-    a search left in ``from_search`` (through the space's optional ``sample_from_search``);
-    distinct while the space allows (after 50·n draws duplicates are accepted)."""
-    rng = random.Random(seed)
-    if from_search is not None:
-        draw_from = getattr(space, "sample_from_search", None)
-        if draw_from is None:
-            raise UserError(f"search space {getattr(space, 'name', space)!r} cannot sample from a search's result")
-
-        def draw(r: random.Random) -> dict[str, Any]:
-            return draw_from(r, from_search)
-    else:
-        draw = space.sample_architecture
-    out: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    draws = 0
-    while len(out) < n:
-        arch = draw(rng)
-        draws += 1
-        key = json.dumps(arch, sort_keys=True)
-        if key in seen and draws < 50 * n:
-            continue
-        seen.add(key)
-        out.append(arch)
-    return out
-
-
 def measure_architecture(space: Any, arch: Mapping[str, Any], backend: Any, setup: LutSetup, seed: int = 0) -> Measurement:
     """Build ``arch`` and time it end to end with ``setup``'s protocol through ``backend`` (one
     network on its own; :func:`validate_lut` measures many in interleaved rounds instead)."""
@@ -251,7 +149,64 @@ def _as_measurement(r: Any, statistic: str) -> Measurement:
 
 
 # ---- the whole run -----------------------------------------------------------------------------
-def validate_lut(lut_path: str | Path, samples: int, seed: int = 0, resolution: tuple[int, int] | None = None,
+def fit_fingerprints(space: Any, meta: Mapping[str, Any]) -> tuple[set[str], list[str]]:
+    """The fingerprints (:func:`~latbench.model.networks.arch_fingerprint`) of every network the
+    LUT's stored latency models were fitted on, and notes on what could only be approximated.
+
+    A model stored by this latbench lists them (``provenance["fit_fingerprints"]``). An older
+    model does not; its uniform fit networks were the first distinct draws of
+    ``random.Random(provenance["seed"])``, so every architecture among the draws its fit could
+    have used is excluded instead (a superset); its search-drawn fit networks cannot be
+    reconstructed (the search file is not recorded) and are said to be unknown."""
+    from latbench.model.latency_model import stored_models
+
+    out: set[str] = set()
+    notes: list[str] = []
+    for m in stored_models(meta):
+        prov = dict(m.provenance)
+        fps = prov.get("fit_fingerprints")
+        if isinstance(fps, list):
+            out.update(str(f) for f in fps)
+            continue
+        n = int(prov.get("fit_networks") or 0)
+        if n <= 0:
+            continue
+        k = int(prov.get("fit_networks_from_search") or 0)
+        n_uniform = max(n - k, 0)
+        pool = max(25 * n_uniform, 500) if prov.get("fit_design") == "d-optimal" else n_uniform
+        seed = prov.get("seed", 0)
+        out.update(arch_fingerprint(space, a) for a in sample_architectures(space, 4 * pool + 8, seed))
+        notes.append(f"the stored model {m.model_id} predates fit fingerprints: excluded every draw of its fit "
+                     f"seed {seed} that could have been a fit network"
+                     + (f"; its {k} search-drawn fit networks are unknown" if k else ""))
+    return out, notes
+
+
+def sample_excluding(space: Any, n: int, seed: int, exclude: set[str],
+                     from_search: str | Path | None = None) -> tuple[list[dict[str, Any]], int]:
+    """``n`` distinct architectures drawn as :func:`sample_architectures` does, skipping every
+    one whose fingerprint is in ``exclude``; returns them and how many draws were skipped."""
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    skipped = 0
+    for arch in sample_architectures(space, 4 * n + 8 + len(exclude), seed, from_search):
+        fp = arch_fingerprint(space, arch)
+        if fp in exclude:
+            skipped += 1
+            continue
+        if fp in seen:
+            continue
+        seen.add(fp)
+        out.append(arch)
+        if len(out) == n:
+            break
+    if len(out) < n:
+        raise UserError(f"could draw only {len(out)} distinct architectures of the {n} asked for that the LUT's "
+                        f"latency model was not fitted on ({skipped} draw(s) were its fit networks); ask for fewer")
+    return out, skipped
+
+
+def validate_lut(lut_path: str | Path, samples: int, seed: int | None = None, resolution: tuple[int, int] | None = None,
                  device: str | None = None, space_name: str | None = None,
                  on_sample: Callable[[ArchSample], None] | None = None,
                  from_search: str | Path | None = None, rounds: Any = None, latency_model: str = "auto",
@@ -259,32 +214,44 @@ def validate_lut(lut_path: str | Path, samples: int, seed: int = 0, resolution: 
                  on_progress: Callable[[str, int, int, str], None] | None = None) -> ValidationResult:
     """Sample, predict, measure (interleaved rounds, ``rounds``: a
     :class:`latbench.timing.interleave.RoundsConfig`) and score; see the module docstring."""
-    from latbench.model.fit import PROBE, measure_networks
+    import secrets
+
     from latbench.timing.interleave import RoundsConfig
-    from latbench.model.latency_model import ModelScope, lut_rows, model_for
+    from latbench.model.predictor import Predictor
 
     if samples < 3:
         raise UserError(f"--samples must be at least 3 (an affine calibration needs 3 points), got {samples}")
     rounds = rounds or RoundsConfig()
     lut = read_lut(lut_path)
     setup = resolve_setup(lut, resolution, device, space_name)
-    model = None
-    if latency_model != "none":
-        model = model_for(lut.meta, ModelScope.of_lut(lut.meta, setup.height, setup.width, setup.batch,
-                                                      setup.backend, setup.precision),
-                          required=latency_model == "require")
+    from latbench.timing.plausibility import refuse_flagged
+    refuse_flagged(lut, str(lut_path), height=setup.height, width=setup.width, batch=setup.batch,
+                   backend=setup.backend, precision=setup.precision, use="validate-lut")  # §5.11
+    predictor = Predictor.for_lut(lut, setup.height, setup.width, setup.batch, backend=setup.backend,
+                                  precision=setup.precision, latency_model=latency_model,
+                                  family=setup.space.identity().get("config"))
+    if predictor.notice and on_event is not None:
+        on_event(predictor.notice)
+    model = predictor.model
     backend = get_backend(setup.backend, device=setup.device, precision=setup.precision,
                           threads=setup.protocol.threads)
-    archs = sample_architectures(setup.space, samples, seed, from_search)
+    if seed is None:
+        seed = secrets.randbelow(2**31)  # a fresh seed (recorded): never the fit's draws by construction
+    exclude, notes = fit_fingerprints(setup.space, lut.meta)
+    archs, excluded = sample_excluding(setup.space, samples, seed, exclude, from_search)
+    if on_event is not None:
+        for note in notes:
+            on_event(f"notice: {note}")
+        if exclude:
+            on_event(f"excluded {excluded} sampled architecture(s) the LUT's latency model was fitted on")
     # Predict everything first: a LUT that cannot price an architecture fails before any timing.
     all_rows = [setup.space.architecture_rows(a) for a in archs]
-    preds = [predict_us(lut, r, setup.height, setup.width, setup.batch) for r in all_rows]
-    model_preds = [model.predict_rows(lut_rows(lut, r, setup.height, setup.width, setup.batch, model.column))
-                   if model is not None else None for r in all_rows]
+    preds = [predictor.raw_sum(r) for r in all_rows]
+    model_preds = [predictor.model_us(r) for r in all_rows]
     keys = {f"net{i:03d}": a for i, a in enumerate(archs)}
     load_before = [round(v, 2) for v in os.getloadavg()]
-    res = measure_networks(setup, backend, {"reference": setup.space.sample_architecture(random.Random(f"ref-{seed}")),
-                                            **keys}, rounds, reference="reference", on_event=on_event,
+    res = measure_networks(setup, backend, {REFERENCE: setup.space.sample_architecture(random.Random(f"ref-{seed}")),
+                                            **keys}, rounds, reference=REFERENCE, on_event=on_event,
                            on_progress=on_progress)
     results: list[ArchSample] = []
     for i, (key, arch) in enumerate(keys.items()):
@@ -299,8 +266,6 @@ def validate_lut(lut_path: str | Path, samples: int, seed: int = 0, resolution: 
     fid = fidelity([s.predicted_us for s in ok], [s.measured_us for s in ok])
     model_figs = None
     if model is not None:
-        from latbench.model.fit import figures
-
         model_figs = figures([s.model_us for s in ok], [s.measured_us for s in ok])
     info = describe_device(setup.device)
     if info.get("type") == "cpu" and setup.protocol.threads:
@@ -312,7 +277,8 @@ def validate_lut(lut_path: str | Path, samples: int, seed: int = 0, resolution: 
                    **res.summary()}
     return ValidationResult(str(lut_path), lut.meta.get("name"), setup, seed, results, fid, info,
                             sampling=f"search distribution in {from_search}" if from_search else "uniform",
-                            model=model, model_figures=model_figs, measurement=measurement)
+                            model=model, model_figures=model_figs, measurement=measurement,
+                            excluded_fit_networks=excluded, exclusion_notes=notes, excluding=len(exclude))
 
 
 def save_calibration(lut_path: str | Path, result: ValidationResult) -> dict[str, Any]:
