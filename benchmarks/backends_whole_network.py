@@ -32,7 +32,6 @@ from pathlib import Path
 
 import torch
 
-from latbench.backends import register
 from latbench.device import describe_device, resolve_device, software_versions
 from latbench.space import format_resolution, load_space, parse_resolution
 from latbench.timing import TimingConfig, get_backend, measure
@@ -91,7 +90,6 @@ def main() -> None:
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
 
-    register()
     device = resolve_device(args.device)
     on_gpu = device.startswith("cuda")
     h, w = parse_resolution(args.resolution or ("769x1537" if on_gpu else "65x129"))

@@ -13,7 +13,6 @@ import random
 import pytest
 import torch
 
-from latbench.backends import register
 from latbench.errors import UserError
 from latbench.timing import TimingConfig, get_backend, measure
 from nas.config import SpaceConfig
@@ -22,11 +21,6 @@ from nas.space import LGCNetSpace
 
 QUICK = TimingConfig(warmup_s=0.02, min_samples=3, min_time_s=0.0, max_time_s=0.05, max_noise=0.5,
                      target_sample_s=1e-4, threads=1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def registered():
-    register()
 
 
 @pytest.fixture(scope="module")

@@ -12,18 +12,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from latbench.backends import BACKENDS, register
+from latbench.backends import BACKENDS
 from latbench.errors import UserError
 from latbench.timing import TimingConfig, available_backends, get_backend, measure
 from nas.ops import build_op
 
 QUICK = TimingConfig(warmup_s=0.02, min_samples=3, min_time_s=0.0, max_time_s=0.05, max_noise=0.5,
                      target_sample_s=1e-4, threads=1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def registered():
-    register()
 
 
 @pytest.fixture
@@ -34,7 +29,6 @@ def backend(tmp_path):
 def test_registered_names():
     assert {"ort", "compile", "trt"} <= set(available_backends())
     assert set(BACKENDS) == {"ort", "compile", "trt"}
-    register()  # idempotent
 
 
 @pytest.mark.parametrize("op,shape,stride", [("sep_conv_3x3", (1, 8, 17, 33), 2), ("gpool_5x5", (1, 8, 9, 17), 1),

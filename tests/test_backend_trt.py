@@ -15,7 +15,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from latbench.backends import register
 from latbench.errors import UserError
 from latbench.timing import TimingConfig, get_backend, measure
 
@@ -24,11 +23,6 @@ HAVE_GPU = torch.cuda.is_available()
 needs_trt = pytest.mark.skipif(not (HAVE_TRT and HAVE_GPU), reason="needs TensorRT and a CUDA GPU")
 
 QUICK = TimingConfig(warmup_s=0.05, min_samples=5, min_time_s=0.0, max_time_s=0.2, max_noise=0.5)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def registered():
-    register()
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here")

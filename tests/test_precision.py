@@ -67,9 +67,6 @@ def test_precision_names_and_checks():
 
 @pytest.mark.parametrize("backend", ["cpu", "ort", "compile"])
 def test_cpu_backends_refuse_tf32_with_one_line(tmp_path, backend):
-    from latbench.backends import register
-
-    register()
     kw = {"cache_dir": tmp_path} if backend == "ort" else {}
     with pytest.raises(UserError, match="tf32") as info:
         get_backend(backend, device="cpu", precision="tf32", **kw)

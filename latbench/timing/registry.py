@@ -38,18 +38,20 @@ ENTRY_POINT_GROUP = "latbench.backends"
 
 Factory = Union[Callable[..., Any], str]
 
-def _builtin_backends() -> dict[str, Factory]:
-    from latbench.backends import BACKENDS  # deployment backends (ort, compile, trt); a light import
+#: Every backend latbench ships, by name: the core's (``cpu``, ``eager``, ``cudagraph``) and the
+#: deployment backends of :mod:`latbench.backends` (``ort``, ``compile``, ``trt``), each a
+#: ``"module:attr"`` factory imported on first use (so importing the registry imports neither
+#: onnxruntime, TensorRT nor Inductor).
+BUILTIN_BACKENDS: dict[str, str] = {
+    "cpu": "latbench.timing.cpu:CpuBackend",
+    "eager": "latbench.timing.cuda:EagerBackend",
+    "cudagraph": "latbench.timing.cuda:CudaGraphBackend",
+    "ort": "latbench.backends.ort:OrtBackend",
+    "compile": "latbench.backends.compile:CompileBackend",
+    "trt": "latbench.backends.trt:TrtBackend",
+}
 
-    return {
-        "cpu": "latbench.timing.cpu:CpuBackend",
-        "eager": "latbench.timing.cuda:EagerBackend",
-        "cudagraph": "latbench.timing.cuda:CudaGraphBackend",
-        **BACKENDS,
-    }
-
-
-_REGISTRY: dict[str, Factory] = _builtin_backends()
+_REGISTRY: dict[str, Factory] = dict(BUILTIN_BACKENDS)
 
 
 def register_backend(name: str, factory: Factory, *, replace: bool = False) -> None:
