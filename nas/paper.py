@@ -1,10 +1,16 @@
 """The LGCNet paper's own numbers, in one place, for the commands that print ours beside them.
 
-Every value is quoted from the paper (``reference/lgcnet-paper.txt``); the table or section it
-comes from is named next to it. Nothing here is measured by this repository.
+Every value is quoted from the paper — G. Cheng, P. Sun, T.-B. Xu, S. Lyu, P. Lin, "Local-to-Global
+Information Communication for Real-Time Semantic Segmentation Network Search", arXiv:2302.08481
+(cs.CV, 2023) —; the table or section it comes from is named next to it. Nothing here is measured
+by this repository.
 """
 
 from __future__ import annotations
+
+#: The paper these figures come from.
+CITATION = ("G. Cheng, P. Sun, T.-B. Xu, S. Lyu, P. Lin, \"Local-to-Global Information Communication for "
+            "Real-Time Semantic Segmentation Network Search\", arXiv:2302.08481 (cs.CV), 2023")
 
 #: Table VI d (cell independent + GCN): parameters of the searched network (Fig. 9).
 PARAMS = 2.09e6
