@@ -91,6 +91,9 @@ def fps(arch_path, label, device, resolutions, backends, precision, batch, width
             raise UserError("--backend is empty")
     base = TimingConfig()
     if lut_path:
+        from nas.lutfile import require_lut_file
+
+        require_lut_file(lut_path, resolutions, device)
         try:
             base = TimingConfig.from_dict(dict(read_lut(lut_path).meta.get("protocol") or {}))
         except (TypeError, ValueError) as exc:

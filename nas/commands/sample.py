@@ -46,7 +46,10 @@ def sample(lut_path: str, num: int, min_fps: float | None, resolution: str | Non
     from nas.search.latency import load_latency_table
     from nas.space import LGCNetSpace
 
+    from nas.lutfile import require_lut_file
+
     check_outputs(folders={"--out": out_dir})
+    require_lut_file(lut_path, [resolution] if resolution else [])
     lut = read_lut(lut_path)
     config = SpaceConfig.from_dict((lut.meta.get("space") or {}).get("config") or {})
     hw = parse_resolution(resolution) if resolution else None

@@ -121,6 +121,9 @@ def build_config(p: dict[str, Any], given: set[str]):
         raise UserError(f"--data-root {p['data_root']} does not exist or is not a directory")
 
     # the space: the LUT's configuration, overridden by options given explicitly
+    from nas.lutfile import require_lut_file
+
+    require_lut_file(p["lut"], [p["resolution"]] if p["resolution"] else [], p["device"])
     space = _lut_space_config(p["lut"])
     for opt, key in SPACE_OPTIONS.items():
         if opt in given and p[opt] is not None:
