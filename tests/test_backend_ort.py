@@ -68,7 +68,38 @@ def test_describe_records_versions_providers_and_session_options(tmp_path):
     assert d["session_options"]["intra_op_threads"] == 2
     assert d["session_options"]["graph_optimization"] == "basic"
     assert d["export"]["opset"] >= 17 and d["io_binding"] is True
+    # which ONNX Runtime wheel(s) provide the module here (this machine: the CPU one alone)
+    assert d["onnxruntime_wheels"].get("onnxruntime", d["onnxruntime_wheels"].get("onnxruntime-gpu")) == ort.__version__
     json.dumps(d)  # JSON-able for the LUT metadata
+
+
+def test_cpu_and_gpu_wheels_side_by_side_are_named_with_the_repair():
+    from latbench.backends.ort import coinstall_note, installed_ort_distributions
+
+    both = {"onnxruntime": "1.30.0", "onnxruntime-gpu": "1.22.0"}
+    note = coinstall_note(both)
+    assert note.startswith("; ") and "\n" not in note
+    assert "onnxruntime 1.30.0 (CPU) and onnxruntime-gpu 1.22.0 are both installed" in note
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu" in note
+    assert coinstall_note({"onnxruntime": "1.30.0"}) == "" and coinstall_note({"onnxruntime-gpu": "1.22.0"}) == ""
+    here = installed_ort_distributions()
+    assert here and set(here) <= {"onnxruntime", "onnxruntime-gpu"}
+    assert (coinstall_note() != "") == (len(here) == 2)
+
+
+def test_the_ort_extras_are_alternatives_not_a_co_install():
+    """pyproject.toml: no ONNX Runtime wheel in the base dependencies, [ort] the CPU wheel and
+    [ort-gpu] the CUDA wheel, neither extra pulling in the other."""
+    import re
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    name = lambda req: re.split(r"[<>=!~\[ ;]", req, maxsplit=1)[0].lower()  # noqa: E731
+    assert not {name(r) for r in meta["dependencies"]} & {"onnxruntime", "onnxruntime-gpu"}
+    extras = {k: {name(r) for r in v} for k, v in meta["optional-dependencies"].items()}
+    assert "onnxruntime" in extras["ort"] and "onnxruntime-gpu" not in extras["ort"]
+    assert "onnxruntime-gpu" in extras["ort-gpu"] and "onnxruntime" not in extras["ort-gpu"]
 
 
 def test_measure_by_name_goes_through_the_backend(tmp_path):

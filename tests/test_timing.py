@@ -179,10 +179,11 @@ def test_failure_is_returned_not_raised():
 class FakeMonitor:
     """Reports throttling for the first ``throttled_passes`` measurement passes."""
 
-    def __init__(self, throttled_passes: int) -> None:
+    def __init__(self, throttled_passes: int, reasons: tuple[str, ...] = ("SwThermalSlowdown",)) -> None:
         self.passes = 0
         self.left = throttled_passes
         self._throttled = False
+        self._reasons = reasons  # pass k reports reasons[k % len(reasons)]
 
     def reset(self):
         self.passes += 1
@@ -200,17 +201,22 @@ class FakeMonitor:
 
     @property
     def reasons(self):
-        return ["SwThermalSlowdown"] if self._throttled else []
+        return [self._reasons[(self.passes - 1) % len(self._reasons)]] if self._throttled else []
 
 
-@pytest.mark.parametrize("throttled_passes,retries,flagged", [(0, 0, False), (1, 1, False), (5, 2, True)])
-def test_throttled_entries_are_remeasured_then_flagged(throttled_passes, retries, flagged):
+# a GPU that keeps reporting the same throttle (e.g. its power cap) costs two passes, not three;
+# a different reason in the re-measurement is another episode and gets the next retry
+@pytest.mark.parametrize("throttled_passes,reasons,retries,flagged", [
+    (0, ("SwThermalSlowdown",), 0, False), (1, ("SwThermalSlowdown",), 1, False),
+    (5, ("SwPowerCap",), 1, True), (5, ("SwPowerCap", "HwSlowdown"), 2, True)])
+def test_throttled_entries_are_remeasured_then_flagged(throttled_passes, reasons, retries, flagged):
     clock = FakeClock()
-    mon = FakeMonitor(throttled_passes)
+    mon = FakeMonitor(throttled_passes, reasons)
     m = measure(FakePrepared(clock, lambda i: 1e-4, monitor=mon), config=cfg(min_time_s=0.0), clock=clock)
     assert m.extra["throttle_retries"] == retries
     assert mon.passes == retries + 1
     assert m.throttled is flagged
+    assert m.extra.get("throttle_persistent", False) is (flagged and len(reasons) == 1)
     assert m.sm_clock_mhz == 1755.0
 
 

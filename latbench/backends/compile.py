@@ -154,8 +154,6 @@ class CompileBackend:
         self.precision = check_precision(precision, dev, self.name)
         self.threads = threads
         self.settings = CompileSettings(mode=mode, fullgraph=bool(fullgraph))
-        if dev.startswith("cuda"):
-            torch.backends.cudnn.benchmark = True
 
     @property
     def graph_timing(self) -> str:
@@ -180,11 +178,12 @@ class CompileBackend:
                 torch.set_num_threads(prev)
             prepared = CpuPrepared(fn, inputs, threads)
         else:
-            from latbench.timing.cuda import GRAD_MODE, CudaGraphPrepared, EagerPrepared
+            from latbench.timing.cuda import GRAD_MODE, CudaGraphPrepared, EagerPrepared, cudnn_benchmark
 
             dev = torch.device(self.device)
-            # compiled in the grad mode and fp32 math mode the CUDA timer warms up, captures and times in
-            with torch.cuda.device(dev), fp32_math(self.precision):
+            # compiled in the grad mode, fp32 math mode and cuDNN autotuning the CUDA timer warms up,
+            # captures and times in (each restored afterwards)
+            with torch.cuda.device(dev), fp32_math(self.precision), cudnn_benchmark(True):
                 fn, facts = compile_module(module, inputs, self.settings, GRAD_MODE)
             cls = EagerPrepared if self.settings.mode in INDUCTOR_CUDAGRAPH_MODES else CudaGraphPrepared
             prepared = cls(fn, inputs, dev, config, self.precision)

@@ -22,12 +22,24 @@ binding, so that a timed call is ``session.run_with_iobinding`` and nothing else
   fp32 math: ONNX Runtime's CUDA provider uses TF32 unless told otherwise; ``precision`` ``fp32``
   passes ``use_tf32=0`` (strict), ``tf32`` passes ``use_tf32=1``.
 
+  Like latbench's CUDA timers: inputs, outputs and (``TimingConfig.cold_cache``) an L2 flush
+  buffer are allocated on the timing stream and waited for before binding; a cold sample zeroes
+  the flush buffer on that stream before the start event and is one run; and a short spin
+  kernel precedes every start event (:class:`latbench.timing.cuda.StartLead`), so a sample does
+  not count the host's first ``run_with_iobinding``.
+
 The session is checked to really use the requested provider: ONNX Runtime silently assigns work
 to the CPU provider when the CUDA one fails to load; here that is an error, not a fallback. And
 ``onnxruntime.get_available_providers()`` lists the CUDA provider whenever onnxruntime-gpu is
 installed, even when its CUDA / cuDNN libraries cannot load (e.g. onnxruntime-gpu built for CUDA
 12 next to a CUDA 13 torch): so the backend opens a tiny probe session when it is created and
 refuses once, with ONNX Runtime's own reason, instead of failing every LUT entry one by one.
+
+``onnxruntime`` (CPU) and ``onnxruntime-gpu`` are alternative wheels of one module: installed side
+by side, whichever was installed last owns the shared files, so the CPU wheel can shadow the CUDA
+provider (and uninstalling either breaks the other). The project's extras keep them apart
+(``[ort]`` or ``[ort-gpu]``); when both are installed anyway, a refusal of the CUDA provider says
+so and how to repair it (:func:`coinstall_note`), and ``describe()`` records the installed wheels.
 """
 
 from __future__ import annotations
@@ -62,9 +74,37 @@ def _ort():
     try:
         import onnxruntime
     except ImportError:
-        raise UserError("ONNX Runtime is not installed: pip install onnxruntime (CPU) or "
-                        + INSTALL_HINTS["onnxruntime-gpu"]) from None
+        raise UserError("ONNX Runtime is not installed: pip install 'latbench-lgcnet[ort]' (CPU) or "
+                        + INSTALL_HINTS["onnxruntime-gpu"] + coinstall_note()) from None
     return onnxruntime
+
+
+#: The wheels that install the module ``onnxruntime`` (only one of them may be installed).
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
+
+
+def installed_ort_distributions() -> dict[str, str]:
+    """Which of :data:`ORT_DISTRIBUTIONS` are installed, with their versions."""
+    from importlib import metadata
+
+    found = {}
+    for name in ORT_DISTRIBUTIONS:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def coinstall_note(found: dict[str, str] | None = None) -> str:
+    """'' unless both the CPU and the GPU wheel are installed; else one sentence (with a leading
+    '; ') saying so and how to repair it."""
+    found = installed_ort_distributions() if found is None else found
+    if "onnxruntime" not in found or "onnxruntime-gpu" not in found:
+        return ""
+    return (f"; onnxruntime {found['onnxruntime']} (CPU) and onnxruntime-gpu {found['onnxruntime-gpu']} are both "
+            "installed and share the module 'onnxruntime', so the CPU wheel can shadow the CUDA provider: "
+            "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
 
 
 def _available_threads() -> int:
@@ -219,7 +259,7 @@ def probe_provider(provider: str, options: dict[str, str] | None = None) -> list
     torch_cuda = f", torch here uses CUDA {torch.version.cuda}" if torch.version.cuda and build else ""
     raise UserError(f"ONNX Runtime could not start {provider} in a probe session (it ran on "
                     f"{', '.join(used) or 'nothing'}): {_reason(text)}{build}{torch_cuda}; "
-                    f"{INSTALL_HINTS['onnxruntime-gpu']}")
+                    f"{INSTALL_HINTS['onnxruntime-gpu']}{coinstall_note()}")
 
 
 class OrtCpuPrepared:
@@ -274,17 +314,23 @@ class OrtCudaPrepared:
     granularity = 1
 
     def __init__(self, path, exported: ExportedModel, inputs: Sequence[torch.Tensor], device: str,
-                 precision: str, settings: OrtSessionSettings) -> None:
+                 precision: str, settings: OrtSessionSettings, cold_cache: bool = False) -> None:
         from latbench.timing.clock import ClockMonitor
+        from latbench.timing.cuda import StartLead, _l2_flush_buffer
 
         self._dev = torch.device(device)
         self._stream = torch.cuda.Stream(self._dev)
         self._session = open_session(path, device, settings, stream=self._stream)
         tdt, ndt = _TORCH_DTYPES[precision], _NP_DTYPES[precision]
-        self._inputs = [t.detach().to(self._dev, dtype=tdt if t.is_floating_point() else t.dtype).contiguous()
-                        for t in inputs]
-        self._outputs = [torch.empty(s, device=self._dev, dtype=tdt) for s in exported.output_shapes]
-        torch.cuda.synchronize(self._dev)
+        # Inputs, outputs and the L2 flush buffer are made on the timing stream (the stream ONNX
+        # Runtime runs on), so the caching allocator ties their memory to it; the stream is waited
+        # for before anything is bound or run.
+        with torch.cuda.device(self._dev), torch.cuda.stream(self._stream):
+            self._inputs = [t.detach().to(self._dev, dtype=tdt if t.is_floating_point() else t.dtype).contiguous()
+                            for t in inputs]
+            self._outputs = [torch.empty(s, device=self._dev, dtype=tdt) for s in exported.output_shapes]
+            self._flush = _l2_flush_buffer(self._dev) if cold_cache else None
+        self._stream.synchronize()
         b = self._session.io_binding()
         index = self._dev.index or 0
         for name, t in zip(exported.input_names, self._inputs):
@@ -295,23 +341,36 @@ class OrtCudaPrepared:
         self._start = torch.cuda.Event(enable_timing=True)
         self._end = torch.cuda.Event(enable_timing=True)
         self.clock = ClockMonitor.for_device(index)
+        self._lead = StartLead(self._stream)
         # No stream synchronisation at the end of each timed run (see the module docstring).
         self._run_options = _ort().RunOptions()
         if not settings.synchronize:
             self._run_options.add_run_config_entry(NO_SYNC, "1")
         self.info: dict[str, Any] = {"providers": self._session.get_providers(),
-                                     "run_sync": bool(settings.synchronize)}
+                                     "run_sync": bool(settings.synchronize), "cold_cache": bool(cold_cache),
+                                     **self._lead.describe()}
 
     def run(self) -> None:
         self._session.run_with_iobinding(self._binding, self._run_options)
 
     def time(self, calls: int) -> float:
+        """Device seconds of ``calls`` runs: (with a cold cache, the L2 flush first, then) the
+        start lead, the start event, the runs, the end event -- all on the timing stream."""
         run, b, opts = self._session.run_with_iobinding, self._binding, self._run_options
+        with torch.cuda.device(self._dev), torch.cuda.stream(self._stream):
+            if self._flush is not None:
+                self._flush.zero_()
+            self._lead.enqueue()
         self._start.record(self._stream)
+        t0 = time.perf_counter()
         for _ in range(calls):
             run(b, opts)
+        host_s = time.perf_counter() - t0
         self._end.record(self._stream)
         self._end.synchronize()
+        self._lead.update(host_s, calls)
+        if self._lead.cycles_per_s:
+            self.info["start_lead_us"] = self._lead.lead_s * 1e6
         return self._start.elapsed_time(self._end) * 1e-3
 
     def enqueue_time(self, calls: int) -> float:
@@ -335,7 +394,7 @@ class OrtCudaPrepared:
             pass
         self._binding = None
         self._session = None
-        self._inputs, self._outputs = [], []
+        self._inputs, self._outputs, self._flush = [], [], None
 
 
 class OrtBackend:
@@ -358,7 +417,8 @@ class OrtBackend:
         if dev.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise UserError(f"--backend ort --device {device} needs ONNX Runtime's CUDA execution provider, "
-                                f"which onnxruntime {ort.__version__} here lacks; {INSTALL_HINTS['onnxruntime-gpu']}")
+                                f"which onnxruntime {ort.__version__} here lacks; {INSTALL_HINTS['onnxruntime-gpu']}"
+                                f"{coinstall_note()}")
             from latbench.device import resolve_device
 
             dev = resolve_device(dev)
@@ -395,7 +455,8 @@ class OrtBackend:
             session = open_session(exported.path, "cpu", settings)
             prepared: Any = OrtCpuPrepared(session, exported, inputs, self.precision)
         else:
-            prepared = OrtCudaPrepared(exported.path, exported, inputs, self.device, self.precision, settings)
+            prepared = OrtCudaPrepared(exported.path, exported, inputs, self.device, self.precision, settings,
+                                       cold_cache=config.cold_cache)
         prepared.info.update(exported.info())
         prepared.info.update({"session_create_s": round(time.perf_counter() - t0, 3),
                               "intra_op_threads": settings.intra_op_threads})
@@ -406,7 +467,8 @@ class OrtBackend:
         providers = ["CPUExecutionProvider"] if self.device == "cpu" else ["CUDAExecutionProvider", "CPUExecutionProvider"]
         return {
             "backend": self.name, "device": self.device, "precision": self.precision,
-            "onnxruntime": ort.__version__, "providers": providers,
+            "onnxruntime": ort.__version__, "onnxruntime_wheels": installed_ort_distributions(),
+            "providers": providers,
             "available_providers": list(ort.get_available_providers()),
             "session_options": self.session.to_dict(), "io_binding": True,
             "export": self.export.to_dict(), "onnx_cache": str(self.onnx_dir),

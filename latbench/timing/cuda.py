@@ -1,7 +1,19 @@
 """CUDA backends: ``eager`` (CUDA events around back-to-back calls on a stream) and ``cudagraph``
 (several calls captured in one CUDA graph, replays timed with CUDA events, divided by the calls).
 
-Both set ``torch.backends.cudnn.benchmark = True`` (DESIGN §5.1) and never change GPU settings.
+Both run every call with ``torch.backends.cudnn.benchmark = True`` (DESIGN §5.1) -- set around
+warm-up, capture and each timed batch, like the fp32 math mode, and the caller's setting restored
+in between -- and never change GPU settings.
+
+- **No host launch inside a sample.** Events recorded on an idle stream start the clock the moment
+  the host enqueues the start event; the first kernel (or graph replay) behind it reaches the GPU
+  only after the host has launched it, so every sample would also count that one host launch --
+  for a whole network timed as one replay per sample, every sample (+0.2-0.5 % on its FPS). Each
+  sample therefore enqueues a short spin kernel (``torch.cuda._sleep``) before the start event
+  (:class:`StartLead`): the host enqueues the start event and the first launches while the GPU
+  spins, and the GPU reaches the start event with work already queued behind it. The spin lasts
+  twice the host time of one launch seen in the previous sample (between 50 µs and 1 ms; its
+  clock rate is calibrated once per prepared object); it lies outside the timed region.
 
 - **One grad mode.** Warm-up, capture, timing and enqueue timing all run under
   :data:`GRAD_MODE` (``torch.no_grad``), so a compiled callable (``compile`` backend) is compiled
@@ -26,9 +38,9 @@ Both set ``torch.backends.cudnn.benchmark = True`` (DESIGN §5.1) and never chan
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from contextlib import nullcontext
 from typing import Any, Sequence
 
 import torch
@@ -64,6 +76,65 @@ def _l2_flush_buffer(dev: torch.device) -> torch.Tensor:
     return torch.empty(2 * l2 // 4, dtype=torch.int32, device=dev)
 
 
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool = True):
+    """``torch.backends.cudnn.benchmark = enabled`` inside, the caller's setting restored after."""
+    prev = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = prev
+
+
+class StartLead:
+    """A spin kernel enqueued before each sample's start event (see the module docstring).
+
+    ``enqueue()`` launches ``torch.cuda._sleep`` on the current stream for :attr:`lead_s`;
+    ``update(host_s, launches)`` sets the next lead to twice the host time of one launch of the
+    last sample, clipped to [:data:`MIN_S`, :data:`MAX_S`]. The spin's cycles per second are
+    measured once here (events around a 200k-cycle spin). Without ``torch.cuda._sleep`` (or if
+    the calibration fails) nothing is enqueued and :meth:`describe` says so."""
+
+    MIN_S = 50e-6
+    MAX_S = 1e-3
+    CALIBRATION_CYCLES = 200_000
+
+    def __init__(self, stream: torch.cuda.Stream) -> None:
+        self.lead_s = self.MIN_S
+        self.cycles_per_s: float | None = None
+        self._sleep = getattr(torch.cuda, "_sleep", None)
+        if self._sleep is None:
+            return
+        try:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            with torch.cuda.stream(stream):
+                self._sleep(1000)  # loads the kernel
+                start.record(stream)
+                self._sleep(self.CALIBRATION_CYCLES)
+                end.record(stream)
+            end.synchronize()
+            seconds = start.elapsed_time(end) * 1e-3
+            if seconds > 0:
+                self.cycles_per_s = self.CALIBRATION_CYCLES / seconds
+        except Exception:  # a lead is an improvement, never a reason to fail a measurement
+            self.cycles_per_s = None
+
+    def enqueue(self) -> None:
+        if self.cycles_per_s:
+            self._sleep(max(1, int(self.lead_s * self.cycles_per_s)))
+
+    def update(self, host_s: float, launches: int) -> None:
+        per_launch = host_s / max(1, launches)
+        self.lead_s = min(self.MAX_S, max(self.MIN_S, 2.0 * per_launch))
+
+    def describe(self) -> dict[str, Any]:
+        if not self.cycles_per_s:
+            return {"start_lead": "none (torch.cuda._sleep unavailable)"}
+        return {"start_lead": "torch.cuda._sleep before the start event", "start_lead_us": self.lead_s * 1e6,
+                "sleep_cycles_per_us": self.cycles_per_s * 1e-6}
+
+
 def _returns_an_input(out: Any, inputs: Sequence[Any]) -> bool:
     return isinstance(out, torch.Tensor) and any(out is t for t in inputs)
 
@@ -85,13 +156,24 @@ class _CudaPrepared:
         self._flush = _l2_flush_buffer(dev) if config.cold_cache else None
         self._start = torch.cuda.Event(enable_timing=True)
         self._end = torch.cuda.Event(enable_timing=True)
+        self._lead = StartLead(self._stream)
         self.clock = ClockMonitor.for_device(dev.index)
-        self.info: dict[str, Any] = {"cold_cache": config.cold_cache, "grad_mode": GRAD_MODE.__name__}
+        self.info: dict[str, Any] = {"cold_cache": config.cold_cache, "grad_mode": GRAD_MODE.__name__,
+                                     "cudnn_benchmark": True, **self._lead.describe()}
         if precision is not None:
             self.info["fp32_math"] = "tf32" if precision == "tf32" else "ieee"
 
     def _math(self):
-        return fp32_math(self._precision) if self._precision is not None else nullcontext()
+        """cuDNN autotuning on and the fp32 math mode (unless ``precision`` is None), both restored after."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(cudnn_benchmark(True))
+        if self._precision is not None:
+            stack.enter_context(fp32_math(self._precision))
+        return stack
+
+    def _launches(self, calls: int) -> int:
+        """How many host launches ``_launch(calls)`` makes (calls, or graph replays)."""
+        return calls
 
     def _ctx(self):
         """Device, timing stream, grad mode (entered in this order by the callers)."""
@@ -105,10 +187,16 @@ class _CudaPrepared:
         with self._math(), dev_ctx, stream_ctx, grad_ctx:
             if self._flush is not None:
                 self._flush.zero_()
+            self._lead.enqueue()  # the GPU spins while the host enqueues the start event and the launches
             self._start.record(self._stream)
+            t0 = time.perf_counter()
             self._launch(calls)
+            host_s = time.perf_counter() - t0
             self._end.record(self._stream)
         self._end.synchronize()
+        self._lead.update(host_s, self._launches(calls))
+        if self._lead.cycles_per_s:
+            self.info["start_lead_us"] = self._lead.lead_s * 1e6  # the lead the next sample gets
         return self._start.elapsed_time(self._end) * 1e-3
 
     def enqueue_time(self, calls: int) -> float:
@@ -183,6 +271,9 @@ class CudaGraphPrepared(_CudaPrepared):
         self.granularity = n
         self.info.update({"calls_per_graph": n, "eager_call_us": t_call * 1e6})
 
+    def _launches(self, calls: int) -> int:
+        return max(1, calls // self.granularity)
+
     def _capture(self, n: int) -> torch.cuda.CUDAGraph:
         g = torch.cuda.CUDAGraph()
         fn, inputs = self._fn, self._inputs
@@ -214,7 +305,6 @@ class _CudaBackend:
         self.dev = _check_cuda_device(self.name, str(device))
         self.device = str(self.dev)
         self.precision = check_precision(precision, self.device, self.name)
-        torch.backends.cudnn.benchmark = True
 
     def prepare(self, module: Any, inputs: Sequence[torch.Tensor], config: TimingConfig):
         module, inputs = convert(module, inputs, self.device, self.precision)
@@ -222,7 +312,7 @@ class _CudaBackend:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device": self.device, "precision": self.precision,
-                "clock": "cuda events", "cudnn_benchmark": True, "grad_mode": GRAD_MODE.__name__,
+                "clock": "cuda events", "cudnn_benchmark": True, "start_lead": "torch.cuda._sleep before the start event", "grad_mode": GRAD_MODE.__name__,
                 "precision_mode": precision_mode(self.precision, self.device)}
 
 

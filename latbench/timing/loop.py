@@ -7,7 +7,9 @@
    graph; one call with a cold cache);
 3. sample until ``min_samples`` and ``min_time_s`` are reached *and* the median's relative noise is
    at most ``max_noise`` -- or until ``max_time_s`` (always at least one sample);
-4. poll NVML between samples; a throttled pass is repeated up to ``max_throttle_retries`` times;
+4. poll NVML between samples; a throttled pass is repeated up to ``max_throttle_retries`` times,
+   but a re-measurement throttled for the same reasons ends it (``throttle_persistent``): a GPU
+   that keeps reporting e.g. its power cap costs an entry two passes, not ``1 + retries``;
 5. compare enqueue time with device time to flag host-bound runs (trtexec's 0.8 rule).
 
 Nothing here raises for a failing op: the result is a ``Measurement`` with status ``failed``.
@@ -138,6 +140,7 @@ def _one_pass(prepared: Any, config: TimingConfig, clock: Clock) -> Measurement:
 def measure_prepared(prepared: Any, config: TimingConfig, clock: Clock = time.perf_counter) -> Measurement:
     """Measure an already prepared object (see :mod:`latbench.timing.registry`)."""
     retries = 0
+    seen: set[tuple[str, ...]] = set()
     while True:
         try:
             m = _one_pass(prepared, config, clock)
@@ -146,6 +149,13 @@ def measure_prepared(prepared: Any, config: TimingConfig, clock: Clock = time.pe
             return Measurement.failed(describe_error(exc), retries=retries)
         if not m.throttled or retries >= config.max_throttle_retries:
             break
+        reasons = tuple(sorted(m.extra.get("throttle_reasons") or ()))
+        if reasons in seen:
+            # the same throttle in a re-measurement too: a state of the GPU (e.g. a power cap it
+            # keeps hitting), not an episode; more passes would only multiply the time (<= 2 passes)
+            m.extra["throttle_persistent"] = True
+            break
+        seen.add(reasons)
         retries += 1
     m.extra["throttle_retries"] = retries
     info = getattr(prepared, "info", None)
