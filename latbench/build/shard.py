@@ -37,7 +37,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -278,129 +278,164 @@ def _merge_frames(existing: pd.DataFrame | None, shards: Sequence[pd.DataFrame])
     return df.drop(columns=["_from_shard", "_order", "_status"]).reset_index(drop=True)
 
 
+@dataclass
+class _ShardRun:
+    """One rank's view of a sharded build: the request, then what the steps find."""
+
+    space: Any
+    resolutions: Sequence[tuple[int, int]]
+    backend: str
+    backend_opts: dict[str, Any]
+    config: Any
+    output: Path
+    name: str
+    batch: int
+    precision: str
+    device: str | None
+    progress: bool
+    retry_failed: bool
+    warn: Callable[[str], None]
+    on_timed: Callable[[str, Any], None] | None
+    ranks: Ranks
+    dev: str = "cpu"
+    backend_obj: Any = None
+    facts: list[dict[str, Any]] = field(default_factory=list)
+    request_meta: dict[str, Any] = field(default_factory=dict)
+    lock: Any = None  # rank 0's FileLock on the output, held for the whole build
+
+    def setup(self) -> None:
+        """Every rank: its device and backend."""
+        from latbench.timing import get_backend
+
+        self.dev = rank_device(self.device, self.ranks)
+        try:
+            self.backend_obj = get_backend(self.backend, device=self.dev, precision=self.precision,
+                                           threads=self.config.threads, **self.backend_opts)
+        except TypeError as exc:
+            raise UserError(f"backend {self.backend!r} does not take the option(s) "
+                            f"{', '.join(self.backend_opts) or '(none)'}: {exc}") from None
+
+    def plan(self) -> dict[str, Any] | None:
+        """Rank 0: lock the output, fold leftovers of an interrupted run, deal the keys to time."""
+        from latbench.build import builder as B
+        from latbench.files import FileLock, lock_path
+        from latbench.lut.table import read_lut
+
+        if not self.ranks.main:
+            return None
+        self.request_meta.update(B.request_metadata(self.space, self.backend_obj, self.config, self.name, self.batch,
+                                                    self.precision, self.dev))
+        compat = B._compat(self.request_meta)
+        self.lock = FileLock(lock_path(self.output), purpose="a LUT build", on_stale=self.warn)
+        self.lock.acquire()
+        existing = None
+        if self.output.exists():
+            existing = read_lut(self.output)
+            B._check_compatible(f"existing LUT {str(self.output)!r}", B._compat(existing.meta), compat)
+        for p in existing_shards(self.output):  # fold an interrupted run's journals into its shard files
+            B.build_lut(self.space, self.resolutions, self.backend_obj, self.config, p, self.name, batch=self.batch,
+                        precision=self.precision, device=self.dev, progress=False, warn=self.warn, only_keys=set())
+        done: dict[str, Any] = {}
+        if existing is not None:
+            done.update(B._timed_from_frame(existing.df, keep_failed=not self.retry_failed))
+        for p in existing_shards(self.output):
+            done.update(B._timed_from_frame(read_lut(p).df, keep_failed=not self.retry_failed))
+        specs = _plan_keys(self.space, self.resolutions, self.batch)
+        todo = [k for k in specs if k not in done]
+        # pass-throughs are dealt too: each rank's build records them as analytic rows, untimed
+        return {"shares": deal(todo, self.ranks.world), "distinct": len(specs), "reused": len(specs) - len(todo)}
+
+    def work(self, mine: list[str]) -> dict[str, Any]:
+        """Every rank: its share into its shard file (an ordinary resumable build)."""
+        from latbench.build import builder as B
+
+        if not mine:
+            return {"rank": self.ranks.rank, "device": self.dev, "timed": 0, "failed_now": 0, "elapsed_s": 0.0}
+        lut = B.build_lut(self.space, self.resolutions, self.backend_obj, self.config,
+                          shard_path(self.output, self.ranks.rank), self.name, batch=self.batch,
+                          precision=self.precision, device=self.dev, progress=self.progress and self.ranks.main,
+                          retry_failed=self.retry_failed, warn=self.warn, on_timed=self.on_timed, only_keys=set(mine))
+        b = lut.meta.get("build", {})
+        return {"rank": self.ranks.rank, "device": self.dev, "timed": b.get("timed", 0),
+                "failed_now": b.get("failed_now", 0), "elapsed_s": b.get("elapsed_s")}
+
+    def merge(self, planned: dict[str, Any], per_rank: list[dict[str, Any]], t0: float) -> Any:
+        """Rank 0: merge the output and the shard files into the output, then remove the shards."""
+        from latbench.lut.table import LUT, now_iso, read_lut, write_lut
+        from latbench.space import format_resolution
+
+        if not self.ranks.main:
+            return None
+        existing = read_lut(self.output) if self.output.exists() else None
+        shards = [(p, read_lut(p)) for p in existing_shards(self.output)]
+        df = _merge_frames(existing.df if existing is not None else None, [s.df for _, s in shards])
+        devices, timed_on = _timed_on(existing, [s for _, s in shards])
+        meta = dict(self.request_meta)
+        if existing is not None and "calibration" in existing.meta:
+            meta["calibration"] = existing.meta["calibration"]
+        created = (existing.meta.get("created") if existing is not None else None) or \
+            min((s.meta.get("created") for _, s in shards if s.meta.get("created")), default=None) or now_iso()
+        lut = LUT(df, meta)
+        missing = [(h, w) for h, w in self.resolutions if lut.coverage(self.space, h, w, self.batch).missing]
+        meta.update({
+            "created": created, "updated": now_iso(), "complete": not missing,
+            "resolutions": [format_resolution(r) for r in lut.resolutions()],
+            "shard": {"world_size": self.ranks.world, "ranks": self.facts, "devices": devices, "timed_on": timed_on,
+                      "assignment": "round-robin over the op keys left to time"},
+            "build": {"timed": sum(int(r["timed"]) for r in per_rank), "reused": planned["reused"],
+                      "failed_now": sum(int(r["failed_now"]) for r in per_rank),
+                      "distinct_timings": planned["distinct"], "rows": len(df),
+                      "elapsed_s": round(time.monotonic() - t0, 3), "per_rank": per_rank},
+        })
+        lut = LUT(df, meta)
+        write_lut(lut, self.output)
+        for p, _ in shards:
+            p.unlink(missing_ok=True)
+        return lut
+
+
+def _timed_on(existing: Any, shards: Sequence[Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The devices of a merged LUT's sources and, per op key timed by one, the device that timed it
+    (an earlier sharded output's record kept; a plain build's rows: its device)."""
+    old_shard = (existing.meta.get("shard") or {}) if existing is not None else {}
+    devices = dict(old_shard.get("devices") or {})
+    timed_on = dict(old_shard.get("timed_on") or {})
+    sources = [(s.meta, s.df) for s in shards]
+    if existing is not None and "shard" not in existing.meta:
+        sources.insert(0, (existing.meta, existing.df))
+    for src_meta, src_df in sources:
+        label, facts_of = _device_label(src_meta.get("device") or {})
+        devices[label] = facts_of
+        for key in src_df[src_df["status"].isin(["ok", "failed"])]["key"].unique():
+            timed_on[str(key)] = label
+    return devices, timed_on
+
+
 def sharded_build(space: Any, resolutions: Sequence[tuple[int, int]], backend: str, backend_opts: dict[str, Any],
                   config: Any, output: str | os.PathLike, name: str, *, batch: int = 1, precision: str = "fp32",
                   device: str | None = None, progress: bool = True, retry_failed: bool = False,
                   warn: Callable[[str], None] | None = None,
                   on_timed: Callable[[str, Any], None] | None = None) -> Any:
-    """Run this rank's part of a sharded build (see the module docstring). Returns the merged
+    """Run this rank's part of a sharded build: check the ranks → plan (rank 0) → time (every
+    rank) → merge (rank 0); see the module docstring. Returns the merged
     :class:`~latbench.lut.table.LUT` on rank 0 and None on the other ranks."""
-    from latbench.build import builder as B
-    from latbench.files import FileLock, check_writable, lock_path
-    from latbench.lut.table import LUT, now_iso, read_lut, write_lut
-    from latbench.space import format_resolution
-    from latbench.timing import get_backend
+    from latbench.files import check_writable
 
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     output = check_writable(output)
     ranks = join()
-    lock: FileLock | None = None
+    run = _ShardRun(space, resolutions, backend, backend_opts, config, output, name, batch, precision, device,
+                    progress, retry_failed, warn, on_timed, ranks)
     try:
-        # 1. every rank: its device and backend; then the rank check
-        def setup() -> tuple[str, Any]:
-            dev = rank_device(device, ranks)
-            try:
-                b = get_backend(backend, device=dev, precision=precision, threads=config.threads, **backend_opts)
-            except TypeError as exc:
-                raise UserError(f"backend {backend!r} does not take the option(s) {', '.join(backend_opts) or '(none)'}: "
-                                f"{exc}") from None
-            return dev, b
-
-        dev, backend_obj = agree(ranks, setup)
-        facts = _gather(ranks, agree(ranks, lambda: device_facts(dev)))
-        agree(ranks, lambda: check_rank_devices(facts, warn if ranks.main else None))
-
-        # 2. rank 0: lock, fold leftovers, plan, deal
-        request_meta: dict[str, Any] = {}
-
-        def plan() -> dict[str, Any] | None:
-            nonlocal lock
-            if not ranks.main:
-                return None
-            request_meta.update(B.request_metadata(space, backend_obj, config, name, batch, precision, dev))
-            compat = B._compat(request_meta)
-            lock = FileLock(lock_path(output), purpose="a LUT build", on_stale=warn)
-            lock.acquire()
-            existing = None
-            if output.exists():
-                existing = read_lut(output)
-                B._check_compatible(f"existing LUT {str(output)!r}", B._compat(existing.meta), compat)
-            for p in existing_shards(output):  # fold an interrupted run's journals into its shard files
-                B.build_lut(space, resolutions, backend_obj, config, p, name, batch=batch, precision=precision,
-                            device=dev, progress=False, warn=warn, only_keys=set())
-            done: dict[str, Any] = {}
-            if existing is not None:
-                done.update(B._timed_from_frame(existing.df, keep_failed=not retry_failed))
-            for p in existing_shards(output):
-                done.update(B._timed_from_frame(read_lut(p).df, keep_failed=not retry_failed))
-            specs = _plan_keys(space, resolutions, batch)
-            todo = [k for k in specs if k not in done]
-            # pass-throughs are dealt too: each rank's build records them as analytic rows, untimed
-            return {"shares": deal(todo, ranks.world), "distinct": len(specs), "reused": len(specs) - len(todo)}
-
-        planned = _broadcast(ranks, agree(ranks, plan))
-        mine = planned["shares"][ranks.rank]
-
-        # 3. every rank: its share into its shard file
+        agree(ranks, run.setup)
+        run.facts = _gather(ranks, agree(ranks, lambda: device_facts(run.dev)))
+        agree(ranks, lambda: check_rank_devices(run.facts, warn if ranks.main else None))
+        planned = _broadcast(ranks, agree(ranks, run.plan))
         t0 = time.monotonic()
-
-        def work() -> dict[str, Any]:
-            if not mine:
-                return {"rank": ranks.rank, "device": dev, "timed": 0, "failed_now": 0, "elapsed_s": 0.0}
-            lut = B.build_lut(space, resolutions, backend_obj, config, shard_path(output, ranks.rank), name,
-                              batch=batch, precision=precision, device=dev, progress=progress and ranks.main,
-                              retry_failed=retry_failed, warn=warn, on_timed=on_timed, only_keys=set(mine))
-            b = lut.meta.get("build", {})
-            return {"rank": ranks.rank, "device": dev, "timed": b.get("timed", 0), "failed_now": b.get("failed_now", 0),
-                    "elapsed_s": b.get("elapsed_s")}
-
-        per_rank = _gather(ranks, agree(ranks, work))
-
-        # 4. rank 0: merge, write, clean up
-        def merge() -> Any:
-            if not ranks.main:
-                return None
-            existing = read_lut(output) if output.exists() else None
-            shards = [(p, read_lut(p)) for p in existing_shards(output)]
-            df = _merge_frames(existing.df if existing is not None else None, [s.df for _, s in shards])
-            old_shard = (existing.meta.get("shard") or {}) if existing is not None else {}
-            devices = dict(old_shard.get("devices") or {})
-            timed_on = dict(old_shard.get("timed_on") or {})
-            sources = [(s.meta, s.df) for _, s in shards]
-            if existing is not None and "shard" not in existing.meta:  # a plain build's rows: its device
-                sources.insert(0, (existing.meta, existing.df))
-            for src_meta, src_df in sources:
-                label, facts_of = _device_label(src_meta.get("device") or {})
-                devices[label] = facts_of
-                for key in src_df[src_df["status"].isin(["ok", "failed"])]["key"].unique():
-                    timed_on[str(key)] = label
-            meta = dict(request_meta)
-            if existing is not None and "calibration" in existing.meta:
-                meta["calibration"] = existing.meta["calibration"]
-            created = (existing.meta.get("created") if existing is not None else None) or \
-                min((s.meta.get("created") for _, s in shards if s.meta.get("created")), default=None) or now_iso()
-            lut = LUT(df, meta)
-            missing = [(h, w) for h, w in resolutions if lut.coverage(space, h, w, batch).missing]
-            timed_now = sum(int(r["timed"]) for r in per_rank)
-            meta.update({
-                "created": created, "updated": now_iso(), "complete": not missing,
-                "resolutions": [format_resolution(r) for r in lut.resolutions()],
-                "shard": {"world_size": ranks.world, "ranks": facts, "devices": devices, "timed_on": timed_on,
-                          "assignment": "round-robin over the op keys left to time"},
-                "build": {"timed": timed_now, "reused": planned["reused"],
-                          "failed_now": sum(int(r["failed_now"]) for r in per_rank),
-                          "distinct_timings": planned["distinct"], "rows": len(df),
-                          "elapsed_s": round(time.monotonic() - t0, 3), "per_rank": per_rank},
-            })
-            lut = LUT(df, meta)
-            write_lut(lut, output)
-            for p, _ in shards:
-                p.unlink(missing_ok=True)
-            return lut
-
-        merged = agree(ranks, merge)
+        per_rank = _gather(ranks, agree(ranks, lambda: run.work(planned["shares"][ranks.rank])))
+        merged = agree(ranks, lambda: run.merge(planned, per_rank, t0))
         return merged if ranks.main else None
     finally:
-        if lock is not None:
-            lock.release()
+        if run.lock is not None:
+            run.lock.release()
         leave(ranks)
