@@ -267,6 +267,134 @@ class _Sampler:
                       calls, round(start - t0, 4), throttled=throttled)
 
 
+class _Rounds:
+    """The state of one interleaved measurement: every item's windows, the reference's level, the
+    drift found, the progress count. :func:`measure_interleaved` drives it round by round."""
+
+    def __init__(self, prepared: Mapping[str, Any], protocol: TimingConfig, config: RoundsConfig,
+                 reference: str | None, done: Sequence[Window], on_window: Callable[[Window], None] | None,
+                 on_event: Callable[[str], None] | None, on_progress: Callable[[int, int, str], None] | None,
+                 clock: Clock) -> None:
+        self.keys = list(prepared)
+        self.config, self.reference, self.clock = config, reference, clock
+        self.on_window, self.on_event, self.on_progress = on_window, on_event, on_progress
+        self.others = [k for k in self.keys if k != reference]
+        self.samplers = {k: _Sampler(prepared[k], protocol, config, clock) for k in self.keys}
+        self.windows: dict[str, list[Window]] = {k: [] for k in self.keys}
+        self.have: dict[tuple[str, int], Window] = {}
+        self.base = Baseline(config.drift_tolerance)
+        self.drift: list[DriftEvent] = []
+        self._resume(done)
+        self.total = config.rounds * len(self.keys)
+        self.finished = sum(1 for k in self.keys for r in range(config.rounds) if (k, r) in self.have)
+        self.t0 = clock()
+
+    def _resume(self, done: Sequence[Window]) -> None:
+        """Take the windows of an earlier run: not measured again; the reference's level from them."""
+        for w in done:
+            if w.item in self.windows:
+                self.windows[w.item].append(w)
+                if not w.superseded:
+                    self.have[(w.item, w.round)] = w
+        self.failed = {w.item for w in done if w.item in self.windows and w.error is not None}
+        for w in (self.windows.get(self.reference, []) if self.reference else []):
+            if w.ok and not w.superseded:
+                self.base.add(w.min_us)
+
+    def _record(self, w: Window) -> None:
+        self.windows[w.item].append(w)
+        if self.on_window is not None:
+            self.on_window(w)
+
+    def visit(self, k: str, rnd: int) -> Window:
+        try:
+            w = self.samplers[k].window(k, rnd, self.t0)
+        except Exception as exc:  # a failing item is data, not a crash
+            w = Window(k, rnd, math.nan, math.nan, 0, 0, round(self.clock() - self.t0, 4), error=describe_error(exc))
+            self.failed.add(k)
+        self._record(w)
+        return w
+
+    def _count(self, k: str) -> None:
+        if self.on_progress is not None:
+            self.finished = min(self.total, self.finished + 1)
+            self.on_progress(self.finished, self.total, k)
+
+    def run_round(self, rnd: int) -> None:
+        """Every item not yet measured in round ``rnd`` (in rotated order), the reference every
+        ``reference_every`` items, and again what a confirmed drift asks for."""
+        shift = rnd % max(1, len(self.others))
+        order = self.others[shift:] + self.others[:shift]
+        rs = _Round(rnd, [k for k in order if (k, rnd) not in self.have and k not in self.failed])
+        ref_due = self.reference is not None and (self.reference, rnd) not in self.have
+        if not rs.queue and not ref_due:
+            return
+        if self.reference is not None:
+            self.check_reference(rs)
+        i = 0
+        while i < len(rs.queue):
+            k = rs.queue[i]
+            i += 1
+            if k in self.failed:
+                continue
+            self.visit(k, rnd)
+            rs.since_ref.append(k)
+            self._count(k)
+            if self.reference is not None and (len(rs.since_ref) >= self.config.reference_every or i == len(rs.queue)):
+                self.check_reference(rs)
+        if self.reference is not None:
+            self._count(self.reference)
+
+    def check_reference(self, rs: "_Round") -> None:
+        """Measure the reference; a slow window confirmed by a second one is a drift: the items
+        measured since the last good reference are measured again (at most ``max_retimes``)."""
+        assert self.reference is not None
+        w = self.visit(self.reference, rs.rnd)
+        if not w.ok:
+            return
+        if self.base.slow(w.min_us):
+            w2 = self.visit(self.reference, rs.rnd)  # confirm: one slow window is not an episode
+            if w2.ok and self.base.slow(w2.min_us):
+                w.superseded = True
+                self._drift(rs, self.base.ratio(w2.min_us))
+                return
+            w.superseded = True  # a lone slow window: keep the confirming one
+            w = w2 if w2.ok else w
+        self.base.add(w.min_us)
+        rs.since_ref = []
+
+    def _drift(self, rs: "_Round", ratio: float) -> None:
+        redo = [k for k in rs.since_ref if rs.retimes.get(k, 0) < self.config.max_retimes]
+        for k in redo:
+            rs.retimes[k] = rs.retimes.get(k, 0) + 1
+            for old in self.windows[k]:
+                if old.round == rs.rnd and not old.superseded:
+                    old.superseded = True
+                    if self.on_window is not None:
+                        self.on_window(old)
+            rs.queue.append(k)
+        self.drift.append(DriftEvent(rs.rnd, round(self.clock() - self.t0, 3), round(ratio, 4), redo))
+        if self.on_event is not None:
+            self.on_event(f"round {rs.rnd + 1}: the reference ran at {ratio:.3f}x its typical level "
+                          f"(tolerance +{self.config.drift_tolerance:.0%}); measuring {len(redo)} item(s) again")
+        rs.since_ref = []
+
+    def result(self, started: float) -> InterleavedResult:
+        items = {k: aggregate(self.windows[k], self.config.statistic) for k in self.keys}
+        return InterleavedResult(items, self.reference, self.base.level, self.drift, self.clock() - started)
+
+
+@dataclass
+class _Round:
+    """One round's queue (grows when a drift asks for items again), re-timings and the items
+    measured since the reference was last checked."""
+
+    rnd: int
+    queue: list[str]
+    retimes: dict[str, int] = field(default_factory=dict)
+    since_ref: list[str] = field(default_factory=list)
+
+
 def measure_interleaved(prepared: Mapping[str, Any], protocol: TimingConfig, config: RoundsConfig, *,
                         reference: str | None = None, done: Sequence[Window] = (),
                         on_window: Callable[[Window], None] | None = None,
@@ -279,101 +407,10 @@ def measure_interleaved(prepared: Mapping[str, Any], protocol: TimingConfig, con
     each round); ``reference`` is one of the keys (or None: no drift detection). A window that
     raises is recorded with its error and the item is not visited again.
     """
-    keys = list(prepared)
     if reference is not None and reference not in prepared:
         raise ValueError(f"reference {reference!r} is not among the items")
-    others = [k for k in keys if k != reference]
-    samplers = {k: _Sampler(prepared[k], protocol, config, clock) for k in keys}
-    windows: dict[str, list[Window]] = {k: [] for k in keys}
-    have: dict[tuple[str, int], Window] = {}
-    for w in done:
-        if w.item in windows:
-            windows[w.item].append(w)
-            if not w.superseded:
-                have[(w.item, w.round)] = w
-    failed = {w.item for w in done if w.item in windows and w.error is not None}
-    base = Baseline(config.drift_tolerance)
-    for w in (windows.get(reference, []) if reference else []):
-        if w.ok and not w.superseded:
-            base.add(w.min_us)
-    drift: list[DriftEvent] = []
-    total = config.rounds * len(keys)
-    finished = sum(1 for k in keys for r in range(config.rounds) if (k, r) in have)
-    t0 = clock()
-    started = t0
-
-    def record(w: Window) -> None:
-        windows[w.item].append(w)
-        if on_window is not None:
-            on_window(w)
-
-    def visit(k: str, rnd: int) -> Window | None:
-        try:
-            w = samplers[k].window(k, rnd, t0)
-        except Exception as exc:  # a failing item is data, not a crash
-            w = Window(k, rnd, math.nan, math.nan, 0, 0, round(clock() - t0, 4), error=describe_error(exc))
-            failed.add(k)
-        record(w)
-        return w
-
+    run = _Rounds(prepared, protocol, config, reference, done, on_window, on_event, on_progress, clock)
+    started = run.t0
     for rnd in range(config.rounds):
-        shift = rnd % max(1, len(others))
-        order = others[shift:] + others[:shift]
-        queue = [k for k in order if (k, rnd) not in have and k not in failed]
-        ref_due = reference is not None and (reference, rnd) not in have
-        if not queue and not ref_due:
-            continue
-        retimes: dict[str, int] = {}
-        since_ref: list[str] = []
-        i = 0
-
-        def check_reference() -> None:
-            nonlocal since_ref
-            w = visit(reference, rnd)
-            if w is None or not w.ok:
-                return
-            if base.slow(w.min_us):
-                w2 = visit(reference, rnd)  # confirm: one slow window is not an episode
-                if w2 is not None and w2.ok and base.slow(w2.min_us):
-                    ratio = base.ratio(w2.min_us)
-                    w.superseded = True
-                    redo = [k for k in since_ref if retimes.get(k, 0) < config.max_retimes]
-                    for k in redo:
-                        retimes[k] = retimes.get(k, 0) + 1
-                        for old in windows[k]:
-                            if old.round == rnd and not old.superseded:
-                                old.superseded = True
-                                if on_window is not None:
-                                    on_window(old)
-                        queue.append(k)
-                    drift.append(DriftEvent(rnd, round(clock() - t0, 3), round(ratio, 4), redo))
-                    if on_event is not None:
-                        on_event(f"round {rnd + 1}: the reference ran at {ratio:.3f}x its typical level "
-                                 f"(tolerance +{config.drift_tolerance:.0%}); measuring {len(redo)} item(s) again")
-                    since_ref = []
-                    return
-                w.superseded = True  # a lone slow window: keep the confirming one
-                w = w2 if w2 is not None and w2.ok else w
-            base.add(w.min_us)
-            since_ref = []
-
-        if reference is not None:
-            check_reference()
-        while i < len(queue):
-            k = queue[i]
-            i += 1
-            if k in failed:
-                continue
-            visit(k, rnd)
-            since_ref.append(k)
-            if on_progress is not None:
-                finished = min(total, finished + 1)
-                on_progress(finished, total, k)
-            if reference is not None and (len(since_ref) >= config.reference_every or i == len(queue)):
-                check_reference()
-        if reference is not None and on_progress is not None:
-            finished = min(total, finished + 1)
-            on_progress(finished, total, reference)
-
-    items = {k: aggregate(windows[k], config.statistic) for k in keys}
-    return InterleavedResult(items, reference, base.level, drift, clock() - started)
+        run.run_round(rnd)
+    return run.result(started)
