@@ -35,11 +35,12 @@ from latbench.space import Entry, OpSpec, format_resolution
 from latbench.timing import Measurement, TimingConfig, get_backend, measure_prepared
 from latbench.timing.loop import describe_error
 from latbench.timing.passthrough import is_passthrough
+from latbench.timing.plausibility import FLAG_COLUMN, ROW_FIELDS, EntryChecker, PlausibilityConfig
 
 JOURNAL_SUFFIX = ".partial.jsonl"
 MEASUREMENT_FIELDS = ("median_us", "p10_us", "p90_us", "iqr_us", "mean_us", "samples", "noise",
                       "calls_per_sample", "sm_clock_mhz", "throttled", "host_bound", "enqueue_us",
-                      "status", "error")
+                      "status", "error") + ROW_FIELDS  # + the load around the timing and its flag (§5.11)
 
 
 def journal_path(output: str | os.PathLike) -> Path:
@@ -177,10 +178,11 @@ def make_inputs(spec: OpSpec, seed: int = 0) -> list[torch.Tensor]:
     return [torch.randn(shape, generator=g) for shape in spec.inputs]
 
 
-def time_spec(space: Any, spec: OpSpec, backend: Any, config: TimingConfig) -> Measurement:
+def time_spec(space: Any, spec: OpSpec, backend: Any, config: TimingConfig, watch: Any = None) -> Measurement:
     """Build ``spec`` with the space, prepare it with the backend and measure it. Never raises for
     a failing op (the failure is the measurement). A pass-through (the op returns its input) is
-    not timed: status ``analytic``, 0 µs (:mod:`latbench.timing.passthrough`)."""
+    not timed: status ``analytic``, 0 µs (:mod:`latbench.timing.passthrough`). ``watch`` (a
+    :class:`latbench.timing.plausibility.LoadWatch`) is entered around the measurement alone."""
     prepared = None
     try:
         module = space.build_op(spec)
@@ -195,7 +197,10 @@ def time_spec(space: Any, spec: OpSpec, backend: Any, config: TimingConfig) -> M
             torch.cuda.empty_cache()
         return Measurement.failed(describe_error(exc), stage="prepare")
     try:
-        return measure_prepared(prepared, config)
+        if watch is None:
+            return measure_prepared(prepared, config)
+        with watch:
+            return measure_prepared(prepared, config)
     finally:
         try:
             prepared.close()
@@ -276,6 +281,7 @@ class _TimingRun:
     failed: int
     elapsed_s: float
     watch: Any  # the canary's DriftWatch, or None
+    checker: Any = None  # the plausibility checker (latbench.timing.plausibility.EntryChecker), or None
 
 
 def _request(space: Any, backend: str | Any, config: TimingConfig, output: str | os.PathLike, name: str,
@@ -290,7 +296,7 @@ def _request(space: Any, backend: str | Any, config: TimingConfig, output: str |
                     getattr(backend_obj, "device", device), meta, _compat(meta))
 
 
-def _resume(req: _Request, retry_failed: bool) -> _Resumed:
+def _resume(req: _Request, retry_failed: bool, retry_flagged: bool = False) -> _Resumed:
     """Read the existing LUT and the unfinished journal (each checked against the request)."""
     existing: LUT | None = None
     if req.output.exists():
@@ -306,6 +312,8 @@ def _resume(req: _Request, retry_failed: bool) -> _Resumed:
             if rec.get("fields", {}).get("status") == "failed" and retry_failed:
                 continue
             done[rec["key"]] = Timed(dict(rec.get("fields") or {}), str(rec.get("measured_at") or ""))
+    if retry_flagged:  # time again what was flagged as contended or implausible
+        done = {k: t for k, t in done.items() if not t.fields.get(FLAG_COLUMN)}
     created = (existing.meta.get("created") if existing else None) or \
         (header.get("created") if header else None) or now_iso()
     return _Resumed(existing, done, header, created)
@@ -351,8 +359,9 @@ def _snapshot(req: _Request, resumed: _Resumed, plan: _Plan, complete: bool) -> 
     frames.append(pd.DataFrame(rows))
     df = dedupe_rows(concat_rows(frames))
     meta = dict(req.meta)
-    if resumed.existing is not None and "calibration" in resumed.existing.meta:
-        meta["calibration"] = resumed.existing.meta["calibration"]
+    for k in ("calibration", "plausibility"):
+        if resumed.existing is not None and k in resumed.existing.meta and k not in meta:
+            meta[k] = resumed.existing.meta[k]
     meta.update({"created": resumed.created, "updated": now_iso(), "complete": complete,
                  "resolutions": [format_resolution(r) for r in
                                  sorted({(int(h), int(w)) for h, w in zip(df["height"], df["width"])})]})
@@ -361,9 +370,12 @@ def _snapshot(req: _Request, resumed: _Resumed, plan: _Plan, complete: bool) -> 
 
 def _time_entries(req: _Request, resumed: _Resumed, plan: _Plan, journal: Journal | None, progress: PhaseProgress,
                   checkpoint_s: float, warn: Callable[[str], None],
-                  on_timed: Callable[[str, Measurement], None] | None, canary: Any) -> _TimingRun:
+                  on_timed: Callable[[str, Measurement], None] | None, canary: Any,
+                  checks: PlausibilityConfig | None = None) -> _TimingRun:
     """Time every key of ``plan.todo`` (and what a drift of the canary asks again), journalling
-    each timing and checkpointing the Parquet file every ``checkpoint_s`` seconds."""
+    each timing and checkpointing the Parquet file every ``checkpoint_s`` seconds. With ``checks``,
+    each timing's load is recorded and a contended or implausible one is re-timed, then flagged
+    (:mod:`latbench.timing.plausibility`)."""
     t_start = last_ckpt = time.monotonic()
     n_failed = 0
     watch = None
@@ -372,14 +384,31 @@ def _time_entries(req: _Request, resumed: _Resumed, plan: _Plan, journal: Journa
 
         c = start_canary(req.space, {k: plan.specs[k] for k in plan.todo}, req.backend, req.config, canary)
         watch = DriftWatch(c, warn) if c is not None else None
+    checker = None
+    if checks is not None and plan.todo:
+        checker = EntryChecker.start(req.space, req.backend, req.config, req.precision, checks)
+        req.meta["plausibility"] = checker.meta()
     queue = list(plan.todo)
     i = 0
-    while i < len(queue):
+    while i < len(queue) or (checker is not None and _recheck_collapse(checker, resumed, plan, queue, journal,
+                                                                       progress, warn)):
         key = queue[i]
         i += 1
         progress.advance("timing", 0, key)
-        m = time_spec(req.space, plan.specs[key], req.backend, req.config)
+        load = checker.watch() if checker is not None else None
+        m = time_spec(req.space, plan.specs[key], req.backend, req.config, load)
         timed = Timed.from_measurement(m)
+        if checker is not None:
+            reasons = checker.review(key, plan.specs[key], m.median_us if m.status == "ok" else None, load.record)
+            if reasons and checker.may_retime(key):  # later, so that a passing load can clear
+                queue.append(key)
+                progress.grow("timing", 1)
+            elif reasons:
+                checker.flagged_now[key] = reasons[0]
+                warn(f"{key}: flagged after re-timing: {'; '.join(reasons)}")
+            else:
+                checker.flagged_now.pop(key, None)
+            timed.fields.update(checker.row_fields(load.record, reasons))
         assert journal is not None  # opened whenever there is something to time
         journal.append({"type": "timing", "key": key, "fields": timed.fields, "measured_at": timed.measured_at})
         resumed.done[key] = timed
@@ -396,7 +425,33 @@ def _time_entries(req: _Request, resumed: _Resumed, plan: _Plan, journal: Journa
         if time.monotonic() - last_ckpt >= checkpoint_s:
             write_lut(_snapshot(req, resumed, plan, complete=False), req.output)
             last_ckpt = time.monotonic()
-    return _TimingRun(n_failed, round(time.monotonic() - t_start, 3), watch)
+    if checker is not None:
+        req.meta["plausibility"] = checker.meta()
+    return _TimingRun(n_failed, round(time.monotonic() - t_start, 3), watch, checker)
+
+
+def _recheck_collapse(checker: EntryChecker, resumed: _Resumed, plan: _Plan, queue: list[str],
+                      journal: Journal | None, progress: PhaseProgress, warn: Callable[[str], None]) -> bool:
+    """Once the queue is empty: find distinct ops collapsing on one value; queue those that may be
+    re-timed (True: the loop goes on) and flag the others (their re-timing did not help)."""
+    timings = {k: t.fields.get("median_us") for k, t in resumed.done.items()
+               if k in plan.specs and t.fields.get("status") == "ok"}
+    groups = checker.collapse(timings, plan.specs)
+    again = [k for k in groups if checker.may_retime(k)]
+    if again:
+        queue.extend(again)
+        progress.grow("timing", len(again))
+        return True
+    for k, reason in groups.items():
+        t = resumed.done[k]
+        if reason not in str(t.fields.get(FLAG_COLUMN) or ""):
+            t.fields[FLAG_COLUMN] = "; ".join(x for x in (t.fields.get(FLAG_COLUMN), reason) if x)
+            checker.flagged_now[k] = reason
+            if journal is not None:
+                journal.append({"type": "timing", "key": k, "fields": t.fields, "measured_at": t.measured_at})
+    if groups:
+        warn(f"{len(groups)} timing(s) flagged after re-timing: {next(iter(groups.values()))}")
+    return False
 
 
 def _finish(req: _Request, resumed: _Resumed, plan: _Plan, run: _TimingRun, canary: Any) -> LUT:
@@ -417,7 +472,8 @@ def build_lut(space: Any, resolutions: Sequence[tuple[int, int]], backend: str |
               device: str = "cpu", progress: bool = True, *, retry_failed: bool = False,
               checkpoint_s: float = 30.0, warn: Callable[[str], None] | None = None,
               on_timed: Callable[[str, Measurement], None] | None = None,
-              only_keys: Collection[str] | None = None, canary: Any = None) -> LUT:
+              only_keys: Collection[str] | None = None, canary: Any = None,
+              checks: PlausibilityConfig | None = None, retry_flagged: bool = False) -> LUT:
     """Build (or finish) the LUT at ``output`` and return it: resume → plan → timing loop → finish.
     See the module docstring.
 
@@ -428,6 +484,10 @@ def build_lut(space: Any, resolutions: Sequence[tuple[int, int]], backend: str |
     its metadata says ``complete`` only if nothing of the space is missing. ``canary`` (a
     :class:`latbench.timing.canary.CanaryConfig`) re-times one op at intervals and times again what was
     measured during a drift (recorded in ``meta["build"]["canary"]``); None: no canary.
+    ``checks`` (a :class:`latbench.timing.plausibility.PlausibilityConfig`) records the load around
+    each timing, probes the machine's throughput once, and re-times then flags (column ``flag``)
+    contended or physically implausible timings; None: none of this. ``retry_flagged`` re-times
+    the keys an earlier run flagged.
     """
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     if not resolutions:
@@ -439,7 +499,7 @@ def build_lut(space: Any, resolutions: Sequence[tuple[int, int]], backend: str |
     lock.acquire()
     journal: Journal | None = None
     try:
-        resumed = _resume(req, retry_failed)
+        resumed = _resume(req, retry_failed, retry_flagged)
         plan = _plan(req, resolutions, resumed, only_keys)
         try:
             if plan.todo:
@@ -450,7 +510,7 @@ def build_lut(space: Any, resolutions: Sequence[tuple[int, int]], backend: str |
             n = len(plan.specs)
             with PhaseProgress(progress, transient=False) as bar:
                 bar.start_phase("timing", n, n - len(plan.todo))
-                run = _time_entries(req, resumed, plan, journal, bar, checkpoint_s, warn, on_timed, canary)
+                run = _time_entries(req, resumed, plan, journal, bar, checkpoint_s, warn, on_timed, canary, checks)
             lut = _finish(req, resumed, plan, run, canary)
         except BaseException:
             # Ctrl-C or a crash: make the Parquet file reflect everything finished so far.

@@ -60,7 +60,10 @@ def _load_space(name: str, cfg: dict[str, Any]):
               help="Minimum sampling time per entry (seconds).")
 @click.option("--warmup", default=0.2, show_default=True, type=click.FloatRange(min=0), help="Warm-up per entry (seconds).")
 @click.option("--cold-cache", is_flag=True, help="Flush L2 before every sample (cold numbers); default warm.")
-@click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads for the cpu backend.")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="CPU threads that time each op on the CPU (cpu, ort, compile backends). [default: the cores this "
+                   "process may use less one, and 1 on a machine of 2 cores or fewer: a timing thread that shares "
+                   "its core with other work is preempted, and an OpenMP region waits for it]")
 @click.option("--space", "space_name", default="lgcnet", show_default=True, help="Registered search space (or module:Class).")
 @click.option("--space-opt", "space_opts", multiple=True, metavar="KEY=VALUE",
               help="Search-space configuration; values parsed as JSON when possible. Repeatable.")
@@ -68,6 +71,10 @@ def _load_space(name: str, cfg: dict[str, Any]):
               help="Backend setting, recorded in the LUT (e.g. mode=max-autotune for compile, "
                    "graph_optimization=basic for ort, optimization_level=5 for trt). Repeatable.")
 @click.option("--retry-failed", is_flag=True, help="Re-time entries that failed in an earlier run of this build.")
+@click.option("--retry-flagged", is_flag=True,
+              help="Re-time entries flagged in an earlier run (timed while other processes held the cores, or "
+                   "physically implausible for the op: see the flag column, latbench show); fit and nas search "
+                   "refuse a LUT whose rows they need are flagged.")
 @click.option("--shard", is_flag=True,
               help="One rank of a build sharded over this machine's GPUs: start it with torchrun "
                    "(torchrun --standalone --nproc_per_node N -m latbench.cli build-lut --shard ...); each rank "
@@ -84,8 +91,8 @@ def _load_space(name: str, cfg: dict[str, Any]):
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def build_lut(name, device, backend, resolutions, batch, precision, output, max_noise, max_time, min_time,
-              warmup, cold_cache, threads, space_name, space_opts, backend_opts, retry_failed, shard, canary_every,
-              canary_tolerance, force, no_progress, as_json) -> None:
+              warmup, cold_cache, threads, space_name, space_opts, backend_opts, retry_failed, retry_flagged, shard,
+              canary_every, canary_tolerance, force, no_progress, as_json) -> None:
     """Time every candidate op at every position (and every fixed part) of a search space and
     write a LUT. Resumable: rerun the same command after a crash to time only what is missing.
     Prints the one-off preparation time of each entry where a backend has one (torch.compile's
@@ -115,11 +122,17 @@ def build_lut(name, device, backend, resolutions, batch, precision, output, max_
     if not name.strip() or any(ch in name for ch in "/\\") and output is None:
         raise UserError(f"--gpu {name!r} cannot name a file; give --output")
     out = check_writable(output or f"luts/{name}.parquet")
+    if threads is None and not str(dev).startswith("cuda"):  # leave a core for everything else (§5.11)
+        from latbench.timing.plausibility import default_cpu_threads
+
+        threads = default_cpu_threads()
     config = TimingConfig(warmup_s=warmup, min_time_s=min_time, max_time_s=max_time, max_noise=max_noise,
                           cold_cache=cold_cache, threads=threads)
     extra = parse_space_opts(backend_opts, "--backend-opt", "mode=max-autotune")
     warn = lambda msg: click.echo(f"warning: {msg}", err=True)  # noqa: E731
     if shard:
+        if retry_flagged:
+            raise UserError("--retry-flagged is not available with --shard yet; rerun the build without --shard")
         from latbench.build.shard import sharded_build
 
         space = _load_space(space_name, parse_space_opts(space_opts))
@@ -147,10 +160,12 @@ def build_lut(name, device, backend, resolutions, batch, precision, output, max_
         click.echo(f"warning: --gpu {name!r} does not match the device actually used ({dev}: {info.get('name')}); "
                    "the LUT metadata records the real device", err=True)
     from latbench.timing.canary import CanaryConfig
+    from latbench.timing.plausibility import PlausibilityConfig
 
     canary = CanaryConfig(every_s=canary_every, tolerance=canary_tolerance) if canary_every > 0 else None
     lut = run_build(space, res, backend_obj, config, out, name, batch=batch, precision=precision, device=dev,
                     progress=not no_progress and not as_json, retry_failed=retry_failed, warn=warn,
+                    checks=PlausibilityConfig(), retry_flagged=retry_flagged,
                     on_timed=report_preparation, canary=canary)
     _report(lut, out, name, dev, info.get("name"), backend, precision, batch, res, as_json)
     raise_if_mostly_failed(lut, str(out))
@@ -191,6 +206,10 @@ def _report(lut, out, name, dev, device_name, backend, precision, batch, res, as
     }
     if "shard" in lut.meta:
         summary["world_size"] = lut.meta["shard"]["world_size"]
+    from latbench.timing.plausibility import flagged_rows
+
+    flagged = flagged_rows(lut)
+    summary["flagged"] = int(flagged["key"].nunique()) if len(flagged) else 0
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
@@ -199,5 +218,9 @@ def _report(lut, out, name, dev, device_name, backend, precision, batch, res, as
         click.echo(f"wrote {out}: {counts['rows']} rows, {counts['distinct_timings']} distinct timings "
                    f"({b.get('timed', 0)} timed now{ranks}, {b.get('reused', 0)} reused), {counts['ok']} ok, "
                    f"{counts['failed']} failed, {counts['analytic']} analytic, {b.get('elapsed_s', 0):.1f} s")
+    if summary["flagged"]:
+        click.echo(f"warning: {summary['flagged']} distinct timing(s) flagged (timed under contention or physically "
+                   f"implausible; latbench show {out} lists them): fit and nas search refuse them until "
+                   "rerun with --retry-flagged on a quieter machine", err=True)
     if counts["failed"]:
         sys.stderr.flush()

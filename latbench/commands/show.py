@@ -56,7 +56,23 @@ def summarize_lut(lut, top: int = 10, space: Any = None) -> dict[str, Any]:
     ]
     failed = df[df["status"] == "failed"].drop_duplicates(subset=["key"])
     report["failed"] = [{"key": r["key"], "error": r["error"]} for _, r in failed.iterrows()]
+    report["flagged"] = _flagged(lut)
+    report["plausibility"] = meta.get("plausibility")
     return report
+
+
+def _flagged(lut) -> list[dict[str, Any]]:
+    """The distinct timings flagged by the build (contended or implausible, DESIGN §5.11), with
+    the load recorded around them."""
+    from latbench.timing.plausibility import LOAD_COLUMNS, flagged_rows
+
+    out = []
+    for _, r in flagged_rows(lut).drop_duplicates(subset=["key"]).iterrows():
+        d = {"key": r["key"], "median_us": _f(r["median_us"]), "flag": str(r["flag"]),
+             "measured_at": r.get("measured_at")}
+        d.update({c: (_f(r[c]) if c in r else None) for c in LOAD_COLUMNS})
+        out.append(d)
+    return out
 
 
 def _models(meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -137,6 +153,13 @@ def _print_report(r: dict[str, Any]) -> None:
     con.print(t)
     for f in r["failed"][:20]:
         con.print(f"  [red]failed[/] {f['key']}: {f['error']}")
+    flagged = r.get("flagged") or []
+    if flagged:
+        con.print(f"  {len(flagged)} flagged timing(s): fit and nas search refuse them until re-timed "
+                  "(latbench build-lut <same options> --retry-flagged, on a quieter machine)")
+    for f in flagged[:20]:
+        con.print(f"  [yellow]flagged[/] {f['key']} ({f['median_us'] or 0:.1f} µs): {f['flag']}", markup=True,
+                  highlight=False)
 
 
 @click.command("show")

@@ -63,6 +63,13 @@ COLUMNS: dict[str, pa.DataType] = {
     "status": pa.string(),
     "error": pa.string(),
     "measured_at": pa.string(),
+    # optional (§5.11): the load around the timing (latbench.timing.plausibility) and why it is not trusted
+    "load_1m": pa.float64(),
+    "run_queue": pa.int64(),
+    "steal": pa.float64(),
+    "competing": pa.int64(),
+    "runq_wait": pa.float64(),
+    "flag": pa.string(),
 }
 # What a reader insists on (later optional columns may be added without a schema bump).
 REQUIRED_COLUMNS = (
@@ -381,7 +388,7 @@ META_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "backend": (str,), "precision": (str,), "cache": (str,), "host": (str,),
     "created": (str,), "updated": (str,), "complete": (bool,), "device": (dict,), "space": (dict,),
     "protocol": (dict,), "versions": (dict,), "backend_info": (dict,), "build": (dict,),
-    "calibration": (dict,), "resolutions": (list,),
+    "calibration": (dict,), "resolutions": (list,), "plausibility": (dict,),
 }
 
 

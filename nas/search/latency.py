@@ -457,6 +457,9 @@ def load_latency_table(request: LUTConfig, config: SpaceConfig,
             raise UserError(f"LUT {request.path!r} holds {len(have)} resolutions ({listed}); choose one with --resolution")
         resolution = have[0]
     check_lut(lut, request.path, config, resolution, request.batch)
+    from latbench.timing.plausibility import refuse_flagged
+    refuse_flagged(lut, str(request.path), height=resolution[0], width=resolution[1], batch=request.batch,
+                   backend=backend, precision=precision, use="the search")  # §5.11
     model = resolve_model(lut, request, backend, precision, resolution, config)
     scope = scope or request.latency_scope
     table = build_table(lut, config, resolution, request.batch, request.use_calibration, model, scope)
