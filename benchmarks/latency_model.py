@@ -11,16 +11,25 @@ For each (backend, resolution), with real user commands (printed and recorded):
 2. once per resolution, a short ``nas search`` priced by the cpu LUT (a high α learning rate and
    β = 0.5, so that the α distribution is far from uniform) whose genotype.json supplies the
    held-out *from-search* networks;
-3. ``latbench fit LUT --fit-networks F --test-networks T --from-search genotype.json
-   --search-networks S --json``: measured in interleaved rounds with a reference network watching
-   for slow episodes, fitted on F uniform networks, judged on T held-out uniform and S held-out
-   from-search networks.
+3. *other searches* the fit never sees (issue 17): ``nas search`` at every β of ``--other-betas``
+   with seed ``--seed + 1`` (raw-LUT pricing), and — when the LUT already holds a latency model
+   for these rows (a previous run of this benchmark) — one search priced by that model at β 0.5;
+   their genotypes go to the fit as ``--test-search`` (each: the derived network and
+   ``--other-draws`` draws from its α);
+4. ``latbench fit LUT --fit-networks F --design D --test-networks T --from-search genotype.json
+   --search-networks S --test-search … --json``: measured in interleaved rounds with a reference
+   network watching for slow episodes, fitted on F networks (``--design span`` by default: spread
+   over the latency range searches reach), judged on T held-out uniform, S held-out from-search
+   and the other searches' networks (set ``other_searches``), every held-out set drawn from a
+   fresh test seed (recorded; ``--test-seed`` to reproduce), with bootstrap intervals, paired
+   differences to the affine fit and the measurement's noise ceiling.
 
 Writes ``OUT_DIR/latency_model-<device>-<backend>-<HxW>-<date>.json`` (the fit's whole JSON plus
 the commands, the machine and its load), one ``.png`` per run, and a summary table
 ``OUT_DIR/latency_model-<device>-<date>.md`` with every mechanism of the ablation ladder per
-backend and resolution. Goal on a CPU, one thread: MAPE <= 2 %, worst <= 6 %, Kendall τ >= 0.85
-on both held-out sets with <= 40 fitted networks. Never run two timing jobs at once: the numbers
+backend and resolution. Goals on a CPU, one thread (issue 17): on networks from other searches
+MAPE <= 2 % with its upper 90 % bound <= 3 % and worst <= 5 %; τ within 0.05 of the measurement's
+ceiling; the model never worse than the affine fit beyond its interval. Never run two timing jobs at once: the numbers
 measure the machine's load otherwise (the load average is recorded with every run).
 """
 
@@ -37,7 +46,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-GOAL = {"mape": 2.0, "worst": 6.0, "kendall_tau": 0.85}
+GOAL = {"mape": 2.0, "mape_hi": 3.0, "worst": 5.0, "tau_to_ceiling": 0.05}
+SETS = (("test", "uniform"), ("search", "search"), ("other_searches", "other searches"))
 LADDER = ("raw", "affine", "overhead", "overhead+global", "+p10 column", "model", "model (uniform fit networks)",
           "model (uniform part of the fit set only)", "measurement (split-half)")
 LABELS = {"raw": "Σ LUT", "affine": "affine a·Σ+b", "overhead": "− overhead (measured)",
@@ -45,7 +55,14 @@ LABELS = {"raw": "Σ LUT", "affine": "affine a·Σ+b", "overhead": "− overhead
           "model (uniform fit networks)": "latency model fitted on uniform networks instead",
           "model (uniform part of the fit set only)": "latency model fitted on the uniform part of the fit set only",
           "model": "**latency model**",
-          "measurement (split-half)": "ceiling: even vs odd rounds of the measurement"}
+          "measurement (split-half)": "the measurement's even vs odd rounds (not a ceiling)"}
+
+
+def _ci(f: dict | None, metric: str, spec: str = ".2f") -> str:
+    ci = ((f or {}).get("ci") or {}).get(metric) or {}
+    if ci.get("lo") is None:
+        return ""
+    return f" [{format(ci['lo'], spec)}, {format(ci['hi'], spec)}]"
 
 
 def _slug(text: str) -> str:
@@ -77,7 +94,8 @@ def render_md(runs: list[dict], date: str, device: str) -> str:
     lines = [f"# Latency model — {device}, {date}", "",
              "Held-out networks only (the model never saw them). Per backend and resolution: MAPE / worst "
              "error (%) / Kendall τ of each mechanism of `latbench fit`'s ablation ladder. Goal on this CPU "
-             f"(one thread): MAPE ≤ {GOAL['mape']} %, worst ≤ {GOAL['worst']} %, τ ≥ {GOAL['kendall_tau']}.", ""]
+             f"(one thread): MAPE ≤ {GOAL['mape']} % with its upper 90 % bound ≤ {GOAL['mape_hi']} %, worst ≤ "
+             f"{GOAL['worst']} %, τ within {GOAL['tau_to_ceiling']} of the measurement's simulated ceiling.", ""]
     for r in runs:
         d = r["fit"]
         m = d["measurement"]
@@ -93,22 +111,50 @@ def render_md(runs: list[dict], date: str, device: str) -> str:
                   f"{100 * (m.get('reference_p10_p90_spread') or 0):.1f} %; {len(m['drift_events'])} drift events; "
                   f"load average before {m['loadavg_before']}, after {m['loadavg_after']}",
                   f"- LUT build: {r.get('lut_build_s')}",
+                  f"- held-out sets from test seed {d['request'].get('test_seed') or 'not recorded (the fit seed + offsets)'}; other searches: "
+                  + (", ".join(f"`{p}`" for p in d["request"].get("test_search") or []) or "none"),
                   "", "| mechanism | " + " | ".join(
-                      f"{s} MAPE | {s} worst | {s} τ" for s in ("uniform", "search")) + " |",
-                  "|---|" + "---|" * 6]
+                      f"{label} MAPE [90 %] | {label} worst | {label} τ [90 %] | {label} ΔMAPE vs affine"
+                      for _, label in SETS) + " |",
+                  "|---|" + "---|" * (4 * len(SETS))]
         for mech in LADDER:
             cells = []
-            for s in ("test", "search"):
+            for s, _ in SETS:
                 f = (d["figures"].get(s) or {}).get(mech)
-                cells += [_f(f and f["mape"]), _f(f and f["worst"]), _f(f and f["kendall_tau"], ".3f")] if f else ["–"] * 3
-            lines.append(f"| {LABELS[mech]} | " + " | ".join(cells) + " |")
-        ok = all((d["figures"].get(s) or {}).get("model") and d["figures"][s]["model"]["mape"] <= GOAL["mape"]
-                 and d["figures"][s]["model"]["worst"] <= GOAL["worst"]
-                 and (d["figures"][s]["model"]["kendall_tau"] or 0) >= GOAL["kendall_tau"] for s in ("test", "search"))
-        lines += ["", f"Goal {'met' if ok else 'not met'} on both held-out sets. The last row is the measurement "
-                  "against itself (each network's even rounds vs its odd rounds, each half with half the rounds): "
-                  "no prediction can rank the networks better than their own measurement does.", ""]
+                va = ((f or {}).get("vs_affine") or {}).get("mape") or {}
+                cells += ([_f(f["mape"]) + _ci(f, "mape"), _f(f.get("worst")),
+                           _f(f.get("kendall_tau"), ".3f") + _ci(f, "kendall_tau"),
+                           (_f(va.get("value"), "+.2f") + (f" [{va['lo']:+.2f}, {va['hi']:+.2f}]" if va.get("lo") is not None else ""))
+                           if va else "–"] if f and "mape" in f else ["–"] * 4)
+            lines.append(f"| {LABELS.get(mech, mech)} | " + " | ".join(cells) + " |")
+        ceil = (d.get("statistics") or {}).get("ceiling") or {}
+        for s, label in SETS:
+            c = (ceil.get(s) or {}).get("simulated") or {}
+            t = c.get("kendall_tau") or {}
+            if t.get("value") is not None:
+                lines.append(f"\n{label}: ceiling τ {t['value']:.3f} [{t['lo']:.3f}, {t['hi']:.3f}], MAPE "
+                             f"{(c.get('mape') or {}).get('value', float('nan')):.2f} % (simulated from each network's "
+                             "per-round spread)")
+        verdicts = []
+        for s, label in SETS:
+            f = (d["figures"].get(s) or {}).get("model")
+            if not f:
+                continue
+            hi = ((f.get("ci") or {}).get("mape") or {}).get("hi")
+            t = ((ceil.get(s) or {}).get("simulated") or {}).get("kendall_tau") or {}
+            ok = (f["mape"] <= GOAL["mape"] and (hi is None or hi <= GOAL["mape_hi"]) and f["worst"] <= GOAL["worst"]
+                  and (t.get("value") is None or (f.get("kendall_tau") or 0) >= t["value"] - GOAL["tau_to_ceiling"]))
+            verdicts.append(f"{label}: goal {'met' if ok else 'not met'}")
+        lines += ["", "; ".join(verdicts) + ".", ""]
     return "\n".join(lines)
+
+
+def _has_model(lut: Path) -> bool:
+    """Does the LUT already hold a latency model (a previous run's fit)?"""
+    from latbench.lut.table import read_lut
+    from latbench.model.latency_model import stored_models
+
+    return bool(stored_models(read_lut(lut).meta))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="cpu,ort,compile")
     ap.add_argument("--resolution", action="append", default=None)
     ap.add_argument("--fit", type=int, default=40)
-    ap.add_argument("--design", default="uniform", choices=("uniform", "d-optimal"))
+    ap.add_argument("--design", default="span", choices=("span", "uniform", "d-optimal"))
+    ap.add_argument("--test-seed", type=int, default=None,
+                    help="The fit's held-out seed (default: a fresh one per fit, recorded in the results).")
+    ap.add_argument("--other-betas", default="0,2",
+                    help="β of the other searches (seed --seed + 1, raw pricing) whose networks are the held-out "
+                         "set other_searches; '' for none. A model-priced search at β 0.5 is added when the LUT "
+                         "already holds a latency model.")
+    ap.add_argument("--other-draws", type=int, default=4, help="Draws from each other search's α (latbench fit "
+                                                                 "--test-search-draws).")
+    ap.add_argument("--test-search", action="append", default=[],
+                    help="Further genotypes of searches the fit never saw (repeatable).")
     ap.add_argument("--uniform-fit", type=int, default=0,
                     help="With --design d-optimal: also measure this many uniform fit networks (the design's "
                          "ablation); 0: skip.")
@@ -165,13 +221,32 @@ def main(argv: list[str] | None = None) -> int:
                      "--epochs", "10", "--length", "64", "--batch-size", "8", "--lr-a", "0.05", "--beta", "0.5",
                      "--latency-scope", "network", "--out", str(genotype.parent), "--no-progress", "--no-plots",
                      "--workers", "0", "--seed", str(args.seed)], log)
+            others = list(args.test_search)
+            search_cmd = [nas, "search", "--lut", str(lut), "--dataset", "synthetic", "--epochs", "10", "--length",
+                          "64", "--batch-size", "8", "--lr-a", "0.05", "--latency-scope", "network", "--no-progress",
+                          "--no-plots", "--workers", "0"]
+            for beta in [b.strip() for b in args.other_betas.split(",") if b.strip()]:
+                g = work / f"other-{backend}-{res}-beta{beta}-seed{args.seed + 1}" / "genotype.json"
+                if not g.exists():
+                    run(search_cmd + ["--latency-model", "none", "--beta", beta, "--seed", str(args.seed + 1),
+                                      "--out", str(g.parent)], log)
+                others.append(str(g))
+            if _has_model(lut):
+                g = work / f"other-{backend}-{res}-model-priced-beta0.5-seed{args.seed + 2}" / "genotype.json"
+                if not g.exists():
+                    run(search_cmd + ["--latency-model", "require", "--beta", "0.5", "--seed", str(args.seed + 2),
+                                      "--out", str(g.parent)], log)
+                others.append(str(g))
             t0 = time.monotonic()
             tag = f"{backend}-{res}" + (f"-searchfit{args.search_fit}" if args.search_fit else "")
             fit_json = run([latbench, "fit", str(lut), "--fit-networks", str(args.fit), "--design", args.design,
                             "--uniform-fit-networks", str(args.uniform_fit),
                             "--search-fit-networks", str(args.search_fit), "--test-networks", str(args.test),
                             "--from-search", str(genotype), "--search-networks", str(args.search), "--rounds",
-                            str(args.rounds), "--window", str(args.window), "--seed", str(args.seed), "--json",
+                            str(args.rounds), "--window", str(args.window), "--seed", str(args.seed),
+                            *(["--test-seed", str(args.test_seed)] if args.test_seed is not None else []),
+                            *[a for g in others for a in ("--test-search", g)],
+                            "--test-search-draws", str(args.other_draws), "--yes", "--json",
                             "--no-progress", "--plot", str(out_dir / f"latency_model-{dev_slug}-{tag}-{date}.png")],
                            log, capture=True)
             d = {"fit": json.loads(fit_json), "commands": log, "lut_build_s": build_s,

@@ -26,6 +26,13 @@ def _f(v, spec: str = ".2f") -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+def _ci(v, spec: str = ".2f") -> str:
+    """``[lo, hi]`` of a ``{"value", "lo", "hi"}`` interval ('' without one)."""
+    if not isinstance(v, dict) or v.get("lo") is None or v.get("hi") is None:
+        return ""
+    return f"[{format(v['lo'], spec)}, {format(v['hi'], spec)}]"
+
+
 def render_text(d: dict) -> str:
     """A human summary of :meth:`latbench.model.fit.FitResult.to_dict`."""
     m = d["model"]
@@ -47,21 +54,48 @@ def render_text(d: dict) -> str:
         *[str(n) for n in d.get("notes") or []],
         "",
     ]
+    stats = d.get("statistics") or {}
     for s, figs in d["figures"].items():
-        lines.append(f"{SET_LABELS.get(s, s)} (n={figs['raw']['n']}):")
-        lines.append(f"  {'mechanism':<24} {'MAPE %':>7} {'worst %':>8} {'±5 %':>6} {'±10 %':>6} {'τ':>6} {'ρ':>6}")
+        lines.append(f"{SET_LABELS.get(s, s)} (n={figs['raw']['n']}; [90 % bootstrap intervals]):")
+        lines.append(f"  {'mechanism':<30} {'MAPE %':>19} {'worst %':>8} {'±5 %':>5} {'±10 %':>5} "
+                     f"{'τ':>19} {'ΔMAPE vs affine':>22}")
         for name, f in figs.items():
             if "mape" not in f:
                 continue
-            lines.append(f"  {MECH_LABELS.get(name, name):<24} {_f(f['mape']):>7} {_f(f['worst']):>8} "
-                         f"{_f(f['within_5'], '.0%'):>6} {_f(f['within_10'], '.0%'):>6} "
-                         f"{_f(f['kendall_tau'], '.3f'):>6} {_f(f['spearman_rho'], '.3f'):>6}")
+            ci = f.get("ci") or {}
+            va = (f.get("vs_affine") or {}).get("mape") or {}
+            lines.append(f"  {MECH_LABELS.get(name, name):<30} {_f(f['mape']):>6} {_ci(ci.get('mape')):>12} "
+                         f"{_f(f['worst']):>8} {_f(f['within_5'], '.0%'):>5} {_f(f['within_10'], '.0%'):>5} "
+                         f"{_f(f['kendall_tau'], '.3f'):>6} {_ci(ci.get('kendall_tau'), '.2f'):>12} "
+                         f"{(_f(va.get('value'), '+.2f') + ' ' + _ci(va)) if va else '':>22}")
+        c = (stats.get("ceiling") or {}).get(s) or {}
+        sim, sb = c.get("simulated") or {}, c.get("spearman_brown") or {}
+        if sim.get("kendall_tau") or sb.get("kendall_tau") is not None:
+            t = sim.get("kendall_tau") or {}
+            lines.append(f"  ceiling of this measurement: τ {_f(t.get('value'), '.3f')} {_ci(t, '.2f')}, MAPE "
+                         f"{_f((sim.get('mape') or {}).get('value'))} % (simulated from each network's per-round "
+                         f"spread); Spearman–Brown τ {_f(sb.get('kendall_tau'), '.3f')}")
+    sel = stats.get("selection")
+    if sel:
+        wins = {c["name"] if "name" in c else str(c): c.get("wins") for c in sel.get("candidates", [])}
+        lines.append(f"model choice: {sel.get('chosen')} ({sel.get('rule')}; best score: {sel.get('best')}, "
+                     f"{len(sel.get('fold_seeds', []))} fold seeds × {sel.get('k')} folds, {sel.get('grouping')}); "
+                     f"single-seed wins: " + ", ".join(f"{k} {v}" for k, v in wins.items() if v))
+        if sel.get("tied_groups"):
+            lines.append(f"  per-group corrections the bootstrap does not support, tied to the global fit: "
+                         f"{', '.join(sel['tied_groups'])}")
+    ch = stats.get("cheapest_op_changes")
+    if ch:
+        lines.append(f"for a search: the model changes the cheapest op at {ch['changed']} of {ch['edges']} edges, "
+                     f"{ch['supported']} of those supported by the bootstrap ({ch['bootstrap_models']} refits); "
+                     f"median per-edge τ(raw, model) {_f(ch.get('median_edge_tau'), '.2f')}")
     ex = d.get("lut_explains") or {}
     if d.get("refused"):
         lines += ["", f"not stored: {d['refused']}"]
     elif ex:
-        lines += ["", f"the LUT explains the fit networks: global slope {_f(ex.get('global_slope'), '.3f')}, "
-                      f"raw-sum correlation r {_f(ex.get('raw_correlation'), '.3f')}"]
+        lines += ["", f"the LUT explains the fit networks: measured ≈ {_f(ex.get('scale'), '.3f')} × Σ LUT (median), "
+                      f"affine slope {_f(ex.get('affine_slope'), '.3f')}, raw-sum correlation r "
+                      f"{_f(ex.get('raw_correlation'), '.3f')}"]
     return "\n".join(lines)
 
 

@@ -65,9 +65,9 @@ MAX_NETWORKS = 2000        # beyond this many networks a fit is refused unless -
 MAX_MINUTES = 60.0         # beyond this estimate a fit is refused unless --yes or --max-minutes
 #: seconds to build and prepare one network, per backend (docs/latency_model.md "What it costs")
 PREPARE_S = {"cpu": 0.05, "eager": 0.05, "cudagraph": 0.3, "ort": 1.3, "compile": 28.0, "trt": 30.0}
-#: a LUT whose rows the fit networks' measurements scale by less than this (or more than its
+#: a LUT whose sums the fit networks' measurements scale by less than this (or more than its
 #: inverse), or whose raw sums correlate with them below MIN_RAW_CORRELATION, does not explain them
-MIN_GLOBAL_SLOPE = 0.05
+MIN_SCALE = 0.05
 MIN_RAW_CORRELATION = 0.3
 
 
@@ -516,22 +516,31 @@ def measure_fit(prep: _Prepared, request: FitRequest, *, on_event: Callable[[str
 
 # ---- 3. select -----------------------------------------------------------------------------------
 def lut_explains(raw: Sequence[float], measured: Sequence[float], global_slope: float) -> tuple[bool, dict[str, Any]]:
-    """Does the LUT explain the fit networks? Not when the global fit scales its rows by less than
-    :data:`MIN_GLOBAL_SLOPE` (or more than its inverse: the rows are off by that factor from what
-    whole networks show — seen on a LUT timed under contention, every slope ≈ 0.003: a constant,
-    not a model of the LUT) or when the raw sums correlate with the measurements below
-    :data:`MIN_RAW_CORRELATION`. Returns (verdict, the figures and the reason)."""
-    r = float(np.corrcoef(np.asarray(raw, float), np.asarray(measured, float))[0, 1]) if len(raw) > 2 else math.nan
-    out: dict[str, Any] = {"global_slope": float(global_slope), "raw_correlation": None if math.isnan(r) else r,
-                           "min_global_slope": MIN_GLOBAL_SLOPE, "min_raw_correlation": MIN_RAW_CORRELATION}
+    """Does the LUT explain the fit networks? Not when its raw sums are on another scale than the
+    measurements (median measured / Σ LUT outside [:data:`MIN_SCALE`, 1 / MIN_SCALE]), when the
+    differences between networks are not the LUT's differences (the affine fit's slope, measured ≈
+    a·Σ + b, outside the same range — seen on a LUT timed under contention: measured ≈ 0.32 × Σ LUT
+    with a slope of −0.003, a constant, not a model of the LUT) or when the raw sums correlate
+    with the measurements below :data:`MIN_RAW_CORRELATION`. ``global_slope`` (the one-group
+    model's) is reported beside. Returns (verdict, the figures and the reason)."""
+    x, y = np.asarray(raw, float), np.asarray(measured, float)
+    r = float(np.corrcoef(x, y)[0, 1]) if x.size > 2 and np.ptp(x) > 0 and np.ptp(y) > 0 else math.nan
+    slope = float(np.polyfit(x, y, 1)[0]) if x.size > 2 and np.ptp(x) > 0 else math.nan
+    scale = float(np.median(y / x)) if np.all(x > 0) else math.nan
+    out: dict[str, Any] = {"scale": scale, "affine_slope": None if math.isnan(slope) else slope,
+                           "raw_correlation": None if math.isnan(r) else r, "global_slope": float(global_slope),
+                           "bounds": {"scale": [MIN_SCALE, 1 / MIN_SCALE], "affine_slope": [MIN_SCALE, 1 / MIN_SCALE],
+                                      "raw_correlation": MIN_RAW_CORRELATION}}
     why = None
-    if not (MIN_GLOBAL_SLOPE <= global_slope <= 1.0 / MIN_GLOBAL_SLOPE):
-        why = (f"the fitted global slope is {global_slope:.3g}: whole networks scale the LUT's rows by that factor, "
-               "so the rows do not describe these networks (a LUT timed under contention or with the wrong "
-               "thread count?)")
+    if math.isfinite(scale) and not MIN_SCALE <= scale <= 1 / MIN_SCALE:
+        why = (f"the networks measure {scale:.3g} × their LUT sum: the rows are on another scale than the networks "
+               "(a LUT timed under contention or with another thread count?)")
     elif not math.isnan(r) and r < MIN_RAW_CORRELATION:
         why = (f"the LUT's raw sums correlate with the measured networks at r = {r:.2f} only (below "
                f"{MIN_RAW_CORRELATION}): the rows do not rank these networks")
+    elif not math.isnan(slope) and not MIN_SCALE <= slope <= 1 / MIN_SCALE:
+        why = (f"measured ≈ {slope:.3g} · Σ LUT + b: the LUT's differences between networks are not theirs "
+               "(every slope ≈ 0 is a constant, not a model of the LUT)")
     out["reason"] = why
     return why is None, out
 
