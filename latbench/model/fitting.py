@@ -8,12 +8,20 @@ error ``Σ_i ((ŷ_i − y_i) / y_i)²`` plus a ridge penalty that pulls every gr
 ``b_g`` towards shared global values ``a`` and ``b`` (a hierarchical prior: groups the data say
 little about behave like the average op). The penalty is scaled so that ``lam`` is dimensionless:
 a deviation is charged by how much it moves the fit networks' latency, relatively. ``a_g ≥ 0``.
+A group can also be *tied* to the global values (``a_g = a``, ``b_g = b`` exactly): what
+:mod:`latbench.model.selection` does with a group whose correction a bootstrap does not support.
 
-The LUT column (median or 10th percentile), ``lam`` and the grouping are chosen by K-fold
-cross-validation on the fit networks only
-(:func:`fit_model`); held-out networks judge the result elsewhere (:mod:`latbench.model.fit`).
+The model clips a row's cost at 0 (``max(a_g v_r + b_g, 0)``); the fit knows it: it fits, finds
+the rows whose linear cost is negative, refits with those rows fixed at 0 (out of the features),
+and repeats until the set of clipped rows no longer changes (:data:`MAX_CLIP_ROUNDS` at most),
+so the least-squares problem is the one the model predicts with.
 
-:data:`MECHANISMS` names the ablation ladder a fit report shows: the raw sum, today's affine
+The LUT column (median or 10th percentile), ``lam`` and the grouping are chosen by repeated,
+grouped cross-validation on the fit networks only, with the one-standard-error rule
+(:func:`fit_model`, :mod:`latbench.model.selection`); held-out networks judge the result elsewhere
+(:mod:`latbench.model.fit`).
+
+:func:`mechanisms` names the ablation ladder a fit report shows: the raw sum, today's affine
 calibration, the measured per-call overhead alone, overhead + a global affine correction, and
 the per-group corrections.
 """
@@ -22,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -33,6 +41,7 @@ Row = tuple[str, str, float, bool]  # (op, stage, median_us, analytic)
 #: λ grid searched by cross-validation (``math.inf``: every group shares the global a, b).
 LAMBDAS = (math.inf, 30.0, 3.0, 0.3, 0.03)
 PRIOR = 1e-3  # a weak pull of the global a towards 1 and b towards 0 (keeps tiny fits defined)
+MAX_CLIP_ROUNDS = 10
 
 
 def features(rows_per_net: Sequence[Sequence[Row]], overhead_us: float, group_by: str,
@@ -40,26 +49,60 @@ def features(rows_per_net: Sequence[Sequence[Row]], overhead_us: float, group_by
     """``(X, N, groups)``: per network (rows of the arrays) and group (columns), Σ v_r and the
     number of timed rows. ``groups`` fixes the column order (unknown groups of new networks are
     dropped into no column; pass the fit's groups and use :func:`LatencyModel` to predict them)."""
-    if groups is None:
-        seen: dict[str, None] = {}
-        for rows in rows_per_net:
-            for op, stage, _, analytic in rows:
-                if not analytic:
-                    seen.setdefault(group_key(group_by, op, stage), None)
-        groups = list(seen)
-    col = {g: j for j, g in enumerate(groups)}
-    X = np.zeros((len(rows_per_net), len(groups)))
-    N = np.zeros_like(X)
-    for i, rows in enumerate(rows_per_net):
-        for op, stage, med, analytic in rows:
-            if analytic:
-                continue
-            j = col.get(group_key(group_by, op, stage))
-            if j is None:
-                continue
-            X[i, j] += max(float(med) - overhead_us, 0.0)
-            N[i, j] += 1.0
-    return X, N, list(groups)
+    d = Design.of(rows_per_net, overhead_us, group_by, groups)
+    X, N = d.XN()
+    return X, N, list(d.groups)
+
+
+@dataclass(frozen=True)
+class Design:
+    """The timed rows of a set of networks, flattened for one overhead and grouping: row ``r``
+    belongs to network ``net[r]`` and group ``grp[r]`` and has ``v[r] = max(value − overhead, 0)``
+    (analytic rows cost 0 and are left out)."""
+
+    net: np.ndarray
+    grp: np.ndarray
+    v: np.ndarray
+    groups: tuple[str, ...]
+    n: int
+
+    @classmethod
+    def of(cls, rows_per_net: Sequence[Sequence[Row]], overhead_us: float, group_by: str,
+           groups: Sequence[str] | None = None) -> "Design":
+        fixed = groups is not None
+        col: dict[str, int] = {g: j for j, g in enumerate(groups or ())}
+        net, grp, v = [], [], []
+        for i, rows in enumerate(rows_per_net):
+            for op, stage, med, analytic in rows:
+                if analytic:
+                    continue
+                g = group_key(group_by, op, stage)
+                j = col.get(g)
+                if j is None:
+                    if fixed:
+                        continue
+                    j = col[g] = len(col)
+                net.append(i)
+                grp.append(j)
+                v.append(max(float(med) - overhead_us, 0.0))
+        return cls(np.asarray(net, dtype=np.int64), np.asarray(grp, dtype=np.int64), np.asarray(v, dtype=np.float64),
+                   tuple(col), len(rows_per_net))
+
+    def XN(self, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per network and group: Σ v and the count of the rows in ``keep`` (default: all)."""
+        G = len(self.groups)
+        k = np.ones(self.v.size) if keep is None else keep.astype(np.float64)
+        idx = self.net * G + self.grp
+        X = np.bincount(idx, weights=self.v * k, minlength=self.n * G).reshape(self.n, G)
+        N = np.bincount(idx, weights=k, minlength=self.n * G).reshape(self.n, G)
+        return X, N
+
+    def predict(self, co: "Coefficients", constant: bool = True) -> np.ndarray:
+        """Every network's prediction under ``co`` (rows clipped at 0, as the model does)."""
+        a = np.array([co.slopes.get(g, co.slope) for g in self.groups])
+        b = np.array([co.per_rows.get(g, co.per_row) for g in self.groups])
+        cost = np.maximum(a[self.grp] * self.v + b[self.grp], 0.0) if self.v.size else np.zeros(0)
+        return (co.constant if constant else 0.0) + np.bincount(self.net, weights=cost, minlength=self.n)
 
 
 @dataclass(frozen=True)
@@ -71,65 +114,104 @@ class Coefficients:
     per_rows: dict[str, float]
 
 
-def _solve(X: np.ndarray, N: np.ndarray, y: np.ndarray, groups: list[str], lam: float) -> Coefficients:
-    """Weighted (relative-error) ridge least squares; see the module docstring."""
-    from scipy.optimize import lsq_linear
+def _solve(X: np.ndarray, N: np.ndarray, y: np.ndarray, groups: Sequence[str], lam: float,
+           tied: Collection[str] = (), per_row: bool = True) -> Coefficients:
+    """Weighted (relative-error) ridge least squares; see the module docstring.
 
+    Parameters ``[c, a, b, a_f.., b_f..]`` over the *free* groups ``f`` (all groups when ``lam``
+    is finite, minus ``tied`` and groups with no rows in ``X``); a tied group's rows count towards
+    the global ``a``, ``b``. ``per_row=False`` fixes every ``b`` at 0 (the affine fit c + a·Σ)."""
     n, G = X.shape
     w = 1.0 / y
-    if math.isinf(lam) or G == 0:
-        # Global model: c + a·ΣX + b·ΣN.
-        A = np.column_stack([np.ones(n), X.sum(1), N.sum(1)]) * w[:, None]
-        t = np.ones(n)
-        sx = float(np.mean(X.sum(1) * w)) or 1.0
-        sn = float(np.mean(N.sum(1) * w)) or 1.0
-        pr = math.sqrt(PRIOR)
-        A = np.vstack([A, [0, pr * sx, 0], [0, 0, pr * sn]])
-        t = np.concatenate([t, [pr * sx, 0.0]])
-        res = lsq_linear(A, t, bounds=([-np.inf, 0, -np.inf], [np.inf, np.inf, np.inf]), method="bvls")
-        c, a, b = (float(v) for v in res.x)
-        return Coefficients(c, a, b, {g: a for g in groups}, {g: b for g in groups})
-    # Parameters: [c, a, b, a_1..a_G, b_1..b_G].
-    P = 3 + 2 * G
+    counts = N.sum(0)
+    free = [j for j, g in enumerate(groups) if not math.isinf(lam) and g not in tied and counts[j] > 0]
+    fset = set(free)
+    tj = [j for j in range(G) if j not in fset]
+    F = len(free)
+    P = 3 + 2 * F
     A = np.zeros((n, P))
     A[:, 0] = 1.0
-    A[:, 3:3 + G] = X
-    A[:, 3 + G:] = N
+    A[:, 1] = X[:, tj].sum(1)
+    A[:, 2] = N[:, tj].sum(1)
+    A[:, 3:3 + F] = X[:, free]
+    A[:, 3 + F:] = N[:, free]
     A *= w[:, None]
     t = np.ones(n)
-    pen_rows, pen_t = [], []
-    sx = np.mean(X * w[:, None], axis=0)
-    sn = np.mean(N * w[:, None], axis=0)
-    root = math.sqrt(lam)
-    for j in range(G):
-        r = np.zeros(P)
-        r[3 + j], r[1] = root * sx[j], -root * sx[j]
-        pen_rows.append(r)
-        pen_t.append(0.0)
-        r = np.zeros(P)
-        r[3 + G + j], r[2] = root * sn[j], -root * sn[j]
-        pen_rows.append(r)
-        pen_t.append(0.0)
+    sx = np.mean(X * w[:, None], axis=0) if n else np.zeros(G)
+    sn = np.mean(N * w[:, None], axis=0) if n else np.zeros(G)
+    pen: list[np.ndarray] = []
+    pen_t: list[float] = []
+    if F:
+        root = math.sqrt(lam)
+        for k, j in enumerate(free):
+            r = np.zeros(P)
+            r[3 + k], r[1] = root * sx[j], -root * sx[j]
+            pen.append(r)
+            pen_t.append(0.0)
+            r = np.zeros(P)
+            r[3 + F + k], r[2] = root * sn[j], -root * sn[j]
+            pen.append(r)
+            pen_t.append(0.0)
     pr = math.sqrt(PRIOR)
     tot_x, tot_n = float(sx.sum()) or 1.0, float(sn.sum()) or 1.0
     r = np.zeros(P)
     r[1] = pr * tot_x
-    pen_rows.append(r)
+    pen.append(r)
     pen_t.append(pr * tot_x)
     r = np.zeros(P)
     r[2] = pr * tot_n
-    pen_rows.append(r)
+    pen.append(r)
     pen_t.append(0.0)
-    A = np.vstack([A, np.array(pen_rows)])
+    A = np.vstack([A, np.array(pen)])
     t = np.concatenate([t, pen_t])
-    lo = np.full(P, -np.inf)
-    lo[1] = 0.0
-    lo[3:3 + G] = 0.0
-    res = lsq_linear(A, t, bounds=(lo, np.full(P, np.inf)), method="bvls")
-    x = res.x
-    return Coefficients(float(x[0]), float(x[1]), float(x[2]),
-                        {g: float(x[3 + j]) for j, g in enumerate(groups)},
-                        {g: float(x[3 + G + j]) for j, g in enumerate(groups)})
+    active = np.ones(P, dtype=bool)
+    if not per_row:
+        active[2] = False
+        active[3 + F:] = False
+    slope_idx = np.r_[1, 3:3 + F]
+    x = np.zeros(P)
+    sol, *_ = np.linalg.lstsq(A[:, active], t, rcond=None)
+    x[active] = sol
+    if np.any(x[slope_idx] < 0):  # a slope constraint binds: solve the bounded problem
+        from scipy.optimize import lsq_linear
+
+        lo = np.full(P, -np.inf)
+        lo[slope_idx] = 0.0
+        res = lsq_linear(A[:, active], t, bounds=(lo[active], np.full(int(active.sum()), np.inf)), method="bvls")
+        x = np.zeros(P)
+        x[active] = res.x
+    a, b = float(x[1]), float(x[2])
+    slopes = {g: a for g in groups}
+    per_rows = {g: b for g in groups}
+    for k, j in enumerate(free):
+        slopes[groups[j]] = float(x[3 + k])
+        per_rows[groups[j]] = float(x[3 + F + k])
+    return Coefficients(float(x[0]), a, b, slopes, per_rows)
+
+
+def solve_design(d: Design, y: np.ndarray, lam: float, subset: np.ndarray | None = None,
+                 tied: Collection[str] = (), per_row: bool = True) -> tuple[Coefficients, int]:
+    """Fit on the networks ``subset`` of ``d`` (indices, repeats allowed: a bootstrap) with the
+    clip at 0 respected (see the module docstring). ``y`` holds the subset's latencies, in
+    order. Returns the coefficients and how many timed rows (of all of ``d``'s rows) they clip."""
+    sub = np.arange(d.n) if subset is None else np.asarray(subset, dtype=np.int64)
+    y = np.asarray(y, dtype=np.float64)
+    keep = np.ones(d.v.size, dtype=bool)
+    seen: set[bytes] = set()
+    co = None
+    for _ in range(MAX_CLIP_ROUNDS):
+        X, N = d.XN(keep)
+        co = _solve(X[sub], N[sub], y, d.groups, lam, tied, per_row)
+        a = np.array([co.slopes[g] for g in d.groups])
+        b = np.array([co.per_rows[g] for g in d.groups])
+        new = (a[d.grp] * d.v + b[d.grp]) >= 0 if d.v.size else keep
+        if np.array_equal(new, keep) or new.tobytes() in seen:
+            keep = new
+            break
+        seen.add(keep.tobytes())
+        keep = new
+    assert co is not None
+    return co, int((~keep).sum())
 
 
 def _model(scope: ModelScope, overhead: float, group_by: str, co: Coefficients, column: str = "median_us",
@@ -140,12 +222,27 @@ def _model(scope: ModelScope, overhead: float, group_by: str, co: Coefficients, 
 
 
 def fit_fixed(rows_per_net: Sequence[Sequence[Row]], y: Sequence[float], scope: ModelScope, overhead_us: float,
-              group_by: str, lam: float, column: str = "median_us") -> LatencyModel:
-    """One fit with a given grouping and λ on rows whose values come from LUT ``column``."""
+              group_by: str, lam: float, column: str = "median_us", tied: Collection[str] = ()) -> LatencyModel:
+    """One fit with a given grouping and λ on rows whose values come from LUT ``column``
+    (``tied``: groups held at the global slope and per-row cost)."""
     y = np.asarray(y, dtype=np.float64)
-    X, N, groups = features(rows_per_net, overhead_us, group_by)
-    co = _solve(X, N, y, groups, lam if group_by != "none" else math.inf)
-    return _model(scope, overhead_us, group_by, co, column)
+    d = Design.of(rows_per_net, overhead_us, group_by)
+    co, clipped = solve_design(d, y, lam if group_by != "none" else math.inf, tied=tied)
+    return _model(scope, overhead_us, group_by, co, column, {"clipped_rows": clipped} if clipped else None)
+
+
+def fit_affine_model(rows_per_net: Sequence[Sequence[Row]], y: Sequence[float], scope: ModelScope,
+                     column: str = "median_us") -> LatencyModel:
+    """``c + a · Σ LUT`` as a :class:`LatencyModel` (overhead 0, one slope, no per-row term),
+    fitted on the relative error like every other candidate; ``a ≥ 0``."""
+    d = Design.of(rows_per_net, 0.0, "none")
+    co, _ = solve_design(d, np.asarray(y, dtype=np.float64), math.inf, per_row=False)
+    return _model(scope, 0.0, "none", co, column, {"affine": True})
+
+
+def raw_model(scope: ModelScope, column: str = "median_us") -> LatencyModel:
+    """The raw LUT sum as a model (overhead 0, slope 1, nothing else)."""
+    return LatencyModel(scope=scope, overhead_us=0.0, constant_us=0.0, column=column, provenance={"fitted": False})
 
 
 UNFITTED = "measured-overhead-only"
@@ -158,75 +255,26 @@ def overhead_model(scope: ModelScope, overhead_us: float, column: str = "median_
                         column=column, provenance={"fitted": False})
 
 
-def _folds(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
-    idx = np.random.default_rng(seed).permutation(n)
-    return [idx[i::k] for i in range(k)]
-
-
-def cross_validated_mape(rows_per_net: Sequence[Sequence[Row]], y: np.ndarray, scope: ModelScope,
-                         overhead_us: float, group_by: str, lam: float, k: int = 5) -> float:
-    """Mean absolute percentage error of K-fold predictions (each network predicted by a model
-    fitted without it)."""
-    n = len(y)
-    k = max(2, min(k, n))
-    errs = np.zeros(n)
-    for fold in _folds(n, k):
-        train = np.setdiff1d(np.arange(n), fold)
-        m = fit_fixed([rows_per_net[i] for i in train], y[train], scope, overhead_us, group_by, lam)
-        for i in fold:
-            errs[i] = abs(m.predict_rows(rows_per_net[i]) - y[i]) / y[i]
-    return float(100.0 * errs.mean())
-
-
-@dataclass(frozen=True)
-class Selection:
-    column: str
-    group_by: str
-    lam: float
-    cv_mape: float
-    table: tuple[tuple[str, str, float, float], ...]  # every (column, group_by, lam, cv_mape) tried
-
-
 RowsByColumn = Mapping[str, Sequence[Sequence[Row]]]  # LUT column -> rows of every network
-
-
-def select(rows: RowsByColumn, y: Sequence[float], scope: ModelScope, overhead_us: float,
-           groupings: Sequence[str] = ("none", "op", "op+stage"), lambdas: Sequence[float] = LAMBDAS,
-           k: int = 5) -> Selection:
-    """The LUT column, grouping and λ with the lowest K-fold cross-validated MAPE on the fit
-    networks (ties go to the simpler choice: median column, one global group)."""
-    y = np.asarray(y, dtype=np.float64)
-    tried = []
-    for col, rows_per_net in rows.items():
-        # the measured overhead alone, nothing fitted: what a fit must beat to be worth its parameters
-        tried.append((col, UNFITTED, math.inf, float(100.0 * np.mean(
-            [abs(overhead_model(scope, overhead_us, col).predict_rows(r) - t) / t for r, t in zip(rows_per_net, y)]))))
-        for gb in groupings:
-            for lam in ([math.inf] if gb == "none" else [v for v in lambdas if not math.isinf(v)]):
-                tried.append((col, gb, lam, cross_validated_mape(rows_per_net, y, scope, overhead_us, gb, lam, k)))
-    best = min(tried, key=lambda t: (round(t[3], 6), t[0] != "median_us", t[1] != UNFITTED, t[1] != "none"))
-    return Selection(best[0], best[1], best[2], best[3], tuple(tried))
 
 
 def fit_model(rows: RowsByColumn, y: Sequence[float], scope: ModelScope, overhead_us: float,
               provenance: dict[str, Any] | None = None, groupings: Sequence[str] = ("none", "op", "op+stage"),
-              k: int = 5) -> tuple[LatencyModel, Selection]:
-    """Choose LUT column, grouping and λ by cross-validation, then fit on every fit network."""
+              k: int = 5, *, groups: Sequence[Any] | None = None, fold_seeds: Sequence[int] | None = None,
+              n_boot: int | None = None, seed: int = 0) -> tuple[LatencyModel, Any]:
+    """Choose the model by repeated grouped cross-validation and the one-standard-error rule, keep
+    per-group corrections a bootstrap supports, fit on every fit network
+    (:func:`latbench.model.selection.select_and_fit`). ``groups``: one label per network
+    (networks drawn from one search's α share a label; None: every network its own).
+    Returns the model and the :class:`latbench.model.selection.Selection`."""
+    from latbench.model import selection as S
+
     y = np.asarray(y, dtype=np.float64)
     if len(y) < 5:
         raise ValueError(f"a latency model needs at least 5 measured fit networks, got {len(y)}")
-    sel = select(rows, y, scope, overhead_us, groupings, k=k)
-    if sel.group_by == UNFITTED:
-        m = overhead_model(scope, overhead_us, sel.column)
-    else:
-        m = fit_fixed(rows[sel.column], y, scope, overhead_us, sel.group_by, sel.lam, sel.column)
-    prov = dict(provenance or {})
-    prov.update({"lambda": None if math.isinf(sel.lam) else sel.lam, "cv_mape": sel.cv_mape,
-                 "cv_folds": max(2, min(k, len(y))),
-                 "fitted": sel.group_by != UNFITTED,
-                 "selection": [{"column": c, "group_by": g, "lambda": None if math.isinf(lam) else lam, "cv_mape": v}
-                               for c, g, lam, v in sel.table]})
-    return LatencyModel(**{**m.__dict__, "provenance": {**dict(m.provenance), **prov}}), sel
+    return S.select_and_fit(rows, y, scope, overhead_us, provenance=provenance, groupings=groupings, k=k,
+                            groups=groups, fold_seeds=S.FOLD_SEEDS if fold_seeds is None else fold_seeds,
+                            n_boot=S.N_BOOT_GROUPS if n_boot is None else n_boot, seed=seed)
 
 
 # ---- the ablation ladder -------------------------------------------------------------------------
