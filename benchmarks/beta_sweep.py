@@ -70,13 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     from latbench.model.fit import measure_networks
     from latbench.timing.interleave import RoundsConfig
     from latbench.lut.table import read_lut
-    from latbench.model.latency_model import ModelScope, lut_rows, model_for
+    from latbench.model.predictor import Predictor
     from latbench.timing import get_backend
-    from latbench.model.validate import predict_us, resolve_setup
+    from latbench.model.networks import resolve_setup
 
     lut = read_lut(args.lut)
     setup = resolve_setup(lut)
-    model = model_for(lut.meta, ModelScope.of_lut(lut.meta, setup.height, setup.width, setup.batch))
+    predictor = Predictor.for_lut(lut, setup.height, setup.width, setup.batch,
+                                  family={"fusion": setup.space.config.fusion})
+    model = predictor.model
     backend = get_backend(setup.backend, device=setup.device, precision=setup.precision, threads=setup.protocol.threads)
     archs = {f"r{i:02d}": r["arch"] for i, r in enumerate(runs)}
     load_before = [round(v, 2) for v in os.getloadavg()]
@@ -86,9 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     for (key, arch), r in zip(archs.items(), runs):
         rows = setup.space.architecture_rows(arch)
         r["measured_us"] = res.items[key].median_us
-        r["lut_sum_us"] = predict_us(lut, rows, setup.height, setup.width, setup.batch)
-        r["model_us"] = model.predict_rows(lut_rows(lut, rows, setup.height, setup.width, setup.batch, model.column)) \
-            if model else None
+        r["lut_sum_us"] = predictor.raw_sum(rows)
+        r["model_us"] = predictor.model_us(rows)
     summary = {}
     for scope in scopes:
         rs = [r for r in runs if r["scope"] == scope]

@@ -16,10 +16,14 @@ hooks on ``nn.Conv2d``, ``nn.ConvTranspose2d`` and ``nn.Linear``:
   interpolation and element-wise sums are not counted (they are memory-bound and small; the usual
   convention of segmentation papers). ``params`` counts every parameter of the folded network.
 
-A LUT given with ``--lut`` adds its predictions beside each measurement: Σ LUT over
-``LGCNetSpace.architecture_rows``, ``a·Σ + b`` when the LUT holds a legacy calibration, and the
-latency model's prediction when the LUT holds a model for these rows (``latbench fit``); the LUT must describe the
-same space configuration (width multiplier included) and hold the resolution.
+A LUT given with ``--lut`` adds its predictions beside each measurement, from the one predictor
+(:class:`latbench.model.predictor.Predictor`): Σ LUT over ``LGCNetSpace.architecture_rows``,
+``a·Σ + b`` when the LUT holds a legacy calibration, and the latency model's prediction when the
+LUT holds a model for these rows and this fusion head (``latbench fit``) — shown only beside a
+measurement the model describes (its backend and device) and compared with the measured figure of
+the statistic it was fitted to (median, or p10 for the fastest-half statistic). The LUT must hold
+every row of the genotype's network with the same op key (width multiplier included) at each
+resolution (:func:`latbench.lut.coverage.check_prices`).
 
 Report files (``REPORTS/fps/NAME.json``, one per GPU or CPU; NAME from ``--gpu`` or the device's
 name) hold ``{"format": "nas-fps-report", "version": 1, "name": NAME, "records": [...]}``; each
@@ -129,63 +133,65 @@ def count_cost(model: nn.Module, input_shape: Sequence[int]) -> ModelCost:
 
 
 # ---- LUT prediction -----------------------------------------------------------------------------
-def check_lut_for(lut: LUT, genotype: Genotype, resolutions: Sequence[tuple[int, int]], batch: int) -> None:
-    """:class:`UserError` unless ``lut`` describes this genotype's space and holds every resolution."""
+def check_lut_for(lut: LUT, lut_path: str, genotype: Genotype, resolutions: Sequence[tuple[int, int]],
+                  batch: int) -> None:
+    """:class:`UserError` unless ``lut`` prices this genotype's network at every resolution: the
+    one LUT/space check (:func:`latbench.lut.coverage.check_prices`; one LUT prices every fusion
+    ablation: what must match is every row of this network, with the same op key)."""
+    from latbench.lut.coverage import check_prices
     from nas.space import LGCNetSpace
 
-    ident = lut.meta.get("space") or {}
-    mine = LGCNetSpace(genotype.config).identity()
-    if ident.get("name") != mine["name"] or ident.get("version") != mine["version"]:
-        raise UserError(f"LUT was built for space {ident.get('name')!r} v{ident.get('version')}, "
-                        f"the genotype is {mine['name']!r} v{mine['version']}")
-    theirs = ident.get("config") or {}
-    diff = sorted(k for k in set(theirs) | set(mine["config"]) if theirs.get(k) != mine["config"].get(k))
-    have = lut.resolutions()
+    space = LGCNetSpace(genotype.config)
     for hw in resolutions:
-        if tuple(hw) not in have:
-            raise UserError(f"LUT has no rows at {format_resolution(hw)}; it holds "
-                            f"{', '.join(format_resolution(r) for r in have) or 'nothing'}")
-    if int(lut.meta.get("batch", 1)) != int(batch):
-        raise UserError(f"LUT was measured at batch {lut.meta.get('batch')}, not {batch}")
-    # one LUT prices every fusion ablation: what must match is every row of this network (same
-    # op key), not the LUT's configuration (nas.search.latency.check_lut)
-    from nas.search.latency import compare_rows
-
-    for hw in resolutions:
-        _, missing, failed, other = compare_rows(lut, genotype.config, tuple(hw), int(batch))
-        if other:
-            shown = ", ".join(f"{k}: LUT {theirs.get(k)!r} vs network {mine['config'].get(k)!r}" for k in diff[:3])
-            raise UserError(f"LUT was built for another LGCNet configuration ({shown or 'other op shapes'})")
-        if missing or failed:
-            pos, op = (missing or failed)[0]
-            raise UserError(f"LUT lacks {len(missing) + len(failed)} rows of this network at {format_resolution(hw)} "
-                            f"(e.g. {pos}/{op}); nas search names the build-lut command that adds them")
+        check_prices(lut, lut_path, space, tuple(hw), int(batch), user="genotype")
 
 
-def lut_prediction(lut: LUT, lut_path: str, genotype: Genotype, height: int, width: int, batch: int,
-                   latency_model: str = "auto") -> dict[str, Any]:
-    """What the LUT predicts for the genotype at ``height``×``width`` (µs): the raw Σ LUT, the
-    legacy calibrated a·Σ + b if stored, and the latency model's prediction (``latbench fit``)
-    when the LUT has a model for these rows (``latency_model="none"`` skips it; a LUT whose
-    models were all fitted for another scope is refused in one line)."""
-    from latbench.model.latency_model import ModelScope, lut_rows, model_for
-    from latbench.model.validate import predict_us
+def lut_predictor(lut: LUT, genotype: Genotype, hw: tuple[int, int], batch: int, latency_model: str = "auto"):
+    """The :class:`latbench.model.predictor.Predictor` of ``lut`` for this genotype's network at
+    ``hw`` (its fusion head is the family a latency model must have been fitted on)."""
+    from latbench.model.predictor import Predictor
+
+    return Predictor.for_lut(lut, hw[0], hw[1], batch, latency_model=latency_model,
+                             family={"fusion": genotype.config.fusion})
+
+
+def lut_prediction(predictor: Any, lut_path: str, genotype: Genotype) -> dict[str, Any]:
+    """What the LUT predicts for the genotype (µs): the raw Σ LUT, the legacy calibrated a·Σ + b if
+    stored, and the latency model's prediction when the LUT has a model for these rows and this
+    fusion head (``model_statistic``: the statistic it was fitted to; ``notice``: why the raw sum
+    stands in for a model the LUT has)."""
     from nas.space import LGCNetSpace
 
-    rows = LGCNetSpace(genotype.config).architecture_rows(genotype.arch)
-    total = predict_us(lut, rows, height, width, batch)
-    cal = lut.meta.get("calibration")
-    calibrated = float(cal["a"]) * total + float(cal["b"]) if isinstance(cal, dict) and "a" in cal else None
-    model = None
-    if latency_model != "none":
-        model = model_for(lut.meta, ModelScope.of_lut(lut.meta, height, width, batch),
-                          required=latency_model == "require")
-    predicted = model.predict_rows(lut_rows(lut, rows, height, width, batch, model.column)) if model else None
-    return {"path": lut_path, "name": lut.meta.get("name"), "backend": lut.meta.get("backend"),
-            "precision": lut.meta.get("precision"), "device": (lut.meta.get("device") or {}).get("name"),
-            "sum_us": total, "calibrated_us": calibrated,
-            "calibration": cal if isinstance(cal, dict) else None,
-            "model_us": predicted, "model": model.summary() if model else None}
+    p = predictor.predict(LGCNetSpace(genotype.config).architecture_rows(genotype.arch))
+    prov = predictor.provenance(lut_path)
+    return {"path": lut_path, "name": prov["name"], "backend": prov["backend"], "precision": prov["precision"],
+            "device": prov["device"], "sum_us": p.sum_us, "calibrated_us": p.calibrated_us,
+            "calibration": predictor.calibration_info, "model_us": p.model_us, "model": predictor.summary(),
+            "model_statistic": predictor.statistic, "notice": predictor.notice}
+
+
+def prediction_for(pred: dict[str, Any] | None, predictor: Any, backend: str | None, device_info: dict[str, Any],
+                   genotype: Genotype, m: Measurement) -> dict[str, Any] | None:
+    """``pred`` as one measurement's record shows it: the model's prediction only where the model
+    describes this measurement (its backend, device and fusion head; otherwise ``model_us`` is None
+    and ``model_notice`` says why), compared like with like — with the measured figure of the
+    statistic the model was fitted to (``model_compared_with``: ``median_us``, or ``p10_us`` for
+    the fastest-half statistic) — as ``model_error_pct``."""
+    if pred is None:
+        return None
+    out = dict(pred)
+    if out.get("model_us") is None:
+        return out
+    why = predictor.model_mismatch(backend=backend, device=device_info, family={"fusion": genotype.config.fusion})
+    if why is not None:
+        out.update(model_us=None, model_notice=why + "; no model prediction for it")
+        return out
+    field_name = predictor.measured_for_model()
+    measured = getattr(m, field_name, math.nan)
+    out["model_compared_with"] = field_name
+    out["model_error_pct"] = (100.0 * (out["model_us"] - measured) / measured
+                              if m.ok and measured and math.isfinite(measured) else None)
+    return out
 
 
 # ---- measurement --------------------------------------------------------------------------------
@@ -281,14 +287,15 @@ def measure_fps(request: FpsRequest, on_record: Callable[[dict[str, Any]], None]
     lut = None
     if request.lut_path:
         lut = read_lut(request.lut_path)
-        check_lut_for(lut, genotype, request.resolutions, request.batch)
+        check_lut_for(lut, str(request.lut_path), genotype, request.resolutions, request.batch)
 
     for hw in request.resolutions:  # refuse what cannot fit before building anything
         check_network_fits(genotype.config, genotype.arch, request.device, batch=request.batch, resolution=hw,
                            what="measuring the network")
     # every LUT prediction before the first timing: a model fitted for something else fails fast
-    preds = {hw: lut_prediction(lut, str(request.lut_path), genotype, hw[0], hw[1], request.batch,
-                                request.latency_model) for hw in request.resolutions} if lut else {}
+    predictors = {hw: lut_predictor(lut, genotype, hw, request.batch, request.latency_model)
+                  for hw in request.resolutions} if lut else {}
+    preds = {hw: lut_prediction(p, str(request.lut_path), genotype) for hw, p in predictors.items()}
     net = inference_network(genotype.config, genotype.arch)
     records = []
     for hw in request.resolutions:
@@ -297,8 +304,9 @@ def measure_fps(request: FpsRequest, on_record: Callable[[dict[str, Any]], None]
         x = torch.randn(request.batch, 3, hw[0], hw[1], generator=torch.Generator().manual_seed(0))
         for backend in backends:
             m = measure(net, [x], request.timing, backend=backend)
+            shown = prediction_for(pred, predictors.get(hw), getattr(backend, "name", None), device_info, genotype, m)
             rec = make_record(request=request, genotype=genotype, genotype_file_sha=file_sha, hw=hw, backend=backend,
-                              m=m, cost=cost, device_info=device_info, lut=pred, name=name)
+                              m=m, cost=cost, device_info=device_info, lut=shown, name=name)
             records.append(rec)
             if on_record is not None:
                 on_record(rec)

@@ -99,9 +99,14 @@ def test_calibration_from_lut_metadata(lut_path, tmp_path):
     fz = [torch.softmax(torch.randn(t.shape, dtype=torch.float64), -1) for t in raw.fusion]
     assert float(cal.latency(z, fz)) == pytest.approx(1.5 * float(raw.latency(z, fz)) + 100.0)
     assert ident["calibration"] == {"a": 1.5, "b": 100.0}
-    # the paper's cells scope prices the cells' edges only: no calibration there
-    cells, _ = _table(p)
+    # the cells scope prices the cells' edges only, the searched scope (the default) the cells' and
+    # the fusion cell's searchable edges: no calibration in either
+    cells, _ = _table(p, latency_scope="cells")
     assert float(cells.latency(z, fz)) == pytest.approx(float((z * raw.cell).sum()))
+    searched, ident_s = _table(p)
+    assert ident_s["latency_scope"] == "searched"
+    want = float((z * raw.cell).sum()) + sum(float((v * t).sum()) for v, t in zip(fz, raw.fusion))
+    assert float(searched.latency(z, fz)) == pytest.approx(want)
     off, ident_off = _table(p, use_calibration=False, latency_scope="network")
     assert float(off.latency(z, fz)) == pytest.approx(float(raw.latency(z, fz)))
     assert ident_off["calibration"] is None
@@ -130,12 +135,14 @@ def _model_lut(lut_path, tmp_path, **scope_changes):
 
 
 def test_a_latency_model_prices_every_row_and_the_expectation_is_exact(lut_path, tmp_path):
-    from latbench.model.latency_model import lut_rows
+    from latbench.model.latency_model import ModelScope
+    from latbench.model.predictor import Predictor
     from nas.genotype import Architecture
 
     p, model = _model_lut(lut_path, tmp_path)
     net, ident = _table(p, latency_scope="network")
-    cells, _ = _table(p)
+    cells, _ = _table(p, latency_scope="cells")
+    searched, _ = _table(p)
     raw, _ = _table(p, latency_model="none", latency_scope="network")
     assert ident["latency_model"]["id"] == model.model_id and "latency model" in ident["priced_by"]
     assert net.model is not None and raw.model is None
@@ -144,7 +151,7 @@ def test_a_latency_model_prices_every_row_and_the_expectation_is_exact(lut_path,
     rng = random.Random(3)
     for _ in range(4):
         a = Architecture.from_dict(space.sample_architecture(rng))
-        rows = lut_rows(lut, space.architecture_rows(a.to_dict()), *RESOLUTION)
+        rows = Predictor(lut, ModelScope.of_lut(lut.meta, *RESOLUTION)).rows(space.architecture_rows(a.to_dict()))
         assert net.architecture_latency(a) == pytest.approx(model.predict_rows(rows), rel=1e-9)
         assert net.architecture_lut_sum(a) == pytest.approx(raw.architecture_lut_sum(a), rel=1e-12)
         assert cells.architecture_latency(a) == pytest.approx(model.predict_rows(rows), rel=1e-9)
@@ -154,6 +161,8 @@ def test_a_latency_model_prices_every_row_and_the_expectation_is_exact(lut_path,
     want = net.fixed + float((z * net.cell).sum()) + sum(float((v * t).sum()) for v, t in zip(fz, net.fusion))
     assert float(net.latency(z, fz)) == pytest.approx(want)
     assert float(cells.latency(z, fz)) == pytest.approx(float((z * cells.cell).sum()))
+    assert float(searched.latency(z, fz)) == pytest.approx(
+        float((z * net.cell).sum()) + sum(float((v * t).sum()) for v, t in zip(fz, net.fusion)))
     # a checkpoint round trip keeps the priced and the raw tables and the model's summary
     from nas.search.latency import LatencyTable
 
@@ -224,9 +233,20 @@ def test_not_a_lut(tmp_path):
 
 
 def test_a_model_fitted_on_fusion_cell_networks_does_not_price_another_head(lut_path, tmp_path):
+    """Table X: a model fitted on fusion-cell networks prices no ASPP network; under auto the raw
+    sum does, with a one-line notice (recorded in the identity); require refuses."""
     p, _ = _model_lut(lut_path, tmp_path)
-    with pytest.raises(UserError, match="fitted on fusion=dcfc networks, this search builds fusion=aspp"):
-        load_latency_table(LUTConfig(path=str(p), resolution=RESOLUTION), tiny_space(fusion="aspp"))
-    table, _ = load_latency_table(LUTConfig(path=str(p), resolution=RESOLUTION, latency_model="none"),
-                                  tiny_space(fusion="aspp"))
-    assert table.model is None
+    table, ident = load_latency_table(LUTConfig(path=str(p), resolution=RESOLUTION), tiny_space(fusion="aspp"))
+    raw, _ = load_latency_table(LUTConfig(path=str(p), resolution=RESOLUTION, latency_model="none"),
+                                tiny_space(fusion="aspp"))
+    assert table.model is None and ident["latency_model"] is None and ident["priced_by"] == "Σ LUT (raw medians)"
+    note = ident["latency_notice"]
+    assert "fusion=dcfc networks, not fusion=aspp" in note and "raw LUT sum" in note and "\n" not in note
+    assert torch.equal(table.cell, raw.cell) and table.fixed == raw.fixed
+    with pytest.raises(UserError, match="fitted on fusion=dcfc networks, not fusion=aspp") as exc:
+        load_latency_table(LUTConfig(path=str(p), resolution=RESOLUTION, latency_model="require"),
+                           tiny_space(fusion="aspp"))
+    assert "\n" not in exc.value.message
+    # the fusion-cell network it was fitted on is priced by it, without a notice
+    table, ident = load_latency_table(LUTConfig(path=str(p), resolution=RESOLUTION), tiny_space())
+    assert table.model is not None and "latency_notice" not in ident

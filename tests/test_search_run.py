@@ -271,9 +271,9 @@ def test_a_search_priced_by_a_latency_model_resumes_exactly_and_says_which_model
     assert geno["meta"]["lut"]["latency_model"]["id"] == model.model_id
     assert geno["meta"]["lut"]["latency_scope"] == "network"
     # the genotype's predicted latency is the model's, not the raw sum
-    from latbench.model.latency_model import lut_rows
+    from latbench.model.predictor import Predictor
     from nas.space import LGCNetSpace
 
     rows = LGCNetSpace(cfg.space).architecture_rows({"cells": geno["cells"], "fusion": geno["fusion"]})
-    want = model.predict_rows(lut_rows(read_lut(path), rows, *RESOLUTION))
+    want = Predictor.for_lut(read_lut(path), *RESOLUTION).model_us(rows)
     assert geno["meta"]["expected_latency"]["latency_us"] == pytest.approx(want, rel=1e-6)

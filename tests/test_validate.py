@@ -15,7 +15,8 @@ from latbench.cli import cli
 from latbench.errors import UserError
 from latbench.timing.interleave import RoundsConfig
 from latbench.lut.table import read_lut, write_lut
-from latbench.model.validate import predict_us, sample_architectures, save_calibration, validate_lut
+from latbench.model.predictor import Predictor
+from latbench.model.validate import sample_architectures, save_calibration, validate_lut
 
 TOY = "toy_space:ToySpace"
 FAST = RoundsConfig(rounds=3, window_s=0.01)  # interleaved rounds, short: for behaviour, not accuracy
@@ -90,7 +91,7 @@ def test_save_calibration_writes_metadata_and_keeps_rows(toy_lut):
 def test_missing_rows_and_foreign_devices_are_refused(toy_lut):
     lut = read_lut(toy_lut)
     with pytest.raises(UserError, match="lacks"):
-        predict_us(lut, [("cell0.e0", "no_such_op")], 16, 24)
+        Predictor.for_lut(lut, 16, 24).raw_sum([("cell0.e0", "no_such_op")])
     lut.meta["device"] = {**lut.meta["device"], "name": "Some Other CPU"}
     other = toy_lut.parent / "other.parquet"
     write_lut(lut, other)

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from latbench.commands.build_options import build_lut_options
 from latbench.errors import UserError
 
 
@@ -42,54 +43,7 @@ def _load_space(name: str, cfg: dict[str, Any]):
 
 
 @click.command("build-lut")
-@click.option("--gpu", "name", required=True, help="Name of the LUT (the hardware), e.g. h100; default output luts/NAME.parquet.")
-@click.option("--device", default=None, help="cuda:N or cpu. [default: cuda:0 if a GPU is available, else cpu]")
-@click.option("--backend", default=None, help="Timing backend: cudagraph, eager, cpu or another registered one. [default: cudagraph on a GPU, cpu on the CPU]")
-@click.option("--resolution", "resolutions", multiple=True, default=("769x1537",), show_default=True,
-              help="Network input resolution HxW; repeat for several (one LUT holds all).")
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "tf32", "fp16"]),
-              help="fp32: strict IEEE fp32 math (TF32 off for cuDNN, cuBLAS, TensorRT, ONNX Runtime); "
-                   "tf32: fp32 tensors with TF32 math allowed (NVIDIA GPUs); fp16: fp16 tensors.")
-@click.option("--output", default=None, help="Output Parquet path. [default: luts/NAME.parquet]")
-@click.option("--max-noise", default=0.005, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Stop sampling an entry when the relative noise of its median is below this.")
-@click.option("--max-time", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Per-entry cap (seconds) on sampling; the 0.5 s minimum is clipped to it.")
-@click.option("--min-time", default=0.5, show_default=True, type=click.FloatRange(min=0),
-              help="Minimum sampling time per entry (seconds).")
-@click.option("--warmup", default=0.2, show_default=True, type=click.FloatRange(min=0), help="Warm-up per entry (seconds).")
-@click.option("--cold-cache", is_flag=True, help="Flush L2 before every sample (cold numbers); default warm.")
-@click.option("--threads", default=None, type=click.IntRange(min=1),
-              help="CPU threads that time each op on the CPU (cpu, ort, compile backends). [default: the cores this "
-                   "process may use less one, and 1 on a machine of 2 cores or fewer: a timing thread that shares "
-                   "its core with other work is preempted, and an OpenMP region waits for it]")
-@click.option("--space", "space_name", default="lgcnet", show_default=True, help="Registered search space (or module:Class).")
-@click.option("--space-opt", "space_opts", multiple=True, metavar="KEY=VALUE",
-              help="Search-space configuration; values parsed as JSON when possible. Repeatable.")
-@click.option("--backend-opt", "backend_opts", multiple=True, metavar="KEY=VALUE",
-              help="Backend setting, recorded in the LUT (e.g. mode=max-autotune for compile, "
-                   "graph_optimization=basic for ort, optimization_level=5 for trt). Repeatable.")
-@click.option("--retry-failed", is_flag=True, help="Re-time entries that failed in an earlier run of this build.")
-@click.option("--retry-flagged", is_flag=True,
-              help="Re-time entries flagged in an earlier run (timed while other processes held the cores, or "
-                   "physically implausible for the op: see the flag column, latbench show); fit and nas search "
-                   "refuse a LUT whose rows they need are flagged.")
-@click.option("--shard", is_flag=True,
-              help="One rank of a build sharded over this machine's GPUs: start it with torchrun "
-                   "(torchrun --standalone --nproc_per_node N -m latbench.cli build-lut --shard ...); each rank "
-                   "times its share on cuda:LOCAL_RANK, rank 0 merges one resumable LUT.")
-@click.option("--canary-every", default=5.0, show_default=True, type=click.FloatRange(min=0),
-              help="Re-time one fixed op (the canary) every this many seconds; when it drifts beyond "
-                   "--canary-tolerance (a slow episode, a clock change NVML does not report), the entries timed "
-                   "since its last good reading are timed again and the drift is recorded in the LUT. 0: off.")
-@click.option("--canary-tolerance", default=0.05, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Relative drift of the canary that counts as a slow episode.")
-@click.option("--force", is_flag=True,
-              help="Build even when --gpu does not describe the device that times the ops (the LUT's metadata "
-                   "records the real device either way).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@build_lut_options
 def build_lut(name, device, backend, resolutions, batch, precision, output, max_noise, max_time, min_time,
               warmup, cold_cache, threads, space_name, space_opts, backend_opts, retry_failed, retry_flagged, shard,
               canary_every, canary_tolerance, force, no_progress, as_json) -> None:

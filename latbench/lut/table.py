@@ -99,10 +99,11 @@ class Coverage:
     present: int
     missing: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    other: list[tuple[Any, str]] = field(default_factory=list)  # (entry, LUT key): the row times another shape
 
     @property
     def complete(self) -> bool:
-        return not self.missing and not self.failed
+        return not self.missing and not self.failed and not self.other
 
 
 class LUT:
@@ -113,6 +114,7 @@ class LUT:
         self.meta = dict(meta)
         self._index: dict[tuple, float | None] | None = None
         self._rows: dict[tuple, tuple[int, str, bool]] | None = None
+        self._keys: dict[tuple, dict[tuple[str, str], tuple[str, str]]] = {}
 
     def __len__(self) -> int:
         return len(self.df)
@@ -187,21 +189,39 @@ class LUT:
         pairs = {(int(h), int(w)) for h, w in zip(self.df["height"], self.df["width"])}
         return sorted(pairs)
 
-    def coverage(self, space: Any, height: int, width: int, batch: int = 1) -> Coverage:
-        """Compare with ``space.enumerate(height, width, batch)``: what is missing or failed."""
-        idx = self._lookup_index()
-        entries = space.enumerate(height, width, batch)
+    def row_keys(self, height: int, width: int, batch: int = 1) -> dict[tuple[str, str], tuple[str, str]]:
+        """``(position, op) -> (op key, status)`` of the rows at ``height``×``width`` and ``batch``."""
+        k = (int(height), int(width), int(batch))
+        if k not in self._keys:
+            d = self.df
+            sel = (d["height"] == k[0]) & (d["width"] == k[1]) & (d["batch"] == k[2])
+            self._keys[k] = {(str(p), str(o)): (str(key), str(st)) for p, o, key, st in
+                             zip(d["position"][sel], d["op"][sel], d["key"][sel], d["status"][sel])}
+        return self._keys[k]
+
+    def coverage_of(self, entries: Sequence[Any], height: int, width: int, batch: int = 1) -> Coverage:
+        """Which of ``entries`` (:class:`latbench.space.Entry`: position, op, op key) this LUT holds
+        at ``height``×``width`` and ``batch``, **by key**: the missing ones, those that failed to
+        time, and ``other`` — ``(entry, LUT key)`` pairs whose row times another op shape."""
+        keys = self.row_keys(height, width, batch)
         present = 0
-        missing, failed = [], []
+        missing, failed, other = [], [], []
         for e in entries:
-            k = (e.position, e.op, int(height), int(width), int(batch))
-            if k not in idx:
+            got = keys.get((e.position, e.op))
+            if got is None:
                 missing.append((e.position, e.op))
-            elif idx[k] is None:
+            elif got[0] != e.spec.key:
+                other.append((e, got[0]))
+            elif got[1] not in ("ok", "analytic"):
                 failed.append((e.position, e.op))
             else:
                 present += 1
-        return Coverage(int(height), int(width), len(entries), present, missing, failed)
+        return Coverage(int(height), int(width), len(entries), present, missing, failed, other)
+
+    def coverage(self, space: Any, height: int, width: int, batch: int = 1) -> Coverage:
+        """:meth:`coverage_of` ``space.enumerate(height, width, batch)``: what of the space is
+        missing, failed or timing another op shape."""
+        return self.coverage_of(space.enumerate(height, width, batch), height, width, batch)
 
     def with_calibration(self, a: float, b: float, **info: Any) -> "LUT":
         """A copy whose metadata holds ``calibration = {"a", "b", **info}`` (measured ≈ a·ΣLUT + b)."""

@@ -19,10 +19,11 @@ is the special case overhead 0, slope 1, per-row 0, constant 0.
 
 A model is valid for exactly one *scope*: the LUT rows of one backend, precision, resolution,
 batch and cache state, measured on one device. A LUT keeps its models in its metadata under
-``latency_models`` (a list, one per scope, each versioned and carrying its provenance);
-:func:`model_for` finds the one for a use and refuses, with one line, a LUT whose models were all
-fitted for something else. A LUT without models still works (raw sum, or its affine
-``calibration``).
+``latency_models`` (a list, one per scope and family of networks — e.g. one per fusion head —
+each versioned and carrying its provenance); :func:`model_for` finds the one for a scope and
+refuses, with one line, a LUT whose models were all fitted for something else. A LUT without models
+still works (raw sum, or its affine ``calibration``). What prices a use — this model, the raw sum
+or the calibration — is decided in one place, :mod:`latbench.model.predictor`.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class LatencyModel:
 
     def predict_rows(self, rows: Sequence[tuple[str, str, float, bool]]) -> float:
         """``constant + Σ row_cost`` over ``(op, stage, value, analytic)`` rows (values from the
-        model's ``column``, :func:`lut_rows`)."""
+        model's ``column``, :meth:`latbench.model.predictor.Predictor.rows`)."""
         return float(self.constant_us) + sum(self.row_cost(*r) for r in rows)
 
     # ---- identity and storage ------------------------------------------------------------------
@@ -209,10 +210,27 @@ def stored_models(meta: Mapping[str, Any]) -> list[LatencyModel]:
     return [LatencyModel.from_dict(d) for d in raw]
 
 
+def _fitted_space(model: LatencyModel) -> str:
+    space = dict(model.provenance).get("space") or {}
+    cfg = space.get("config") if isinstance(space, Mapping) else None
+    return json.dumps(cfg or {}, sort_keys=True, default=str)
+
+
+def same_slot(a: LatencyModel, b: LatencyModel) -> bool:
+    """Do ``a`` and ``b`` price the same thing: one scope, networks of one space configuration (a
+    model that did not record its configuration shares the slot of any)? A LUT keeps one model per
+    slot, so a model per fusion head (Table X) lives beside the others."""
+    if a.scope.difference(b.scope) is not None:
+        return False
+    fa, fb = _fitted_space(a), _fitted_space(b)
+    return fa == fb or "{}" in (fa, fb)
+
+
 def with_model(meta: Mapping[str, Any], model: LatencyModel) -> dict[str, Any]:
-    """``meta`` with ``model`` stored, replacing any earlier model of the same scope."""
+    """``meta`` with ``model`` stored, replacing any earlier model of the same slot (scope and the
+    space configuration of its networks, :func:`same_slot`)."""
     out = dict(meta)
-    keep = [m.to_dict() for m in stored_models(meta) if m.scope.difference(model.scope) is not None]
+    keep = [m.to_dict() for m in stored_models(meta) if not same_slot(m, model)]
     out[META_KEY] = keep + [model.to_dict()]
     return out
 
@@ -239,22 +257,3 @@ def model_for(meta: Mapping[str, Any], scope: ModelScope, *, required: bool = Fa
                    f"fit one for {scope.describe()} with `latbench fit`, or use the raw LUT sum "
                    f"(--latency-model none)")
 
-
-def lut_rows(lut: Any, rows: Sequence[tuple[str, str]], height: int, width: int, batch: int = 1,
-             column: str = "median_us") -> list[tuple[str, str, float, bool]]:
-    """``(op, stage, value, analytic)`` of each ``(position, op)`` row, ``value`` from ``column``;
-    :class:`UserError` naming the rows that are missing or failed."""
-    from latbench.space import format_resolution
-
-    out, bad = [], []
-    for pos, op in rows:
-        r = lut.row_info(pos, op, height, width, batch, column)
-        if r is None:
-            bad.append(f"{pos}:{op}")
-        else:
-            out.append(r)
-    if bad:
-        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
-        raise UserError(f"LUT lacks (or failed) {len(bad)} row(s) this architecture needs at "
-                        f"{format_resolution((height, width))} batch {batch}: {', '.join(bad[:3])}{more}")
-    return out

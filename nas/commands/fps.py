@@ -24,9 +24,13 @@ def _fmt_record(r: dict) -> str:
         if lut.get("calibrated_us") is not None:
             line += f", calibrated {lut['calibrated_us'] / 1e3:.3f} ms"
         if lut.get("model_us") is not None:
-            err = 100.0 * (lut["model_us"] / 1e3 - r["latency_ms"]) / r["latency_ms"]
-            line += f", latency model {lut['model_us'] / 1e3:.3f} ms ({err:+.1f} %)"
+            err = lut.get("model_error_pct")
+            against = "p10" if lut.get("model_compared_with") == "p10_us" else "median"
+            line += f", latency model {lut['model_us'] / 1e3:.3f} ms"
+            line += f" ({err:+.1f} % vs {against})" if err is not None else ""
         line += f" ({lut['backend']})"
+        if lut.get("model_notice"):
+            line += f"  [{lut['model_notice']}]"
     return line
 
 
@@ -104,7 +108,16 @@ def fps(arch_path, label, device, resolutions, backends, precision, batch, width
     request = FpsRequest(genotype_path=arch_path, resolutions=tuple(res), backends=tuple(names), device=dev,
                          precision=precision, batch=batch, width_mult=width_mult, timing=timing,
                          lut_path=lut_path, label=label, latency_model=latency_model)
-    on_record = None if as_json else (lambda r: click.echo(_fmt_record(r)))
+    noticed: set[str] = set()
+
+    def show(r: dict) -> None:
+        note = (r.get("lut") or {}).get("notice")
+        if note and note not in noticed:
+            noticed.add(note)
+            click.echo(f"note: {note}", err=True)
+        click.echo(_fmt_record(r))
+
+    on_record = None if as_json else show
     name, records = measure_fps(request, on_record=on_record)
     out = None
     if not no_save:

@@ -38,6 +38,7 @@ def sample(lut_path: str, num: int, min_fps: float | None, resolution: str | Non
     """Random-search baselines (paper Table VII): N genotypes drawn uniformly (a), or only among
     architectures predicted faster than --min-fps (b)."""
     from latbench.files import check_outputs
+    from latbench.lut.coverage import space_identity
     from latbench.lut.table import read_lut
     from latbench.space import parse_resolution
     from nas.config import SpaceConfig
@@ -51,12 +52,14 @@ def sample(lut_path: str, num: int, min_fps: float | None, resolution: str | Non
     check_outputs(folders={"--out": out_dir})
     require_lut_file(lut_path, [resolution] if resolution else [])
     lut = read_lut(lut_path)
-    config = SpaceConfig.from_dict((lut.meta.get("space") or {}).get("config") or {})
+    config = SpaceConfig.from_dict(space_identity(lut)["config"])
     hw = parse_resolution(resolution) if resolution else None
     # an FPS constraint is about the whole network: priced by the LUT's latency model when it has
     # one for these rows (else the calibrated or raw Σ LUT)
     table, identity = load_latency_table(LUTConfig(path=lut_path, resolution=hw, latency_model=latency_model),
-                                         config, scope="network")
+                                         config, scope="network", lut=lut)
+    if identity.get("latency_notice"):
+        click.echo(f"note: {identity['latency_notice']}", err=True)
     space = LGCNetSpace(config)
     rng = random.Random(seed)
     budget_us = 1e6 / min_fps if min_fps else None

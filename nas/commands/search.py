@@ -46,15 +46,15 @@ def _choice(value: str | None, allowed: tuple[str, ...], what: str) -> str | Non
     return value
 
 
-def _lut_space_config(path: str) -> dict[str, Any]:
-    from latbench.lut.table import read_lut
+def _lut_space_config(lut: Any, path: str) -> dict[str, Any]:
+    """The configuration of the LGCNet space ``lut`` (read from ``path``) was built for."""
+    from latbench.lut.coverage import space_identity
     from nas.space import NAME
 
-    lut = read_lut(path)
-    space = lut.meta.get("space") or {}
-    if space.get("name") != NAME:
-        raise UserError(f"LUT {path!r} was built for search space {space.get('name')!r}, not {NAME!r}")
-    return dict(space.get("config") or {})
+    space = space_identity(lut)
+    if space["name"] != NAME:
+        raise UserError(f"LUT {path!r} was built for search space {space['name']!r}, not {NAME!r}")
+    return space["config"]
 
 
 def _saved_values(cfg) -> dict[str, Any]:
@@ -102,7 +102,8 @@ def check_resume_options(p: dict[str, Any], given: set[str], saved) -> None:
 
 
 def build_config(p: dict[str, Any], given: set[str]):
-    """The :class:`SearchConfig` of a fresh search from the parsed options."""
+    """``(config, lut)``: the :class:`SearchConfig` of a fresh search from the parsed options, and
+    the LUT at ``--lut`` (read once: its space configures the search, its rows price it)."""
     from latbench.space import parse_resolution
     from nas.config import SpaceConfig
     from nas.search.arch_params import ArchConfig
@@ -121,10 +122,12 @@ def build_config(p: dict[str, Any], given: set[str]):
         raise UserError(f"--data-root {p['data_root']} does not exist or is not a directory")
 
     # the space: the LUT's configuration, overridden by options given explicitly
+    from latbench.lut.table import read_lut
     from nas.lutfile import require_lut_file
 
     require_lut_file(p["lut"], [p["resolution"]] if p["resolution"] else [], p["device"])
-    space = _lut_space_config(p["lut"])
+    lut = read_lut(p["lut"])
+    space = _lut_space_config(lut, p["lut"])
     for opt, key in SPACE_OPTIONS.items():
         if opt in given and p[opt] is not None:
             space[key] = p[opt]
@@ -133,7 +136,9 @@ def build_config(p: dict[str, Any], given: set[str]):
     if "fusion_inputs" in given:
         space["fusion_inputs"] = _int_list(p["fusion_inputs"], "--fusion-inputs")
     if "fusion" in given:
-        _choice(p["fusion"], ("dcfc", "aspp", "ppm", "none"), "fusion mode")
+        from nas.config import FUSION_MODES
+
+        _choice(p["fusion"], tuple(FUSION_MODES), "fusion mode")
     if dataset in DATASET_CLASSES:
         if "num_classes" in given and p["num_classes"] != DATASET_CLASSES[dataset]:
             raise UserError(f"{dataset} has {DATASET_CLASSES[dataset]} classes; --num-classes applies to synthetic data")
@@ -148,7 +153,7 @@ def build_config(p: dict[str, Any], given: set[str]):
     optim = OptimConfig(lr_w=p["lr_w"], lr_w_min=p["lr_w_min"], momentum=p["momentum"], wd_w=p["wd_w"],
                         lr_a=p["lr_a"], betas=_float_pair(p["adam_betas"], "--adam-betas"), wd_a=p["wd_a"],
                         grad_clip=p["grad_clip"] or None, arch_warmup_epochs=p["arch_warmup_epochs"])
-    return SearchConfig(
+    config = SearchConfig(
         space=space_cfg,
         lut=LUTConfig(path=os.path.abspath(p["lut"]), resolution=resolution, batch=p["lut_batch"],
                       backend=p["backend"], precision=p["precision"], use_calibration=not p["no_calibration"],
@@ -160,6 +165,7 @@ def build_config(p: dict[str, Any], given: set[str]):
         data=DataConfig(dataset=dataset, root=p["data_root"], crop=crop, length=p["length"]),
         beta=p["beta"], epochs=p["epochs"], batch_size=p["batch_size"], seed=p["seed"], amp=p["amp"],
         channels_last=p["channels_last"], checkpoint_every=p["checkpoint_every"])
+    return config, lut
 
 
 @click.command("search")
@@ -183,7 +189,7 @@ def build_config(p: dict[str, Any], given: set[str]):
 @click.option("--ggm-chain", default="raw", show_default=True, type=click.Choice(["raw", "updated"]), hidden=True)
 @click.option("--op-graph-norm", default="softmax", show_default=True, type=click.Choice(["softmax", "none"]), hidden=True)
 @click.option("--ggm-bias/--no-ggm-bias", default=False, show_default=True, hidden=True, help="Biases in Φ1/Φ2.")
-@click.option("--fusion", default=None, help="dcfc | aspp | ppm | none. [default: the LUT's]")
+@click.option("--fusion", default=None, help="dcfc | aspp | ppm | none | mscell (Table X). [default: the LUT's]")
 @click.option("--fusion-inputs", default=None, metavar="I,J,K", help="Cells feeding the fusion cell. [default: the LUT's, 0,7,13]")
 # optimisation
 @click.option("--lr-w", default=0.025, show_default=True, type=float, help="Weights: SGD initial lr (cosine).")
@@ -214,9 +220,12 @@ def build_config(p: dict[str, Any], given: set[str]):
 @click.option("--latency-model", default="auto", show_default=True, type=click.Choice(["auto", "none", "require"]),
               help="How LUT rows are priced: auto = by the LUT's latency model for these rows when it has one "
                    "(`latbench fit`), else the raw medians; none = raw medians; require = refuse a LUT without a model.")
-@click.option("--latency-scope", default="cells", show_default=True, type=click.Choice(["cells", "network"]),
-              help="What LAT sums: cells = the 14 cells' edges (the paper's eq. 9, so β means what Fig. 7 says); "
-                   "network = the whole network's predicted latency (cells, fusion cell, fixed parts, the model's constant).")
+@click.option("--latency-scope", default="searched", show_default=True,
+              type=click.Choice(["searched", "cells", "network"]),
+              help="What LAT sums: searched = the edges the search chooses, the 14 cells' and the fusion cell's "
+                   "(the paper's eq. 9 over its searched cells; its fusion cell is 'guided by the latency oriented "
+                   "loss' too); cells = the 14 cells' edges only (the earlier default); network = the whole "
+                   "network's predicted latency (cells, fusion cell, fixed parts, the model's constant).")
 # running
 @click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "off", "bf16", "fp16"]), help="Mixed precision (CUDA only; auto = bf16 on GPU, off on CPU).")
 @click.option("--channels-last", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]))
@@ -250,14 +259,20 @@ def search(ctx: click.Context, **p: Any) -> None:
             raise UserError(f"--resume: no checkpoint at {ckpt_path}")
         config = SearchConfig.from_dict(load_checkpoint(ckpt_path)["config"])
         check_resume_options(p, given, config)
-    else:
-        config = build_config(p, given)
+    table = identity = None
+    if not p["resume"]:
+        from nas.search.latency import load_latency_table
+
+        config, lut = build_config(p, given)
+        table, identity = load_latency_table(config.lut, config.space, lut=lut)
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0 and identity and identity.get("latency_notice"):
+        click.echo(f"note: {identity['latency_notice']}", err=True)
     progress = not p["no_progress"] and sys.stderr.isatty()
     run = RunOptions(out=out, device=p["device"], workers=p["workers"], progress=progress, resume=p["resume"],
                      stop_after_steps=p["stop_after_steps"], plots=not p["no_plots"],
                      log=(lambda m: click.echo(m, err=True)) if rank0 else (lambda m: None))
-    result = SearchRun(config, run).run()
+    result = SearchRun(config, run, table=table, lut_identity=identity).run()
     if not rank0:
         return
     if not result.finished:

@@ -34,6 +34,9 @@ from nas.search.ggm import GGMConfig
 from nas.search.temperature import TemperatureSchedule
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+#: What LAT sums (nas.search.latency): the searched edges (cells + fusion cell: eq. 9, the default),
+#: the cells' edges only, or the whole network.
+LATENCY_SCOPES = ("searched", "cells", "network")
 CHANNELS_LAST = ("auto", "on", "off")
 
 
@@ -85,14 +88,20 @@ class LUTConfig:
     precision: str | None = None
     use_calibration: bool = True
     latency_model: str = "auto"      # auto: the LUT's model for these rows if it has one; none; require
-    latency_scope: str = "cells"     # what LAT prices: cells (paper eq. 9) or network (whole network)
+    latency_scope: str = "searched"  # what LAT prices: searched edges (eq. 9), cells only, or network
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resolution", _tuple(self.resolution))
         if self.latency_model not in ("auto", "none", "require"):
             raise UserError(f"latency_model must be auto, none or require, not {self.latency_model!r}")
-        if self.latency_scope not in ("cells", "network"):
-            raise UserError(f"latency_scope must be cells or network, not {self.latency_scope!r}")
+        if self.latency_scope not in LATENCY_SCOPES:
+            raise UserError(f"latency_scope must be one of {', '.join(LATENCY_SCOPES)}, not {self.latency_scope!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LUTConfig":
+        """From a saved configuration. One saved before ``latency_scope`` existed priced the whole
+        network, so that is the scope it reads with (a checkpoint resumes with the scope it priced)."""
+        return cls(**{"latency_scope": "network", **dict(d)})
 
 
 @dataclass(frozen=True)
@@ -137,7 +146,7 @@ class SearchConfig:
         if not isinstance(d, Mapping):
             raise UserError(f"invalid search configuration: a dictionary is needed, not {type(d).__name__}")
         d = dict(d)
-        parts = {"space": SpaceConfig.from_dict, "lut": lambda x: LUTConfig(**x),
+        parts = {"space": SpaceConfig.from_dict, "lut": LUTConfig.from_dict,
                  "arch": ArchConfig.from_dict, "ggm": GGMConfig.from_dict,
                  "optim": lambda x: OptimConfig(**x), "temperature": TemperatureSchedule.from_dict,
                  "data": lambda x: DataConfig(**x)}

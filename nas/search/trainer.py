@@ -243,10 +243,8 @@ class SearchRun:
             self.lut_identity = dict(resume_ckpt.get("lut") or {})
         elif self.table is None:
             self.table, self.lut_identity = load_latency_table(self.config.lut, self.config.space)
-        if self.config.lut.resolution is None:  # the LUT's only resolution, resolved by the loader
-            from latbench.space import parse_resolution
-
-            res = parse_resolution(str((self.lut_identity or {}).get("resolution")))
+        if self.config.lut.resolution is None:  # the LUT's only resolution, chosen by the loader
+            res = self.table.resolution
             self.config = self.config.replace(lut=dataclasses.replace(self.config.lut, resolution=res))
 
     def run(self) -> SearchResult:
