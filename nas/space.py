@@ -110,83 +110,102 @@ def head_positions(cfg: SpaceConfig) -> tuple[str, str]:
     return ("fixed.head_pyramid" if cfg.fusion in ("aspp", "ppm") else "fixed.head_direct"), "fixed.upsample_deep"
 
 
+class _Rows:
+    """The entries of one network, appended in order (see :func:`_network_entries`)."""
+
+    def __init__(self, cfg: SpaceConfig, height: int, width: int, batch: int):
+        self.cfg, self.n, self.sh = cfg, batch, _Shapes(batch, height, width, cfg)
+        self.entries: list[Entry] = []
+
+    def add(self, position: str, op: str, inputs, kind: str, stage: str, **params: Any) -> None:
+        self.entries.append(Entry(position, op, OpSpec(op, tuple(inputs), tuple(params.items())), kind, stage,
+                                  analytic=op == ZERO or _is_identity_skip(op, inputs, params)))
+
+
+def _cell_rows(r: _Rows, k: int) -> None:
+    """Cell ``k``'s preprocessing, candidate edges (Table II) and merge."""
+    cfg, n, sh = r.cfg, r.n, r.sh
+    stage = f"s{cfg.cell_stride(k)}"
+    c = cfg.cell_node_channels(k)
+    c_pp, c_p = cell_input_channels(cfg, k)
+    s_pp, s_p = cell_input_strides(cfg, k)
+    h_pp, w_pp = sh.at(s_pp)
+    h_p, w_p = sh.at(s_p)
+    pre0 = "factorized_reduce" if s_pp != s_p else "preprocess_1x1"
+    r.add(f"cell{k}.pre0", pre0, [(n, c_pp, h_pp, w_pp)], "fixed", stage, cout=c, stride=2 if s_pp != s_p else 1)
+    r.add(f"cell{k}.pre1", "preprocess_1x1", [(n, c_p, h_p, w_p)], "fixed", stage, cout=c, stride=1)
+    red = cfg.is_reduction(k)
+    h_o, w_o = sh.at(cfg.cell_stride(k))
+    for j, (src, _) in enumerate(cell_edges(cfg.steps)):
+        stride = 2 if red and src < 2 else 1
+        hi, wi = (h_p, w_p) if src < 2 else (h_o, w_o)
+        for op in CELL_PRIMITIVES:
+            r.add(f"cell{k}.e{j}", op, [(n, c, hi, wi)], "candidate", stage,
+                  cout=c, stride=stride, dilation=DILATION[op])
+    r.add(f"cell{k}.merge", "cell_merge", [(n, c, h_o, w_o)] * cfg.num_edges(), "fixed", stage, steps=cfg.steps)
+
+
+def _fusion_cell_rows(r: _Rows) -> tuple[int, int, int, int]:
+    """The dense-connected fusion cell's rows; returns the head's input shape (stride 4)."""
+    cfg, n, f = r.cfg, r.n, r.cfg.fusion_channels
+    lv = [r.sh.at(cfg.cell_stride(c)) for c in cfg.fusion_inputs]
+    for i, cell in enumerate(cfg.fusion_inputs):
+        r.add(f"fusion.reduce{i}", "fusion_reduce", [(n, cfg.cell_out_channels(cell), *lv[i])], "fixed", "fusion", cout=f)
+    ch = node_channels(f)
+    merge_in = []
+    for j, ((src, dst, kind), cands) in enumerate(zip(FUSION_EDGES, edge_candidates())):
+        hs, ws = lv[FUSION_NODES[src][1]]
+        hd, wd = lv[FUSION_NODES[dst][1]]
+        cout = ch[src] if kind == "up" else f
+        for op in cands:
+            params = dict(cout=cout, stride=1, dilation=DILATION[op])
+            if kind == "up":
+                params["out"] = (hd, wd)
+            r.add(f"fusion.e{j}", op, [(n, ch[src], hs, ws)], "candidate", "fusion", **params)
+        merge_in.append((n, cout, hd, wd))
+    r.add("fusion.merge", "fusion_merge", merge_in, "fixed", "fusion")
+    return (n, f, *lv[0])
+
+
+def _mscell_rows(r: _Rows) -> tuple[int, int, int, int]:
+    """The MSCell's rows (Table X d, :mod:`nas.fusion`); returns the head's input shape (stride 8)."""
+    cfg, n, f = r.cfg, r.n, r.cfg.fusion_channels
+    (h8, w8), (h16, w16) = (r.sh.at(cfg.cell_stride(c)) for c in cfg.fusion_inputs[1:])
+    for i, (cell, (hi, wi)) in enumerate(zip(cfg.fusion_inputs[1:], ((h8, w8), (h16, w16)))):
+        r.add(f"mscell.reduce{i}", "fusion_reduce", [(n, cfg.cell_out_channels(cell), hi, wi)], "fixed", "mscell", cout=f)
+    cands = mscell_edge_candidates()
+    for op in cands[0]:
+        r.add("mscell.e0", op, [(n, f, h16, w16)], "candidate", "mscell",
+              cout=f, stride=1, dilation=DILATION[op], out=(h8, w8))
+    for j, ops in enumerate(cands[1:], start=1):
+        for op in ops:
+            r.add(f"mscell.e{j}", op, [(n, f, h8, w8)], "candidate", "mscell", cout=f, stride=1, dilation=DILATION[op])
+    r.add("mscell.merge", "cell_merge", [(n, f, h8, w8)] * len(MSCELL_NODE_EDGES), "fixed", "mscell", steps=MSCELL_STEPS)
+    return (n, MSCELL_STEPS * f, h8, w8)
+
+
 def _network_entries(cfg: SpaceConfig, height: int, width: int, batch: int) -> list[Entry]:
     """The LUT rows of the network ``cfg`` describes (see :meth:`LGCNetSpace.network_entries`)."""
-    sh = _Shapes(batch, height, width, cfg)
+    r = _Rows(cfg, height, width, batch)
     n = batch
-    entries: list[Entry] = []
-
-    def add(position: str, op: str, inputs, kind: str, stage: str, **params: Any) -> None:
-        entries.append(Entry(position, op, OpSpec(op, tuple(inputs), tuple(params.items())), kind, stage,
-                             analytic=op == ZERO or _is_identity_skip(op, inputs, params)))
-
-    stem_c = cfg.stem_channels
-    add("fixed.stem", "stem", [(n, 3, height, width)], "fixed", "fixed", channels=stem_c)
+    r.add("fixed.stem", "stem", [(n, 3, height, width)], "fixed", "fixed", channels=cfg.stem_channels)
     for k in range(cfg.num_cells):
-        stage = f"s{cfg.cell_stride(k)}"
-        c = cfg.cell_node_channels(k)
-        c_pp, c_p = cell_input_channels(cfg, k)
-        s_pp, s_p = cell_input_strides(cfg, k)
-        h_pp, w_pp = sh.at(s_pp)
-        h_p, w_p = sh.at(s_p)
-        pre0 = "factorized_reduce" if s_pp != s_p else "preprocess_1x1"
-        add(f"cell{k}.pre0", pre0, [(n, c_pp, h_pp, w_pp)], "fixed", stage, cout=c, stride=2 if s_pp != s_p else 1)
-        add(f"cell{k}.pre1", "preprocess_1x1", [(n, c_p, h_p, w_p)], "fixed", stage, cout=c, stride=1)
-        red = cfg.is_reduction(k)
-        h_o, w_o = sh.at(cfg.cell_stride(k))
-        for j, (src, _) in enumerate(cell_edges(cfg.steps)):
-            stride = 2 if red and src < 2 else 1
-            hi, wi = (h_p, w_p) if src < 2 else (h_o, w_o)
-            for op in CELL_PRIMITIVES:
-                add(f"cell{k}.e{j}", op, [(n, c, hi, wi)], "candidate", stage,
-                    cout=c, stride=stride, dilation=DILATION[op])
-        merge_in = [(n, c, h_o, w_o)] * cfg.num_edges()
-        add(f"cell{k}.merge", "cell_merge", merge_in, "fixed", stage, steps=cfg.steps)
-    f = cfg.fusion_channels
+        _cell_rows(r, k)
     if cfg.fusion == "dcfc":
-        lv = [sh.at(cfg.cell_stride(c)) for c in cfg.fusion_inputs]
-        for i, cell in enumerate(cfg.fusion_inputs):
-            add(f"fusion.reduce{i}", "fusion_reduce", [(n, cfg.cell_out_channels(cell), *lv[i])], "fixed", "fusion", cout=f)
-        ch = node_channels(f)
-        merge_in = []
-        for j, ((src, dst, kind), cands) in enumerate(zip(FUSION_EDGES, edge_candidates())):
-            hs, ws = lv[FUSION_NODES[src][1]]
-            hd, wd = lv[FUSION_NODES[dst][1]]
-            cout = ch[src] if kind == "up" else f
-            for op in cands:
-                params = dict(cout=cout, stride=1, dilation=DILATION[op])
-                if kind == "up":
-                    params["out"] = (hd, wd)
-                add(f"fusion.e{j}", op, [(n, ch[src], hs, ws)], "candidate", "fusion", **params)
-            merge_in.append((n, cout, hd, wd))
-        add("fusion.merge", "fusion_merge", merge_in, "fixed", "fusion")
-        head_in = (n, f, *lv[0])
+        head_in = _fusion_cell_rows(r)
     elif cfg.fusion == "mscell":
-        (h8, w8), (h16, w16) = (sh.at(cfg.cell_stride(c)) for c in cfg.fusion_inputs[1:])
-        for i, (cell, (hi, wi)) in enumerate(zip(cfg.fusion_inputs[1:], ((h8, w8), (h16, w16)))):
-            add(f"mscell.reduce{i}", "fusion_reduce", [(n, cfg.cell_out_channels(cell), hi, wi)], "fixed", "mscell", cout=f)
-        cands = mscell_edge_candidates()
-        for op in cands[0]:
-            add("mscell.e0", op, [(n, f, h16, w16)], "candidate", "mscell",
-                cout=f, stride=1, dilation=DILATION[op], out=(h8, w8))
-        for j, ops in enumerate(cands[1:], start=1):
-            for op in ops:
-                add(f"mscell.e{j}", op, [(n, f, h8, w8)], "candidate", "mscell", cout=f, stride=1, dilation=DILATION[op])
-        add("mscell.merge", "cell_merge", [(n, f, h8, w8)] * len(MSCELL_NODE_EDGES), "fixed", "mscell", steps=MSCELL_STEPS)
-        head_in = (n, MSCELL_STEPS * f, h8, w8)
+        head_in = _mscell_rows(r)
     else:
         last = cfg.num_cells - 1
-        h_l, w_l = sh.at(cfg.cell_stride(last))
-        feat = (n, cfg.cell_out_channels(last), h_l, w_l)
+        h_l, w_l = r.sh.at(cfg.cell_stride(last))
+        head_in = (n, cfg.cell_out_channels(last), h_l, w_l)
         if cfg.fusion in ("aspp", "ppm"):
-            add(f"fixed.{cfg.fusion}", cfg.fusion, [feat], "fixed", "fixed", cout=f)
-            head_in = (n, f, h_l, w_l)
-        else:
-            head_in = feat
+            r.add(f"fixed.{cfg.fusion}", cfg.fusion, [head_in], "fixed", "fixed", cout=cfg.fusion_channels)
+            head_in = (n, cfg.fusion_channels, h_l, w_l)
     head, up = head_positions(cfg)
-    add(head, "head", [head_in], "fixed", "fixed", mid=cfg.head_channels, cout=cfg.num_classes)
-    add(up, "upsample", [(n, cfg.num_classes, head_in[2], head_in[3])], "fixed", "fixed", out=(height, width))
-    return entries
+    r.add(head, "head", [head_in], "fixed", "fixed", mid=cfg.head_channels, cout=cfg.num_classes)
+    r.add(up, "upsample", [(n, cfg.num_classes, head_in[2], head_in[3])], "fixed", "fixed", out=(height, width))
+    return r.entries
 
 
 class LGCNetSpace:

@@ -79,14 +79,19 @@ def test_a_genotype_with_the_uncut_cell_list_still_reads(tmp_path):
         Genotype.from_dict(d, source="bad.json")
 
 
-def test_a_lut_of_the_full_space_prices_the_cut_row_without_the_late_cells(tmp_path):
+@pytest.fixture(scope="module")
+def lut_path(tmp_path_factory):
+    """A real CPU LUT of the tiny space (4 cells, fusion inputs 0, 1, 3)."""
+    return build_tiny_lut(tmp_path_factory.mktemp("xi") / "tiny.parquet")
+
+
+def test_a_lut_of_the_full_space_prices_the_cut_row_without_the_late_cells(lut_path):
     """The tiny space's Table XI row (inputs 0, 1, 2 of 4 cells): the search's latency table has
     rows for cells 0–2 only, and a discrete architecture's price is the sum of its own rows."""
     from latbench.lut.table import read_lut
     from nas.search.config import LUTConfig
     from nas.search.latency import load_latency_table
 
-    lut_path = build_tiny_lut(tmp_path / "tiny.parquet")      # built for fusion inputs 0, 1, 3
     cfg = tiny_space(fusion_inputs=(0, 1, 2))
     assert cfg.num_cells == 3
     table, _ = load_latency_table(LUTConfig(path=str(lut_path), resolution=RESOLUTION, latency_scope="network"), cfg)
@@ -96,3 +101,23 @@ def test_a_lut_of_the_full_space_prices_the_cut_row_without_the_late_cells(tmp_p
     rows = space.architecture_rows(arch)
     assert not any(p.startswith("cell3.") for p, _ in rows)
     assert table.architecture_lut_sum(arch) == pytest.approx(sum(lut.lookup(p, o, *RESOLUTION) for p, o in rows))
+
+
+def test_nas_search_with_an_earlier_last_input_searches_only_the_cells_it_uses(lut_path, tmp_path):
+    from click.testing import CliRunner
+
+    from latbench.lut.table import read_lut
+    from nas.cli import cli
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["search", "--lut", str(lut_path), "--fusion-inputs", "0,1,2", "--dataset", "synthetic",
+                                 "--epochs", "1", "--batch-size", "4", "--length", "4", "--workers", "0",
+                                 "--device", "cpu", "--no-plots", "--no-progress", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    geno = Genotype.load(out / "genotype.json")
+    assert geno.config.num_cells == 3 and len(geno.arch.cells) == 3
+    assert len(geno.meta["probabilities"]["cells"]) == 3
+    lut = read_lut(lut_path)
+    rows = LGCNetSpace(geno.config).architecture_rows(geno.arch)
+    assert geno.meta["expected_latency"]["lut_sum_us"] == pytest.approx(
+        sum(lut.lookup(p, o, *RESOLUTION) for p, o in rows), rel=1e-3)

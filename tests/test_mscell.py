@@ -88,14 +88,19 @@ def test_one_default_lut_holds_every_mscell_row_with_the_same_op_key():
     assert not any(p.startswith("fusion.") for p, _ in priced)
 
 
-def test_a_real_lut_prices_an_mscell_network(tmp_path):
-    lut_path = build_tiny_lut(tmp_path / "tiny.parquet")
-    from nas.search.latency import check_lut
+@pytest.fixture(scope="module")
+def tiny_lut(tmp_path_factory):
+    """A real CPU LUT of the tiny space (fusion cell configuration): its default enumeration."""
+    return build_tiny_lut(tmp_path_factory.mktemp("mscell") / "tiny.parquet")
 
-    lut = read_lut(lut_path)
+
+def test_a_real_lut_prices_an_mscell_network(tiny_lut):
+    lut = read_lut(tiny_lut)
     cfg = tiny_space(fusion="mscell")
-    check_lut(lut, str(lut_path), cfg, RESOLUTION, 1)   # every row of the MSCell network is there, same keys
     space = LGCNetSpace(cfg)
+    have = {(str(p), str(o)): str(k) for p, o, k in zip(lut.df["position"], lut.df["op"], lut.df["key"])}
+    # every row of the MSCell network is in the LUT, with the same op key
+    assert all(have.get((e.position, e.op)) == e.spec.key for e in space.network_entries(*RESOLUTION))
     for seed in range(2):
         arch = space.sample_architecture(random.Random(seed))
         rows = space.architecture_rows(arch)
@@ -192,3 +197,55 @@ def test_an_mscell_genotype_with_wrong_edges_is_refused(tmp_path, fusion, why):
     d["fusion"] = fusion
     with pytest.raises(UserError, match=why):
         Genotype.from_dict(d, source="g.json")
+
+
+def test_the_search_prices_the_mscell_edges_and_beta_moves_them_to_cheaper_ops(tiny_lut):
+    """The search's latency table lays out the MSCell's 10 edges from the same LUT; under β > 0
+    the latency term alone moves its α toward cheaper ops (β = 0: no latency gradient)."""
+    from nas.search.arch_params import ArchParams
+    from nas.search.config import LUTConfig
+    from nas.search.latency import load_latency_table
+
+    cfg = tiny_space(fusion="mscell")
+    table, _ = load_latency_table(LUTConfig(path=str(tiny_lut), resolution=RESOLUTION, latency_scope="network"), cfg)
+    assert [len(t) for t in table.fusion] == [2] + [10] * 9
+    space, lut = LGCNetSpace(cfg), read_lut(tiny_lut)
+    arch = Architecture.from_dict(space.sample_architecture(random.Random(0)))
+    want = sum(lut.lookup(p, o, *RESOLUTION) for p, o in space.architecture_rows(arch))
+    assert table.architecture_lut_sum(arch) == pytest.approx(want, rel=1e-9)
+
+    @torch.no_grad()
+    def expected_mscell_cost(params):
+        return float(sum((torch.softmax(t, -1) * c).sum() for t, c in zip(params.fusion_logits(), table.fusion)))
+
+    for beta in (0.0, 0.5):
+        params = ArchParams(cfg, generator=torch.Generator().manual_seed(0))
+        start = expected_mscell_cost(params)
+        opt = torch.optim.Adam(params.parameters(), lr=0.1)
+        for _ in range(10):
+            z = torch.softmax(params.cell_logits(), -1)
+            fz = [torch.softmax(t, -1) for t in params.fusion_logits()]
+            opt.zero_grad()
+            (beta * torch.log(table.latency(z, fz)) + 0.0 * z.sum()).backward()
+            opt.step()
+        end = expected_mscell_cost(params)
+        assert (end < 0.9 * start) if beta > 0 else end == pytest.approx(start)
+
+
+def test_nas_search_fusion_mscell_runs_and_writes_an_mscell_genotype(tiny_lut, tmp_path):
+    from click.testing import CliRunner
+
+    from nas.cli import cli
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["search", "--lut", str(tiny_lut), "--fusion", "mscell", "--dataset", "synthetic",
+                                 "--epochs", "1", "--batch-size", "4", "--length", "4", "--workers", "0",
+                                 "--device", "cpu", "--no-plots", "--no-progress", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    geno = Genotype.load(out / "genotype.json")
+    assert geno.config.fusion == "mscell" and len(geno.arch.fusion) == 10
+    assert [len(p) for p in geno.meta["probabilities"]["fusion"]] == [2] + [10] * 9
+    rows = LGCNetSpace(geno.config).architecture_rows(geno.arch)
+    lut = read_lut(tiny_lut)
+    assert geno.meta["expected_latency"]["lut_sum_us"] == pytest.approx(
+        sum(lut.lookup(p, o, *RESOLUTION) for p, o in rows), rel=1e-3)
