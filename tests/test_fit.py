@@ -160,7 +160,7 @@ def test_fit_networks_drawn_from_the_search(fake_lut, tmp_path):
 def test_cli_draws_half_the_fit_networks_from_the_search_by_default(fake_lut, tmp_path):
     search = tmp_path / "search.json"
     search.write_text(json.dumps({"weights": {"conv_3x3": 3, "skip": 1, "max_pool_3x3": 1, "zero": 0.5}}))
-    r = CliRunner().invoke(cli, ["fit", str(fake_lut), "--space", TOY, "--no-progress", "--no-save", "--json",
+    r = CliRunner().invoke(cli, ["fit", str(fake_lut), "--space", TOY, "--no-progress", "--no-save", "--json", "--peers", "none",
                                  "--fit-networks", "10", "--test-networks", "0", "--from-search", str(search),
                                  "--search-networks", "4", "--rounds", "1", "--window", "0.002"])
     assert r.exit_code == 0, r.output
@@ -227,13 +227,15 @@ def test_corrupt_model_metadata_is_refused_and_left_alone(fake_lut):
 def test_cli_prints_the_ladder_and_writes_json_and_a_plot(fake_lut, tmp_path):
     png = tmp_path / "fit.png"
     r = CliRunner().invoke(cli, ["fit", str(fake_lut), "--space", TOY, "--no-progress", "--fit-networks", "10",
-                                 "--test-networks", "5", "--rounds", "2", "--window", "0.003", "--plot", str(png)])
+                                 "--test-networks", "5", "--rounds", "2", "--window", "0.003", "--plot", str(png),
+                                 "--peers", "none"])
     assert r.exit_code == 0, r.output
     for label in ("Σ LUT (raw)", "affine", "latency model", "held-out uniform", "saved the latency model"):
         assert label in r.output
     assert png.stat().st_size > 1000
     r = CliRunner().invoke(cli, ["fit", str(fake_lut), "--space", TOY, "--no-progress", "--fit-networks", "10",
-                                 "--test-networks", "5", "--rounds", "2", "--window", "0.003", "--json", "--no-save"])
+                                 "--test-networks", "5", "--rounds", "2", "--window", "0.003", "--json", "--no-save",
+                                 "--peers", "none"])
     d = json.loads(r.stdout)
     assert d["saved"] is False and set(d["figures"]) == {"fit", "test"}
     assert d["figures"]["test"]["model"]["mape"] < d["figures"]["test"]["raw"]["mape"]
@@ -245,7 +247,8 @@ def test_a_killed_fit_resumes_from_its_journal(tmp_path, toy_space, fast_config)
     tests_dir = str(Path(__file__).resolve().parent)
     env = {**os.environ, "PYTHONPATH": tests_dir + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "latbench.cli", "fit", str(path), "--space", TOY, "--no-progress",
-           "--fit-networks", "10", "--test-networks", "4", "--rounds", "6", "--window", "0.04", "--json"]
+           "--fit-networks", "10", "--test-networks", "4", "--rounds", "6", "--window", "0.04", "--json",
+           "--peers", "none"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     journal = journal_path(path)
     deadline = time.monotonic() + 120

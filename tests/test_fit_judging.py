@@ -30,7 +30,7 @@ from latbench.timing.probe import CallProbe
 from test_fit import PROTO, RES, TOY, FakeBackend, FakePrepared, true_cost_us
 
 FAST = RoundsConfig(rounds=3, window_s=0.003)
-CLI_FAST = ["--space", TOY, "--no-progress", "--rounds", "2", "--window", "0.002"]
+CLI_FAST = ["--space", TOY, "--no-progress", "--rounds", "2", "--window", "0.002", "--peers", "none"]
 
 
 @pytest.fixture
@@ -189,7 +189,7 @@ def test_fit_prints_its_plan_and_refuses_beyond_the_bounds(fake_lut):
     assert r.exit_code == 2 and "100020 networks" in r.output and "--yes" in r.output, r.output
     assert time.monotonic() - t < 5.0  # refused at once, before anything is drawn or built
     r = CliRunner().invoke(cli, ["fit", str(fake_lut), "--space", TOY, "--no-progress", "--fit-networks", "10",
-                                 "--rounds", "400", "--window", "1", "--max-minutes", "30"])
+                                 "--rounds", "400", "--window", "1", "--max-minutes", "30", "--peers", "none"])
     assert r.exit_code == 2 and "plan: 30 networks × 400 rounds" in r.output and "--max-minutes" in r.output, r.output
     assert len([ln for ln in r.output.splitlines() if ln.startswith("Error")]) == 1
     assert _sha(fake_lut) == before and not journal_path(fake_lut).exists()
@@ -246,3 +246,15 @@ def test_a_lut_that_does_not_explain_the_networks_stores_no_model(tmp_path, toy_
     assert _sha(path) == before and stored_models(read_lut(path).meta) == []
     res = run_fit(FitRequest(str(path), fit_networks=12, test_networks=0, space_name=TOY, rounds=FAST, save=False))
     assert res.refused and res.explains["scale"] < 0.05 and not res.saved
+
+
+# ---- learned peers in the same ladder ----------------------------------------------------------
+def test_learned_peers_are_judged_on_the_same_held_out_sets(fake_lut):
+    res = run_fit(FitRequest(str(fake_lut), fit_networks=14, test_networks=8, space_name=TOY, rounds=FAST,
+                             save=False, peers=("ridge", "boosted-trees", "gcn")))
+    for s in ("fit", "test"):
+        for name in ("peer: ridge", "peer: boosted-trees", "peer: gcn"):
+            f = res.figures[s][name]
+            assert f["n"] == res.figures[s]["model"]["n"] and f["mape"] >= 0 and "ci" in f and "vs_affine" in f
+    r = CliRunner().invoke(cli, ["fit", str(fake_lut), *CLI_FAST[:-2], "--fit-networks", "10", "--peers", "lasso"])
+    assert r.exit_code == 2 and "unknown peer" in r.output, r.output

@@ -16,7 +16,10 @@ MECH_LABELS = {
     "+p10 column": "+ p10 column",
     "model (uniform fit networks)": "model, uniform fit set",
     "model (uniform part of the fit set only)": "model, uniform part of fit set",
-    "measurement (split-half)": "(measurement vs itself)",
+    "measurement (split-half)": "(half vs half of the rounds)",
+    "peer: ridge": "learned: ridge, one-hot",
+    "peer: boosted-trees": "learned: boosted trees",
+    "peer: gcn": "learned: GCN (BRP-NAS-like)",
 }
 SET_LABELS = {"fit": "fit networks (in-sample)", "test": "held-out uniform", "search": "held-out from search",
               "other_searches": "held-out from other searches (--test-search)"}
@@ -134,6 +137,10 @@ def render_text(d: dict) -> str:
                    "are measured and reported as the held-out set other_searches.")
 @click.option("--test-search-draws", default=4, show_default=True, type=click.IntRange(min=0),
               help="Draws from each --test-search file's α (0: its derived architecture only).")
+@click.option("--peers", default="ridge,boosted-trees,gcn", show_default=True,
+              help="Learned predictors trained on the same fit networks (their architectures only, no LUT values) "
+                   "and judged on the same held-out sets beside the model: comma-separated from ridge, "
+                   "boosted-trees, gcn; 'none' for none.")
 @click.option("--yes", is_flag=True, help="Run even when the plan exceeds the bounds (2000 networks, --max-minutes).")
 @click.option("--max-minutes", default=None, type=float,
               help="Refuse a fit whose estimated duration exceeds this many minutes. [default: 60]")
@@ -157,7 +164,7 @@ def render_text(d: dict) -> str:
               help="Write a PNG: measured vs predicted on the held-out networks, raw sum and model.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_search, search_networks, search_fit_networks,
-        seed, test_seed, test_search, test_search_draws, yes, max_minutes, resolution, device, rounds, window,
+        seed, test_seed, test_search, test_search_draws, peers, yes, max_minutes, resolution, device, rounds, window,
         statistic, drift_tolerance, no_save, space_name, as_json, plot_path, no_progress) -> None:
     """Fit a latency model for LUT: sample and measure whole networks with the LUT's own backend and
     protocol (interleaved rounds, a reference network watching for slow episodes), fit per-row
@@ -190,6 +197,7 @@ def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_sea
                      test_networks=test_networks,
                      search_networks=search_networks, from_search=from_search, seed=seed, test_seed=test_seed,
                      test_search=tuple(test_search), test_search_draws=test_search_draws, yes=yes,
+                     peers=tuple(p.strip() for p in peers.split(",") if p.strip() and p.strip() != "none"),
                      max_minutes=max_minutes, resolution=hw,
                      device=device, space_name=space_name, rounds=rc, save=not no_save)
     from latbench.progress import PhaseProgress

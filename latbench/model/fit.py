@@ -58,6 +58,7 @@ __all__ = ["FitRequest", "FitResult", "FitPlan", "Network", "run_fit", "save_mod
            "measure_networks", "d_optimal", "split_halves", "repeatability", "lut_explains", "PROBE", "REFERENCE"]
 
 JOURNAL_SUFFIX = ".fit.jsonl"
+ARCH_ROWS = "arch_rows"  # Network.rows key of the architecture's (position, op) rows
 SETS = ("fit", "test", "search", "other_searches")
 MIN_FIT = 8
 DESIGNS = ("span", "uniform", "d-optimal")
@@ -93,6 +94,7 @@ class FitRequest:
     uniform_fit_networks: int = 0    # ablation: also measure this many uniform fit networks and report their model
     search_fit_networks: int = 0     # of the fit networks, how many are drawn from the search's α (--from-search)
     yes: bool = False                # accept a plan beyond the bounds
+    peers: tuple[str, ...] = ()      # learned predictors trained on the same fit networks (latbench.model.peers)
     max_minutes: float | None = None  # the bound on the estimated minutes (default MAX_MINUTES)
 
     def total_networks(self) -> int:
@@ -124,6 +126,11 @@ class FitRequest:
             raise UserError(f"--search-networks must be at least 3 with --from-search, got {self.search_networks}")
         if self.test_seed is not None and self.test_seed < 0:
             raise UserError(f"--test-seed cannot be negative, got {self.test_seed}")
+        from latbench.model.peers import PEERS
+
+        unknown = [p for p in self.peers if p not in PEERS]
+        if unknown:
+            raise UserError(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise UserError(f"--max-minutes must be positive, got {self.max_minutes}")
         n = self.total_networks()
@@ -178,7 +185,7 @@ class Network:
     key: str
     set: str
     arch: dict[str, Any]
-    rows: dict[str, list[Row]]  # LUT column (median_us, p10_us) -> the network's rows
+    rows: dict[str, list[Any]]  # LUT column (median_us, p10_us) -> the network's rows; ARCH_ROWS -> (position, op)
     from_search: bool = False   # drawn from the search's α (held-out searched, or search-drawn fit networks)
     fingerprint: str = ""       # latbench.model.networks.arch_fingerprint
     source: str | None = None   # other_searches: the --test-search file and whether derived or drawn
@@ -380,6 +387,7 @@ class _Prepared:
     header: dict[str, Any] | None
     lock: FileLock
     notes: list[str]
+    peers: tuple[str, ...] = ()
 
 
 def _read_journal(jpath: Path, notes: list[str],
@@ -480,11 +488,13 @@ def plan_fit(request: FitRequest, on_event: Callable[[str], None] | None = None)
         networks, reference = sample_networks(sampler, request, test_seed, notes)
         for n in networks:  # a LUT that cannot price a network fails before any timing
             n.rows = {c: rows_of(n.arch, c) for c in COLUMNS}
+            n.rows[ARCH_ROWS] = [tuple(r) for r in setup.space.architecture_rows(n.arch)]  # what learned peers see
         rows_of(reference)
     except BaseException:
         lock.release()
         raise
-    return _Prepared(lut, setup, scope, plan, networks, reference, test_seed, key, done, header, lock, notes)
+    return _Prepared(lut, setup, scope, plan, networks, reference, test_seed, key, done, header, lock, notes,
+                     tuple(request.peers))
 
 
 # ---- 2. measure ----------------------------------------------------------------------------------
@@ -545,6 +555,16 @@ def lut_explains(raw: Sequence[float], measured: Sequence[float], global_slope: 
     return why is None, out
 
 
+def train_peers(fit_nets: list[Network], y: Sequence[float], names: Sequence[str]) -> dict[str, Callable[[Any], float]]:
+    """Learned predictors (:mod:`latbench.model.peers`: ridge on a one-hot encoding, boosted trees,
+    a small GCN) trained on the fit networks' architectures alone, as ladder rungs ``peer: NAME``
+    judged on the same held-out sets as the model."""
+    from latbench.model.peers import fit_peers
+
+    peers = fit_peers([n.rows[ARCH_ROWS] for n in fit_nets], y, names)
+    return {f"peer: {name}": (lambda net, p=p: float(p.predict([net[ARCH_ROWS]])[0])) for name, p in peers.items()}
+
+
 @dataclass
 class _Selected:
     model: LatencyModel
@@ -580,6 +600,8 @@ def select_model(prep: _Prepared, measured: dict[str, float], overhead: float, f
     uniform_part = [n for n in fit_nets if not n.from_search]
     if len(fit_nets) > len(uniform_part) >= MIN_FIT:  # search-drawn fit networks' ablation, no extra measurement
         ladder["model (uniform part of the fit set only)"] = side_model(uniform_part)
+    if prep.peers:
+        ladder.update(train_peers(fit_nets, fit_y, prep.peers))
     glob = fit_fixed(fit_rows["median_us"], fit_y, scope, overhead, "none", math.inf)
     ok, explains = lut_explains([raw_sum(r) for r in fit_rows["median_us"]], fit_y, glob.default_slope)
     return _Selected(model, ladder, fit_nets, explains, None if ok else explains["reason"], selection)
@@ -602,6 +624,7 @@ def judge(prep: _Prepared, sel: _Selected, measured: dict[str, float],
             continue
         y = [measured[n.key] for n in nets]
         preds = {name: [f(n.rows) for n in nets] for name, f in sel.ladder.items()}
+        preds = {name: p for name, p in preds.items() if all(math.isfinite(v) for v in p)}  # a peer may fail
         figs[s] = {name: figures(p, y) for name, p in preds.items()}
         for name, p in preds.items():
             figs[s][name]["ci"] = metrics.bootstrap_set_metrics(p, y)
