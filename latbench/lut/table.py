@@ -65,9 +65,9 @@ COLUMNS: dict[str, pa.DataType] = {
     "measured_at": pa.string(),
     # optional (§5.11): the load around the timing (latbench.timing.plausibility) and why it is not trusted
     "load_1m": pa.float64(),
-    "run_queue": pa.int64(),
+    "run_queue": pa.float64(),  # a count, as float: nullable through pandas round trips
     "steal": pa.float64(),
-    "competing": pa.int64(),
+    "competing": pa.float64(),  # a count, as float: nullable through pandas round trips
     "runq_wait": pa.float64(),
     "flag": pa.string(),
 }
