@@ -78,6 +78,13 @@ def render_text(d: dict) -> str:
             lines.append(f"  ceiling of this measurement: τ {_f(t.get('value'), '.3f')} {_ci(t, '.2f')}, MAPE "
                          f"{_f((sim.get('mape') or {}).get('value'))} % (simulated from each network's per-round "
                          f"spread); Spearman–Brown τ {_f(sb.get('kendall_tau'), '.3f')}")
+    other = [n for n in d["networks"] if n["set"] == "other_searches" and n["measured_us"]]
+    if other:
+        lines.append("networks from other searches, one by one (error % of Σ LUT / of the model; measured ms):")
+        for n in other:
+            m_us = n["measured_us"]
+            lines.append(f"  {n['key']:<18} {100 * (n['raw_sum_us'] - m_us) / m_us:+7.2f} {100 * (n['model_us'] - m_us) / m_us:+7.2f}"
+                         f" {m_us / 1e3:8.3f}  {n.get('source') or ''}")
     sel = stats.get("selection")
     if sel:
         wins = {c["name"] if "name" in c else str(c): c.get("wins") for c in sel.get("candidates", [])}

@@ -749,6 +749,10 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
     result = FitResult(request, prep.scope, model, prep.networks, measured, overhead, figs, measurement, device_info,
                        test_seed=prep.test_seed, plan=prep.plan, refused=sel.refused, explains=sel.explains,
                        notes=prep.notes, statistics=stats)
+    n_other = sum(1 for n in prep.networks if n.set == "other_searches" and n.key in measured)
+    if request.test_search and n_other < 3:
+        result.notes.append(f"other_searches: {n_other} measured network(s), too few to judge as a set (give more "
+                            "--test-search files or --test-search-draws); each is listed with its error")
     if request.save and sel.refused is None:
         save_model(request.lut_path, model)
         result.saved = True
