@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-search", action="append", default=[],
                     help="Further genotypes of searches the fit never saw (repeatable).")
     ap.add_argument("--uniform-fit", type=int, default=0,
-                    help="With --design d-optimal: also measure this many uniform fit networks (the design's "
-                         "ablation); 0: skip.")
+                    help="With --design span or d-optimal: also measure this many uniform fit networks in the same "
+                         "run (the design's paired ablation: rung 'model (uniform fit networks)'); 0: skip.")
     ap.add_argument("--search-fit", type=int, default=0,
                     help="Of the --fit networks, this many drawn from the search's α (latbench fit "
                          "--search-fit-networks); the result files get a searchfitN tag.")

@@ -112,7 +112,7 @@ def render_text(d: dict) -> str:
 @click.command("fit")
 @click.argument("lut", type=click.Path(dir_okay=False))
 @click.option("--fit-networks", default=40, show_default=True, type=int,
-              help="Architectures sampled uniformly and measured to fit the model (at least 8).")
+              help="Architectures measured to fit the model (at least 8; chosen by --design).")
 @click.option("--design", default="span", show_default=True, type=click.Choice(["span", "uniform", "d-optimal"]),
               help="How the fit networks are chosen: span = spread evenly over the LUT-predicted latency range "
                    "that draws tilted towards the LUT's cheapest and most expensive ops reach (light networks full "
@@ -120,8 +120,8 @@ def render_text(d: dict) -> str:
                    "searches go); uniform draws; or d-optimal = from many uniform draws the ones whose op "
                    "composition spreads the most (docs/latency_model.md).")
 @click.option("--uniform-fit-networks", default=0, show_default=True, type=int,
-              help="Ablation, with --design d-optimal: also measure this many uniform fit networks and report the "
-                   "model fitted on them beside the designed one (costs their measurement).")
+              help="Ablation, with --design span or d-optimal: also measure this many uniform fit networks and "
+                   "report the model fitted on them beside the designed one (costs their measurement).")
 @click.option("--test-networks", default=20, show_default=True, type=int,
               help="Held-out uniform architectures the fitted model is judged on (0: none).")
 @click.option("--from-search", "from_search", default=None, type=click.Path(exists=True, dir_okay=False),
