@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from latbench.lut.compare import CompareOptions, compare_luts, compare_pair, decide_position, resolve_baseline
+from latbench.lut.compare import CompareOptions, compare_luts, compare_pair, resolve_baseline
+from latbench.lut.flips import decide_position
 from latbench.errors import LUTError, UserError
 from lut_factory import make_lut
 

@@ -24,7 +24,7 @@ def print_terminal(c, max_flips: int = 15) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from latbench.lut.compare import iter_flipped
+    from latbench.lut.flips import iter_flipped
     from latbench.lut.report_md import fmt
 
     con = Console()

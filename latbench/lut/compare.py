@@ -1,7 +1,8 @@
 """Compare LUTs: what changes between two devices, backends, precisions, cache states or thread
 counts, and would a latency-constrained search choose differently? Pure computation on
-:class:`~latbench.lut.table.LUT` objects; rendering lives in :mod:`latbench.lut.report_md`,
-:mod:`latbench.lut.plots` and the ``compare-lut`` command.
+:class:`~latbench.lut.table.LUT` objects: matching and the entry points here, ratios and ranks in
+:mod:`latbench.lut.ranks`, decision flips in :mod:`latbench.lut.flips`; rendering lives in
+:mod:`latbench.lut.report_md`, :mod:`latbench.lut.plots` and the ``compare-lut`` command.
 
 Definitions (every figure in :meth:`Comparison.to_dict`):
 
@@ -40,17 +41,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from latbench.errors import LUTError, UserError
+from latbench.lut.flips import DecisionFlips, decision_flips
+from latbench.lut.ranks import (GroupStat, PositionRank, RankAgreement, TauSummary, group_stat, groups,
+                                position_ranks, rank_agreement, rank_distinct, tau_summary)
 from latbench.lut.table import LUT
 
 MATCH_ON = ("position", "op", "key", "height", "width")
-USABLE = ("ok", "analytic")
 
 
 # ---- options and result types ------------------------------------------------------------------
@@ -97,96 +99,6 @@ class Matching:
     only_other: int
     only_baseline_examples: list[str]
     only_other_examples: list[str]
-
-
-@dataclass(frozen=True)
-class GroupStat:
-    """Geometric-mean ratio (other/baseline) of one group of matched entries."""
-
-    group: str
-    n: int
-    geomean_ratio: float
-    speedup: float
-    median_ratio: float
-    min_ratio: float
-    max_ratio: float
-    baseline_sum_us: float
-    other_sum_us: float
-
-
-@dataclass(frozen=True)
-class RankAgreement:
-    n: int
-    spearman_rho: float
-    kendall_tau: float
-
-
-@dataclass(frozen=True)
-class PositionRank:
-    position: str
-    resolution: str
-    stage: str
-    n_ops: int
-    kendall_tau: float
-    spearman_rho: float
-
-
-@dataclass(frozen=True)
-class TauSummary:
-    """Distribution of per-position Kendall τ (positions with a defined τ)."""
-
-    positions: int
-    undefined: int
-    mean: float
-    median: float
-    min: float
-    p10: float
-    share_perfect: float
-    share_below_0_5: float
-
-
-@dataclass(frozen=True)
-class PositionDecision:
-    """The choice at one candidate position and resolution under each LUT."""
-
-    position: str
-    resolution: str
-    stage: str
-    n_ops: int
-    cheapest_baseline: str
-    cheapest_other: str
-    near_cheapest_baseline: list[str]
-    near_cheapest_other: list[str]
-    cheapest_flip: bool
-    pairs: int
-    inversions: int
-    inverted_pairs: list[tuple[str, str]]
-    order_baseline: list[str]
-    order_other: list[str]
-    penalty_us: float
-    penalty_rel: float
-
-    @property
-    def order_flip(self) -> bool:
-        return self.inversions > 0
-
-
-@dataclass(frozen=True)
-class DecisionFlips:
-    tie_rel: float
-    tie_abs_us: float
-    positions: int
-    skipped: int
-    cheapest_flips: int
-    order_flips: int
-    inversions: int
-    pairs: int
-    by_stage: dict[str, dict[str, int]]
-    decisions: list[PositionDecision]
-
-    @property
-    def flipped(self) -> list[PositionDecision]:
-        return [d for d in self.decisions if d.cheapest_flip or d.order_flip]
 
 
 @dataclass
@@ -328,134 +240,6 @@ def _matching(m: pd.DataFrame, a: LUT, b: LUT, opts: CompareOptions) -> tuple[Ma
     return info, positive.reset_index(drop=True)
 
 
-# ---- ratios and ranks --------------------------------------------------------------------------
-def group_stat(name: str, e: pd.DataFrame) -> GroupStat:
-    r = e["ratio"].to_numpy(dtype=float)
-    g = float(np.exp(np.mean(np.log(r)))) if len(r) else math.nan
-    return GroupStat(group=name, n=len(r), geomean_ratio=g, speedup=1.0 / g if len(r) else math.nan,
-                     median_ratio=float(np.median(r)) if len(r) else math.nan,
-                     min_ratio=float(r.min()) if len(r) else math.nan,
-                     max_ratio=float(r.max()) if len(r) else math.nan,
-                     baseline_sum_us=float(e["median_us_a"].sum()), other_sum_us=float(e["median_us_b"].sum()))
-
-
-def _groups(e: pd.DataFrame, by: str | list[str], name: Any) -> list[GroupStat]:
-    out = [group_stat(name(k), g) for k, g in e.groupby(by, sort=True)]
-    return out
-
-
-def rank_agreement(x: Sequence[float], y: Sequence[float]) -> RankAgreement:
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
-        return RankAgreement(len(x), math.nan, math.nan)
-    rho = stats.spearmanr(x, y).statistic
-    tau = stats.kendalltau(x, y).statistic
-    return RankAgreement(len(x), float(rho), float(tau))
-
-
-def _position_ranks(e: pd.DataFrame) -> list[PositionRank]:
-    cand = e[e["kind"] == "candidate"]
-    out = []
-    for (pos, h, w), g in cand.groupby(["position", "height", "width"], sort=True):
-        ra = rank_agreement(g["median_us_a"], g["median_us_b"])
-        out.append(PositionRank(str(pos), _res(h, w), str(g["stage"].iloc[0]), len(g), ra.kendall_tau,
-                                ra.spearman_rho))
-    return out
-
-
-def tau_summary(ranks: Sequence[PositionRank]) -> TauSummary:
-    t = np.array([r.kendall_tau for r in ranks], dtype=float)
-    d = t[np.isfinite(t)]
-    if not len(d):
-        return TauSummary(0, len(t), math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
-    return TauSummary(positions=len(d), undefined=len(t) - len(d), mean=float(d.mean()),
-                      median=float(np.median(d)), min=float(d.min()), p10=float(np.percentile(d, 10)),
-                      share_perfect=float(np.mean(d >= 1.0 - 1e-12)), share_below_0_5=float(np.mean(d < 0.5)))
-
-
-# ---- decision flips ----------------------------------------------------------------------------
-def compare_latencies(x: float, y: float, tie_rel: float, tie_abs_us: float) -> int:
-    """-1 if ``x`` is strictly cheaper than ``y``, +1 if dearer, 0 if they tie."""
-    if abs(x - y) <= tie_rel * max(abs(x), abs(y)) + tie_abs_us:
-        return 0
-    return -1 if x < y else 1
-
-
-def decide_position(position: str, resolution: str, stage: str, ops: Sequence[str], a: Sequence[float],
-                    b: Sequence[float], analytic: Sequence[bool], tie_rel: float,
-                    tie_abs_us: float) -> PositionDecision | None:
-    """The decision at one position from the candidate ops' latencies in each LUT (see the module
-    docstring); None when fewer than two ops, or no timed op, are usable in both."""
-    n = len(ops)
-    timed = [i for i in range(n) if not analytic[i]]
-    if n < 2 or not timed:
-        return None
-
-    def near_cheapest(v: Sequence[float]) -> list[str]:
-        lo = min(v[i] for i in timed)
-        return sorted((ops[i] for i in timed if compare_latencies(v[i], lo, tie_rel, tie_abs_us) == 0),
-                      key=lambda o: (v[ops.index(o)], o))
-
-    na, nb = near_cheapest(a), near_cheapest(b)
-    best_a = min(timed, key=lambda i: (a[i], ops[i]))
-    best_b = min(timed, key=lambda i: (b[i], ops[i]))
-    flip = not (set(na) & set(nb))
-    inverted: list[tuple[str, str]] = []
-    pairs = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            pairs += 1
-            ca = compare_latencies(a[i], a[j], tie_rel, tie_abs_us)
-            cb = compare_latencies(b[i], b[j], tie_rel, tie_abs_us)
-            if ca * cb < 0:  # strictly opposite orders
-                inverted.append((ops[i], ops[j]) if ca < 0 else (ops[j], ops[i]))
-    penalty = float(b[best_a] - b[best_b]) if flip else 0.0
-    return PositionDecision(
-        position=position, resolution=resolution, stage=stage, n_ops=n,
-        cheapest_baseline=ops[best_a], cheapest_other=ops[best_b], near_cheapest_baseline=na,
-        near_cheapest_other=nb, cheapest_flip=flip, pairs=pairs, inversions=len(inverted),
-        inverted_pairs=inverted,
-        order_baseline=[ops[i] for i in sorted(range(n), key=lambda i: (a[i], ops[i]))],
-        order_other=[ops[i] for i in sorted(range(n), key=lambda i: (b[i], ops[i]))],
-        penalty_us=penalty, penalty_rel=penalty / b[best_b] if flip and b[best_b] > 0 else 0.0,
-    )
-
-
-def decision_flips(m: pd.DataFrame, opts: CompareOptions) -> DecisionFlips:
-    both = m[(m["_merge"] == "both") & (m["kind"] == "candidate")]
-    usable = both[both["status_a"].isin(USABLE) & both["status_b"].isin(USABLE)].copy()
-    for s in ("a", "b"):
-        usable[f"v_{s}"] = np.where(usable[f"status_{s}"] == "analytic", 0.0, usable[f"median_us_{s}"])
-    usable = usable[np.isfinite(usable["v_a"]) & np.isfinite(usable["v_b"])]
-    decisions: list[PositionDecision] = []
-    skipped = 0
-    for (pos, h, w), g in usable.groupby(["position", "height", "width"], sort=True):
-        g = g.sort_values("op")
-        analytic = ((g["status_a"] == "analytic") | (g["status_b"] == "analytic")).tolist()
-        d = decide_position(str(pos), _res(h, w), str(g["stage"].iloc[0]), g["op"].astype(str).tolist(),
-                            g["v_a"].astype(float).tolist(), g["v_b"].astype(float).tolist(), analytic,
-                            opts.tie_rel, opts.tie_abs_us)
-        if d is None:
-            skipped += 1
-        else:
-            decisions.append(d)
-    by_stage: dict[str, dict[str, int]] = {}
-    for d in decisions:
-        s = by_stage.setdefault(d.stage, {"positions": 0, "cheapest_flips": 0, "order_flips": 0, "inversions": 0,
-                                          "pairs": 0})
-        s["positions"] += 1
-        s["cheapest_flips"] += int(d.cheapest_flip)
-        s["order_flips"] += int(d.order_flip)
-        s["inversions"] += d.inversions
-        s["pairs"] += d.pairs
-    return DecisionFlips(
-        tie_rel=opts.tie_rel, tie_abs_us=opts.tie_abs_us, positions=len(decisions), skipped=skipped,
-        cheapest_flips=sum(d.cheapest_flip for d in decisions), order_flips=sum(d.order_flip for d in decisions),
-        inversions=sum(d.inversions for d in decisions), pairs=sum(d.pairs for d in decisions),
-        by_stage=dict(sorted(by_stage.items())), decisions=decisions)
-
-
 # ---- provenance --------------------------------------------------------------------------------
 _LEAD = ("name", "device.type", "device.name", "device.compute_capability", "device.threads", "host",
          "backend", "precision", "batch", "cache", "protocol.threads", "space.name", "space.version",
@@ -521,16 +305,11 @@ def compare_pair(a: LUT, b: LUT, label_a: str = "A", label_b: str = "B",
                        f"successfully in both (failed: {info.failed_baseline} / {info.failed_other})")
     return PairComparison(
         baseline=label_a, other=label_b, matching=info, overall=group_stat("all", e),
-        by_op=_groups(e, "op", str), by_stage=_groups(e, "stage", lambda s: str(s) or "(none)"),
-        by_resolution=_groups(e, ["height", "width"], lambda k: _res(*k)),
+        by_op=groups(e, "op", str), by_stage=groups(e, "stage", lambda s: str(s) or "(none)"),
+        by_resolution=groups(e, ["height", "width"], lambda k: _res(*k)),
         rank_entries=rank_agreement(e["median_us_a"], e["median_us_b"]),
-        rank_distinct=_rank_distinct(e), rank_positions=(pr := _position_ranks(e)),
-        tau_summary=tau_summary(pr), flips=decision_flips(m, opts), entries=e)
-
-
-def _rank_distinct(e: pd.DataFrame) -> RankAgreement:
-    d = e.drop_duplicates(subset=["key"])
-    return rank_agreement(d["median_us_a"], d["median_us_b"])
+        rank_distinct=rank_distinct(e), rank_positions=(pr := position_ranks(e)),
+        tau_summary=tau_summary(pr), flips=decision_flips(m, opts.tie_rel, opts.tie_abs_us), entries=e)
 
 
 def unique_labels(luts: Sequence[LUT], paths: Sequence[str]) -> list[str]:
@@ -591,8 +370,3 @@ def resolve_baseline(choice: str | None, paths: Sequence[str], labels: Sequence[
         raise UserError(f"--baseline {choice!r} is none of the compared LUTs ({', '.join(labels)}); "
                         f"give one of their paths, names or 1-based positions")
     return hits[0]
-
-
-def iter_flipped(flips: DecisionFlips) -> Iterable[PositionDecision]:
-    """Flipped positions, cheapest-op flips first, then by number of inversions."""
-    return sorted(flips.flipped, key=lambda d: (not d.cheapest_flip, -d.inversions, d.resolution, d.position))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from latbench.lut.compare import Comparison, GroupStat, PairComparison, iter_flipped
+from latbench.lut.compare import Comparison, PairComparison
+from latbench.lut.flips import iter_flipped
+from latbench.lut.ranks import GroupStat
 
 
 def fmt(x: Any, digits: int = 3) -> str:
