@@ -37,7 +37,6 @@ What the paper fixes (section III, IV-A) is the default; where it is silent we c
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import numbers
 from dataclasses import dataclass
@@ -185,6 +184,3 @@ class SpaceConfig:
     def search_config(self) -> "SpaceConfig":
         """The supernet's configuration: this one at the search width (``init_channels``, no widening)."""
         return self.replace(width_mult=1.0)
-
-    def fingerprint(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)

@@ -230,9 +230,6 @@ class LGCNetSpace:
         return {"name": self.name, "version": self.version, "config": self.config.to_dict()}
 
     # --- positions ------------------------------------------------------------------------------
-    def cell_positions(self) -> list[str]:
-        return [f"cell{k}.e{j}" for k in range(self.config.num_cells) for j in range(self.config.num_edges())]
-
     def fusion_positions(self) -> list[str]:
         """Positions of the searchable fusion edges (the fusion cell's or the MSCell's), α's order."""
         return [pos for pos, _, _ in fusion_edges(self.config.fusion)]

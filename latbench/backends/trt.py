@@ -54,10 +54,6 @@ def import_tensorrt():
                         f"{INSTALL_HINTS['tensorrt']}") from None
 
 
-def trt_major(trt: Any) -> int:
-    return int(str(trt.__version__).split(".")[0])
-
-
 @dataclass(frozen=True)
 class BuilderSettings:
     """Builder configuration recorded in the LUT metadata and in the engine cache key."""

@@ -51,7 +51,6 @@ from latbench.model.predictor import Predictor
 from latbench.model.networks import (PROBE, REFERENCE, LutSetup, arch_fingerprint, draw_distinct, figures,
                                      measure_networks, op_costs, resolve_setup, search_file_architectures,
                                      span_design)
-from latbench.space import format_resolution
 from latbench.timing.interleave import InterleavedResult, RoundsConfig, Window
 
 __all__ = ["FitRequest", "FitResult", "FitPlan", "Network", "run_fit", "save_model", "journal_path", "figures",
@@ -760,7 +759,3 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
     if jpath.exists():
         jpath.unlink()
     return result
-
-
-def format_resolution_of(scope: ModelScope) -> str:
-    return format_resolution((scope.height, scope.width))

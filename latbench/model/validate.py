@@ -49,10 +49,10 @@ from latbench.model.metrics import Fidelity, fidelity
 from latbench.model.networks import (PROBE, REFERENCE, LutSetup, arch_fingerprint, figures, measure_networks,
                                      resolve_setup, sample_architectures)
 from latbench.space import format_resolution
-from latbench.timing import Measurement, get_backend, measure
+from latbench.timing import Measurement, get_backend
 
-__all__ = ["ArchSample", "LutSetup", "ValidationResult", "fit_fingerprints", "measure_architecture", "predict_us",
-           "resolve_setup", "sample_architectures", "sample_excluding", "save_calibration", "validate_lut"]
+__all__ = ["ArchSample", "LutSetup", "ValidationResult", "fit_fingerprints", "resolve_setup",
+           "sample_architectures", "sample_excluding", "save_calibration", "validate_lut"]
 
 
 @dataclass
@@ -124,20 +124,6 @@ class ValidationResult:
 
 
 # ---- prediction and sampling -------------------------------------------------------------------
-def measure_architecture(space: Any, arch: Mapping[str, Any], backend: Any, setup: LutSetup, seed: int = 0) -> Measurement:
-    """Build ``arch`` and time it end to end with ``setup``'s protocol through ``backend`` (one
-    network on its own; :func:`validate_lut` measures many in interleaved rounds instead)."""
-    net = space.build_architecture(arch)
-    if isinstance(net, torch.nn.Module):
-        net.eval()
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(setup.batch, 3, setup.height, setup.width, generator=g)
-    try:
-        return measure(net, [x], setup.protocol, backend=backend)
-    finally:
-        del net
-
-
 def _as_measurement(r: Any, statistic: str) -> Measurement:
     """An interleaved item's figure as a :class:`Measurement` (samples = rounds)."""
     if not r.ok:

@@ -68,9 +68,6 @@ class LGCNetClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pretrain_head(self.forward_features(x))
 
-    def backbone_state(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if is_backbone_key(k)}
-
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Parameters of the backbone and of everything else (the head)."""
