@@ -110,6 +110,12 @@ class SearchSpace(Protocol):
     name: str
     version: int
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "SearchSpace":
+        """The space built from ``config``, a dict of overrides of its defaults (``{}``: the
+        defaults); what :func:`load_space` calls on the registered class. A key the space does
+        not know is a :class:`~latbench.errors.UserError`."""
+
     def identity(self) -> dict[str, Any]:
         """JSON-able ``{"name", "version", "config"}`` stored in every LUT's metadata."""
 
@@ -134,9 +140,14 @@ class SearchSpace(Protocol):
     def build_architecture(self, arch: Mapping[str, Any]) -> Any:
         """The whole network for ``arch`` in inference form; forward takes one (N, 3, H, W) tensor."""
 
-    # Optional: ``sample_from_search(rng, path) -> arch`` draws an architecture from the
-    # distribution a search left in ``path`` (a space-specific file, e.g. a genotype with α's
-    # probabilities). ``latbench validate-lut --from-search`` uses it when the space has it.
+    # Optional, used when the space has them:
+    # - ``sample_from_search(rng, path) -> arch`` draws an architecture from the distribution a
+    #   search left in ``path`` (a space-specific file, e.g. a genotype with α's probabilities):
+    #   ``latbench validate-lut`` / ``fit --from-search``;
+    # - ``load_architecture(path) -> arch`` reads the architecture a search derived (else the
+    #   file's JSON object, cut to the keys of the space's own architectures);
+    # - ``network_entries(height, width, batch) -> list[Entry]`` the rows pricing the configured
+    #   network needs, where the LUT holds the rows of several variants (else :meth:`enumerate`).
 
 
 def available_spaces() -> list[str]:
@@ -144,7 +155,8 @@ def available_spaces() -> list[str]:
 
 
 def load_space(name: str, config: Mapping[str, Any] | None = None) -> SearchSpace:
-    """Find the space registered as ``name`` and build it from ``config`` (a dict of overrides).
+    """Find the space registered as ``name`` and build it from ``config`` (a dict of overrides)
+    with its :meth:`SearchSpace.from_config`.
 
     ``name`` may also be ``"package.module:Class"`` (an importable class with ``from_config``),
     for spaces that are not installed under the entry point, e.g. a test's toy space.
