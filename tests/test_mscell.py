@@ -249,3 +249,7 @@ def test_nas_search_fusion_mscell_runs_and_writes_an_mscell_genotype(tiny_lut, t
     lut = read_lut(tiny_lut)
     assert geno.meta["expected_latency"]["lut_sum_us"] == pytest.approx(
         sum(lut.lookup(p, o, *RESOLUTION) for p, o in rows), rel=1e-3)
+    # nas derive re-derives the same MSCell genotype from the checkpoint (no LUT needed)
+    r = CliRunner().invoke(cli, ["derive", str(out / "checkpoints" / "last.pt"), "--out", str(tmp_path / "g2.json")])
+    assert r.exit_code == 0, r.output
+    assert Genotype.load(tmp_path / "g2.json").arch == geno.arch
