@@ -1,7 +1,7 @@
 """``latbench build-lut``'s options, defined once: the command (:mod:`latbench.commands.build`) is
 made from them, and :func:`latbench.lut.coverage.rebuild_command` spells the command that fills a
-LUT from them. A leaf module (click only), so the LUT layer can read the options without
-importing the build machinery."""
+LUT from them. The timing options' defaults are :class:`~latbench.timing.TimingConfig`'s. Nothing
+here imports the build machinery, so the LUT layer can read the options."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ from typing import Any, Callable
 
 import click
 
+from latbench.timing.config import TimingConfig
+
 COMMAND = "build-lut"
+#: The protocol build-lut times with when no timing option is given.
+DEFAULT_TIMING = TimingConfig()
 
 
 def build_lut_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -35,13 +39,15 @@ OPTIONS = [
                   help="fp32: strict IEEE fp32 math (TF32 off for cuDNN, cuBLAS, TensorRT, ONNX Runtime); "
                        "tf32: fp32 tensors with TF32 math allowed (NVIDIA GPUs); fp16: fp16 tensors."),
     click.option("--output", default=None, help="Output Parquet path. [default: luts/NAME.parquet]"),
-    click.option("--max-noise", default=0.005, show_default=True, type=click.FloatRange(min=0, min_open=True),
+    click.option("--max-noise", default=DEFAULT_TIMING.max_noise, show_default=True, type=click.FloatRange(min=0, min_open=True),
                   help="Stop sampling an entry when the relative noise of its median is below this."),
-    click.option("--max-time", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-                  help="Per-entry cap (seconds) on sampling; the 0.5 s minimum is clipped to it."),
-    click.option("--min-time", default=0.5, show_default=True, type=click.FloatRange(min=0),
+    click.option("--max-time", default=DEFAULT_TIMING.max_time_s, show_default=True,
+                  type=click.FloatRange(min=0, min_open=True),
+                  help=f"Per-entry cap (seconds) on sampling; the {DEFAULT_TIMING.min_time_s:g} s minimum is clipped "
+                       "to it."),
+    click.option("--min-time", default=DEFAULT_TIMING.min_time_s, show_default=True, type=click.FloatRange(min=0),
                   help="Minimum sampling time per entry (seconds)."),
-    click.option("--warmup", default=0.2, show_default=True, type=click.FloatRange(min=0), help="Warm-up per entry (seconds)."),
+    click.option("--warmup", default=DEFAULT_TIMING.warmup_s, show_default=True, type=click.FloatRange(min=0), help="Warm-up per entry (seconds)."),
     click.option("--cold-cache", is_flag=True, help="Flush L2 before every sample (cold numbers); default warm."),
     click.option("--threads", default=None, type=click.IntRange(min=1),
                   help="CPU threads that time each op on the CPU (cpu, ort, compile backends). [default: the cores this "
