@@ -226,12 +226,15 @@ def build_rows(fps_records: Sequence[Mapping[str, Any]], miou: Sequence[MiouReco
     by_sha: dict[str, list[MiouRecord]] = {}
     for m in miou:
         by_sha.setdefault(m.genotype_sha, []).append(m)
+    from latbench.model.predictor import Prediction
+
     rows = []
     for (sha, dev, backend, precision, batch, res), r in latest.items():
         net = r.get("network") or {}
         lut = r.get("lut") or {}
         # the best prediction the LUT made: its latency model's, else the calibrated, else the raw Σ
-        lut_us = next((lut.get(k) for k in ("model_us", "calibrated_us", "sum_us") if lut.get(k) is not None), None)
+        pred = Prediction.from_record(lut)
+        lut_us = pred.best_us if pred is not None else None
         name = str(r["genotype"].get("name") or sha)
         wm = net.get("width_mult")
         if isinstance(wm, (int, float)) and wm != 1.0:

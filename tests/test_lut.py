@@ -54,15 +54,18 @@ def test_lookup(small_lut):
 
 
 def test_latency_table_and_missing(small_lut):
-    table, missing = small_lut.latency_table(
-        ["cell0.e0", "cell0.e1"], [["conv_3x3", "skip", "zero"], ["conv_3x3", "skip"]], 16, 32)
+    from latbench.model.predictor import Predictor
+
+    cost_table = Predictor.for_lut(small_lut, 16, 32).cost_table
+    priced, table, missing = cost_table(["cell0.e0", "cell0.e1"], [["conv_3x3", "skip", "zero"], ["conv_3x3", "skip"]])
+    assert torch.equal(priced.nan_to_num(-1), table.nan_to_num(-1))  # no model: the medians price
     assert table.shape == (2, 3) and table.dtype == torch.float64
     assert table[0].tolist() == [10.0, 1.0, 0.0]
     assert table[1, 0].item() == 10.0
     assert math.isnan(table[1, 1].item()) and math.isnan(table[1, 2].item())  # failed, padding
     assert missing == [("cell0.e1", "skip")]
     with pytest.raises(ValueError):
-        small_lut.latency_table(["a"], [], 16, 32)
+        cost_table(["a"], [])
 
 
 def test_coverage_against_a_space(toy_space, small_lut):

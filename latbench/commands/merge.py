@@ -25,7 +25,9 @@ def merge_lut(output: str, inputs: Sequence[str], force: bool, as_json: bool) ->
     Sources must agree on device model, backend, precision, batch, cache state, measurement
     protocol and search space, or the merge is refused (unless --force). Rows present in several
     sources (same position, op, resolution, backend, precision, batch) keep one: a successful
-    timing over a failure, then unthrottled, more samples, lower noise, earlier source.
+    timing over a failure, then unthrottled, more samples, lower noise, earlier source. Every
+    input's latency model whose scope the merged LUT still covers is kept (one per scope and
+    family of networks, the earliest input's); the others are named with why they were dropped.
     """
     from latbench.files import FileLock, check_writable
     from latbench.lut.table import read_lut, write_lut
@@ -48,8 +50,12 @@ def merge_lut(output: str, inputs: Sequence[str], force: bool, as_json: bool) ->
         return
     for c in result.conflicts:
         warn(f"--force: {c.describe(labels)}")
+    for d in result.models_dropped:
+        warn(f"dropped the latency model of {d}")
     res = ", ".join(f"{h}x{w}" for h, w in result.lut.resolutions())
     click.echo(f"merged {len(inputs)} LUTs ({result.rows_in} rows) into {Path(out)}: {result.rows_out} rows, "
                f"resolutions {res}; {result.duplicates_dropped} duplicate row(s) dropped"
                + (f" ({result.duplicates_disagreeing} with medians more than 5 % apart)"
                   if result.duplicates_disagreeing else ""))
+    if result.models_kept:
+        click.echo(f"kept {len(result.models_kept)} latency model(s): {'; '.join(result.models_kept)}")

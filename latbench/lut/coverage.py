@@ -43,6 +43,17 @@ def space_identity(lut: LUT) -> dict[str, Any]:
     return {"name": space.get("name"), "version": space.get("version"), "config": dict(space.get("config") or {})}
 
 
+def timing_protocol(lut: LUT, path: str) -> Any:
+    """The :class:`latbench.timing.TimingConfig` the LUT was measured with (defaults where it
+    recorded none); :class:`UserError` for one that cannot be used."""
+    from latbench.timing.config import TimingConfig
+
+    try:
+        return TimingConfig.from_dict(dict(lut.meta.get("protocol") or {}))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"LUT {path} has an unusable protocol: {exc}") from None
+
+
 def batches(lut: LUT) -> list[int]:
     return sorted({int(b) for b in lut.df["batch"].unique()})
 
@@ -185,14 +196,15 @@ def build_values(lut: LUT, path: str | Path, resolutions: Sequence[tuple[int, in
     return values
 
 
-def _option_argv(param: Any, value: Any) -> list[str]:
+def _option_argv(param: Any, value: Any, ctx: Any) -> list[str]:
     """``param``'s command-line spelling of ``value`` ([] where it is the option's default)."""
     flag = param.opts[0]
+    default = param.get_default(ctx, call=True)
     if getattr(param, "is_flag", False):
-        return [flag] if value and not param.default else []
+        return [flag] if value and not default else []
     if param.multiple:
         return [a for v in value for a in (flag, str(v))]
-    if value is None or (not param.required and value == param.default):
+    if value is None or (not param.required and value == default):
         return []
     return [flag, format(value, "g") if isinstance(value, float) else str(value)]
 
@@ -211,9 +223,13 @@ def rebuild_command(lut: LUT, path: str | Path, resolutions: Sequence[tuple[int,
 
     values = build_values(lut, path, resolutions, retry_failed)
     argv = ["latbench", COMMAND]
-    for p in build_lut_params():
+    import click
+
+    params = build_lut_params()
+    ctx = click.Context(click.Command(COMMAND, params=params))
+    for p in params:
         if p.name in values:
-            argv += _option_argv(p, values[p.name])
+            argv += _option_argv(p, values[p.name], ctx)
     cmd = shlex.join(argv)
     proto = dict(lut.meta.get("protocol") or {})
     defaults = TimingConfig().to_dict()

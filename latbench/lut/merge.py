@@ -14,6 +14,11 @@ model) into one LUT. Pure computation on :class:`~latbench.lut.table.LUT` object
   timing over an analytic row over a failure; then not throttled; then more samples; then lower
   noise; then the input given first. The count (and how many disagreed by more than 5 % in
   median) is reported.
+- **Latency models** (``latbench fit``): every input's model whose scope the merged LUT still
+  covers (its device and cache state, rows of its backend, precision, resolution and batch) is
+  kept — one per scope and family of networks, the earliest input's —; the others are dropped, and
+  ``meta["merged"]["latency_models"]`` (and the command) say which and why. The legacy affine
+  calibration is kept only when every input holds the same one.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ class MergeResult:
     duplicates_disagreeing: int
     conflicts: list[Conflict] = field(default_factory=list)
     forced: bool = False
+    models_kept: list[str] = field(default_factory=list)      # "LABEL: model ID (scope)"
+    models_dropped: list[str] = field(default_factory=list)   # "LABEL: model ID (scope): why"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -134,6 +141,56 @@ def dedupe(df: pd.DataFrame, source: pd.Series) -> tuple[pd.DataFrame, int, int]
     return kept, dropped, disagree
 
 
+def _not_covered(model: Any, df: pd.DataFrame, meta: dict[str, Any]) -> str | None:
+    """Why the merged LUT (rows ``df``, metadata ``meta``) no longer holds ``model``'s scope; None
+    if it does."""
+    from latbench.device import device_identity
+
+    sc = model.scope
+    dev = meta.get("device")
+    if not isinstance(dev, dict) or dev.get("mixed") or device_identity(dev) != device_identity(sc.device):
+        return "the merged LUT's device is not the one it was fitted on"
+    if str(meta.get("cache") or "warm") != sc.cache:
+        return f"the merged LUT's cache state is not {sc.cache}"
+    rows = ((df["backend"] == sc.backend) & (df["precision"] == sc.precision) & (df["height"] == sc.height)
+            & (df["width"] == sc.width) & (df["batch"] == sc.batch))
+    if not bool(rows.any()):
+        return f"the merged LUT has no {sc.backend} {sc.precision} rows at {sc.resolution} batch {sc.batch}"
+    return None
+
+
+def merge_models(luts: Sequence[LUT], labels: Sequence[str], df: pd.DataFrame,
+                 meta: dict[str, Any]) -> tuple[list[Any], list[str], list[str]]:
+    """``(models, kept, dropped)``: every input's latency model whose scope the merged LUT still
+    covers (one per slot — scope and fusion family —, the earliest input's), and, in words, which
+    were kept and which were dropped and why."""
+    from latbench.model.latency_model import same_slot, stored_models
+
+    models: list[Any] = []
+    kept, dropped = [], []
+    owner: list[str] = []
+    for lut, label in zip(luts, labels):
+        try:
+            found = stored_models(lut.meta)
+        except LUTError as exc:
+            dropped.append(f"{label}: its latency models ({exc.message})")
+            continue
+        for m in found:
+            what = f"{label}: model {m.model_id} ({m.scope.describe()})"
+            why = _not_covered(m, df, meta)
+            if why is None:
+                prior = next((i for i, k in enumerate(models) if same_slot(k, m)), None)
+                if prior is not None:
+                    why = f"the model of {owner[prior]} prices the same scope and networks (the earlier input's is kept)"
+            if why is not None:
+                dropped.append(f"{what}: {why}")
+                continue
+            models.append(m)
+            owner.append(label)
+            kept.append(what)
+    return models, kept, dropped
+
+
 def merge_luts(luts: Sequence[LUT], labels: Sequence[str], force: bool = False) -> MergeResult:
     """Merge ``luts`` (in order; ``labels`` name them in messages and in the output metadata)."""
     if len(luts) < 2:
@@ -164,6 +221,12 @@ def merge_luts(luts: Sequence[LUT], labels: Sequence[str], force: bool = False) 
         meta["calibration"] = cal[0]
     for c in conflicts:  # a forced merge: say so where a reader looks, details in meta["merged"]
         meta[c.field] = {"mixed": True} if isinstance(metas[0].get(c.field), dict) else "mixed"
+    from latbench.model.latency_model import META_KEY as MODELS_KEY
+
+    meta.pop(MODELS_KEY, None)
+    models, models_kept, models_dropped = merge_models(luts, labels, kept, meta)
+    if models:
+        meta[MODELS_KEY] = [m.to_dict() for m in models]
     created = sorted(str(m.get("created")) for m in metas if m.get("created"))
     resolutions = sorted({(int(h), int(w)) for h, w in zip(kept["height"], kept["width"])})
     meta.update({
@@ -174,6 +237,7 @@ def merge_luts(luts: Sequence[LUT], labels: Sequence[str], force: bool = False) 
             "at": now_iso(), "forced": bool(force and conflicts),
             "conflicts": [{"field": c.field, "values": c.values} for c in conflicts],
             "duplicates_dropped": dropped, "duplicates_disagreeing": disagree,
+            "latency_models": {"kept": models_kept, "dropped": models_dropped},
             "rule": "per (position, op, height, width, backend, precision, batch): ok > analytic > failed, "
                     "then not throttled, more samples, lower noise, earlier source",
             "sources": [{"label": lab, "rows": len(l.df), **{k: v for k, v in l.meta.items() if k != "merged"},
@@ -184,4 +248,4 @@ def merge_luts(luts: Sequence[LUT], labels: Sequence[str], force: bool = False) 
     })
     return MergeResult(lut=LUT(kept, meta), sources=list(labels), rows_in=rows_in, rows_out=len(kept),
                        duplicates_dropped=dropped, duplicates_disagreeing=disagree, conflicts=conflicts,
-                       forced=bool(force and conflicts))
+                       forced=bool(force and conflicts), models_kept=models_kept, models_dropped=models_dropped)

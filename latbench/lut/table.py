@@ -162,27 +162,6 @@ class LUT:
             v = float(self.df["median_us"].iat[i])
         return op, stage, v, analytic
 
-    def latency_table(self, positions: Sequence[str], candidates: Sequence[Sequence[str]], height: int,
-                      width: int, batch: int = 1):
-        """``(table, missing)``: a float64 tensor [len(positions) × max candidates] of median µs
-        (NaN where missing, failed or padding) and the ``(position, op)`` pairs that are missing
-        or failed, in order."""
-        import torch
-
-        if len(positions) != len(candidates):
-            raise ValueError("positions and candidates must have the same length")
-        width_c = max((len(c) for c in candidates), default=0)
-        table = torch.full((len(positions), width_c), math.nan, dtype=torch.float64)
-        missing: list[tuple[str, str]] = []
-        for i, (pos, ops) in enumerate(zip(positions, candidates)):
-            for j, op in enumerate(ops):
-                v = self.lookup(pos, op, height, width, batch)
-                if v is None:
-                    missing.append((pos, op))
-                else:
-                    table[i, j] = v
-        return table, missing
-
     def resolutions(self) -> list[tuple[int, int]]:
         if self.df.empty:
             return []
@@ -199,10 +178,11 @@ class LUT:
                              zip(d["position"][sel], d["op"][sel], d["key"][sel], d["status"][sel])}
         return self._keys[k]
 
-    def coverage_of(self, entries: Sequence[Any], height: int, width: int, batch: int = 1) -> Coverage:
+    def coverage_of(self, entries: Sequence[Any], height: int, width: int, batch: int = 1,
+                    by_key: bool = True) -> Coverage:
         """Which of ``entries`` (:class:`latbench.space.Entry`: position, op, op key) this LUT holds
-        at ``height``×``width`` and ``batch``, **by key**: the missing ones, those that failed to
-        time, and ``other`` — ``(entry, LUT key)`` pairs whose row times another op shape."""
+        at ``height``×``width`` and ``batch``: the missing ones, those that failed to time, and —
+        ``by_key`` — ``other``: ``(entry, LUT key)`` pairs whose row times another op shape."""
         keys = self.row_keys(height, width, batch)
         present = 0
         missing, failed, other = [], [], []
@@ -210,7 +190,7 @@ class LUT:
             got = keys.get((e.position, e.op))
             if got is None:
                 missing.append((e.position, e.op))
-            elif got[0] != e.spec.key:
+            elif by_key and got[0] != e.spec.key:
                 other.append((e, got[0]))
             elif got[1] not in ("ok", "analytic"):
                 failed.append((e.position, e.op))
@@ -219,9 +199,9 @@ class LUT:
         return Coverage(int(height), int(width), len(entries), present, missing, failed, other)
 
     def coverage(self, space: Any, height: int, width: int, batch: int = 1) -> Coverage:
-        """:meth:`coverage_of` ``space.enumerate(height, width, batch)``: what of the space is
-        missing, failed or timing another op shape."""
-        return self.coverage_of(space.enumerate(height, width, batch), height, width, batch)
+        """What of ``space.enumerate(height, width, batch)`` is missing or failed, by (position,
+        op) (:meth:`coverage_of`; pricing checks keys too: :mod:`latbench.lut.coverage`)."""
+        return self.coverage_of(space.enumerate(height, width, batch), height, width, batch, by_key=False)
 
     def with_calibration(self, a: float, b: float, **info: Any) -> "LUT":
         """A copy whose metadata holds ``calibration = {"a", "b", **info}`` (measured ≈ a·ΣLUT + b)."""

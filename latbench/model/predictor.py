@@ -117,6 +117,18 @@ class Prediction:
         """The model's where there is one, else the calibrated, else the raw sum."""
         return next(v for v in (self.model_us, self.calibrated_us, self.sum_us) if v is not None)
 
+    @classmethod
+    def from_record(cls, d: Mapping[str, Any] | None) -> "Prediction | None":
+        """The prediction a record (e.g. ``nas fps``'s ``lut``) holds as ``sum_us`` /
+        ``calibrated_us`` / ``model_us``; None when it holds none."""
+        d = d or {}
+        vals = [d.get(k) if isinstance(d.get(k), (int, float)) else None for k in ("sum_us", "calibrated_us", "model_us")]
+        if all(v is None for v in vals):
+            return None
+        if vals[0] is None:  # a record with a model's or calibrated figure only
+            vals[0] = next(v for v in vals if v is not None)
+        return cls(float(vals[0]), *(None if v is None else float(v) for v in vals[1:]))
+
 
 class Predictor:
     """LUT + scope + model (or none): see the module docstring. Make one with :meth:`for_lut`."""
@@ -261,17 +273,21 @@ class Predictor:
         ``(position, op)`` rows that are missing or failed, in order."""
         import torch
 
+        if len(positions) != len(candidates):
+            raise ValueError("positions and candidates must have the same length")
         h, w = self.resolution
-        raw, missing = self.lut.latency_table(positions, candidates, h, w, self.scope.batch)
-        if self.model is None:
-            return raw.clone(), raw, missing
         width_c = max((len(c) for c in candidates), default=0)
-        priced = torch.full((len(positions), width_c), math.nan, dtype=torch.float64)
+        raw = torch.full((len(positions), width_c), math.nan, dtype=torch.float64)
+        priced = raw.clone()
+        missing: list[tuple[str, str]] = []
         for i, (pos, ops) in enumerate(zip(positions, candidates)):
             for j, op in enumerate(ops):
-                c = self.row_cost(pos, op)
-                if c is not None:
-                    priced[i, j] = c
+                v = self.lut.lookup(pos, op, h, w, self.scope.batch)
+                if v is None:
+                    missing.append((pos, op))
+                    continue
+                raw[i, j] = v
+                priced[i, j] = v if self.model is None else self.row_cost(pos, op)
         return priced, raw, missing
 
     def fixed_cost(self, rows: Sequence[tuple[str, str]]) -> tuple[float, float, list[tuple[str, str]]]:

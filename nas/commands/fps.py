@@ -98,10 +98,9 @@ def fps(arch_path, label, device, resolutions, backends, precision, batch, width
         from nas.lutfile import require_lut_file
 
         require_lut_file(lut_path, resolutions, device)
-        try:
-            base = TimingConfig.from_dict(dict(read_lut(lut_path).meta.get("protocol") or {}))
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"LUT {lut_path} has an unusable protocol: {exc}") from None
+        from latbench.lut.coverage import timing_protocol
+
+        base = timing_protocol(read_lut(lut_path), lut_path)
     over = {k: v for k, v in {"warmup_s": warmup, "max_time_s": max_time, "min_time_s": min_time,
                                "threads": threads}.items() if v is not None}
     timing = TimingConfig.from_dict({**base.to_dict(), **over})
