@@ -156,7 +156,7 @@ def _bad_genotype(tmp_path, genotype_path):
     ("version", "version"),
     ("backend", "unknown timing backend"),
     ("cuda", "cuda"),
-    ("lut_resolution", "no rows at resolution 17x33"),
+    ("lut_resolution", "no rows at 17x33"),
     ("gpu_label", "does not describe"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, genotype_path, case, message):

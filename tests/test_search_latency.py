@@ -211,7 +211,7 @@ def test_many_missing_rows_are_truncated(lut_path, tmp_path):
 @pytest.mark.parametrize("kw, match", [
     (dict(space=dict(init_channels=8)), "init_channels: LUT 4, search 8"),
     (dict(space=dict(num_classes=7)), "num_classes: LUT 5, search 7"),
-    (dict(resolution=(65, 129)), "no rows at resolution 65x129"),
+    (dict(resolution=(65, 129)), "no rows at 65x129"),
     (dict(batch=2), "no rows at batch 2"),
     (dict(backend="cudagraph"), "no backend 'cudagraph'"),
     (dict(precision="fp16"), "no precision 'fp16'"),

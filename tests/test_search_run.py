@@ -212,7 +212,7 @@ def test_cli_bad_input_is_one_line_exit_2(lut_path, tmp_path):
                     "init_channels: LUT 4, search 8")
     _one_line_error(_invoke(base + ["--lut", str(lut_path), "--resolution", "33by65"]), "malformed resolution")
     _one_line_error(_invoke(base + ["--lut", str(lut_path), "--resolution", "65x129"]),
-                    "no rows at resolution 65x129", "33x65")
+                    "no rows at 65x129", "33x65")
     _one_line_error(_invoke(["search", "--lut", str(lut_path), "--dataset", "imagenet"]), "unknown data set 'imagenet'")
     _one_line_error(_invoke(["search", "--lut", str(lut_path), "--dataset", "cityscapes"]), "needs --data-root")
     _one_line_error(_invoke(["search", "--lut", str(lut_path), "--dataset", "camvid", "--data-root",

@@ -58,17 +58,19 @@ def batches(lut: LUT) -> list[int]:
     return sorted({int(b) for b in lut.df["batch"].unique()})
 
 
-def choose_resolution(lut: LUT, path: str, requested: tuple[int, int] | None) -> tuple[int, int]:
-    """``requested`` (which the LUT must hold), or the LUT's only resolution."""
+def choose_resolution(lut: LUT, path: str | None, requested: tuple[int, int] | None) -> tuple[int, int]:
+    """``requested`` (which the LUT must hold), or the LUT's only resolution (``path`` names the
+    LUT in messages)."""
     have = lut.resolutions()
     listed = ", ".join(format_resolution(r) for r in have) or "none"
+    what = "LUT" if path is None else f"LUT {path!r}"
     if requested is None:
         if len(have) != 1:
-            raise UserError(f"LUT {path!r} holds {len(have)} resolutions ({listed}); choose one with --resolution")
+            raise UserError(f"{what} holds {len(have)} resolutions ({listed}); choose one with --resolution")
         return have[0]
     if tuple(requested) not in have:
         res = format_resolution(requested)
-        raise LUTError(f"LUT {path!r} has no rows at resolution {res} (it holds {listed}); "
+        raise LUTError(f"{what} has no rows at {res} (it holds {listed}); "
                        f"pass one of those with --resolution or build {res}")
     return (int(requested[0]), int(requested[1]))
 

@@ -84,17 +84,11 @@ def resolve_setup(lut: Any, resolution: tuple[int, int] | None = None, device: s
         raise LUTError(f"LUT was built for search space {ident.get('name')!r} v{ident.get('version')} "
                        f"{ident.get('config')}, the loaded space is {mine.get('name')!r} v{mine.get('version')} "
                        f"{mine.get('config')}")
-    have = lut.resolutions()
-    if not have:
+    if not lut.resolutions():
         raise LUTError("LUT holds no rows")
-    if resolution is None:
-        if len(have) > 1:
-            raise UserError(f"LUT holds {len(have)} resolutions ({', '.join(format_resolution(r) for r in have)}); "
-                            "choose one with --resolution")
-        resolution = have[0]
-    if tuple(resolution) not in have:
-        raise UserError(f"LUT has no rows at {format_resolution(resolution)}; it holds "
-                        f"{', '.join(format_resolution(r) for r in have)}")
+    from latbench.lut.coverage import choose_resolution
+
+    resolution = choose_resolution(lut, None, resolution)
     lut_dev = meta.get("device") or {}
     if device is None:
         device = "cpu" if lut_dev.get("type") == "cpu" else f"cuda:{int(lut_dev.get('index') or 0)}"
