@@ -197,3 +197,50 @@ def test_fps_on_the_gpu(tmp_path, genotype_path, backend):
     assert r["p10_ms"] <= r["latency_ms"] <= r["p90_ms"] and r["fps"] > 0
     out = append_records(report_path(tmp_path, name), recs)
     assert read_report(out)["records"][0]["device"]["name"] == torch.cuda.get_device_name(0)
+
+
+def test_the_model_is_shown_beside_what_it_describes_and_compared_like_with_like(tmp_path):
+    """A LUT model fitted to the fastest-half statistic is compared with the measured p10; beside a
+    measurement of another backend or device it predicts nothing and says why; a model fitted on
+    another fusion head is not used (the raw sum stands, with a notice)."""
+    from latbench.lut.table import LUT, read_lut, write_lut
+    from latbench.model.latency_model import LatencyModel, ModelScope, with_model
+    from latbench.timing import Measurement
+    from nas.fps import lut_prediction, lut_predictor, prediction_for
+    from search_support import RESOLUTION, build_tiny_lut, tiny_space
+
+    base = read_lut(build_tiny_lut(tmp_path / "tiny.parquet"))
+    cfg = tiny_space()
+    geno = Genotype(Architecture.from_dict(LGCNetSpace(cfg).sample_architecture(random.Random(0))), cfg, {"name": "t"})
+    gpath = geno.save(tmp_path / "g.json")
+    scope = ModelScope.of_lut(base.meta, *RESOLUTION, 1)
+    model = LatencyModel(scope, 0.0, 100.0, default_slope=0.8,
+                         provenance={"space": base.meta["space"], "statistic": "fastest-half"})
+    path = tmp_path / "model.parquet"
+    write_lut(LUT(base.df, with_model(base.meta, model)), path)
+    _, recs = measure_fps(FpsRequest(str(gpath), (RESOLUTION,), ("cpu",), "cpu", timing=_fast(), lut_path=str(path)))
+    rec = recs[0]
+    shown = rec["lut"]
+    rows = LGCNetSpace(cfg).architecture_rows(geno.arch)
+    assert shown["model_us"] == pytest.approx(model.predict_rows(lut_predictor(read_lut(path), geno, RESOLUTION, 1).rows(rows)))
+    assert shown["model_statistic"] == "fastest-half" and shown["model_compared_with"] == "p10_us"
+    assert shown["model_error_pct"] == pytest.approx(100 * (shown["model_us"] - rec["p10_ms"] * 1e3) / (rec["p10_ms"] * 1e3))
+    # another backend, another device: no model prediction for that measurement, and why
+    lut = read_lut(path)
+    pr = lut_predictor(lut, geno, RESOLUTION, 1)
+    pred = lut_prediction(pr, str(path), geno)
+    m = Measurement(median_us=900.0, p10_us=800.0, samples=5)
+    ok = prediction_for(pred, pr, "cpu", rec["device"], geno, m)
+    assert ok["model_us"] == pred["model_us"] and ok["model_error_pct"] == pytest.approx(100 * (pred["model_us"] - 800) / 800)
+    other = prediction_for(pred, pr, "ort", rec["device"], geno, m)
+    assert other["model_us"] is None and "backend cpu" in other["model_notice"] and other["sum_us"] == pred["sum_us"]
+    elsewhere = prediction_for(pred, pr, "cpu", {**rec["device"], "name": "Another CPU"}, geno, m)
+    assert elsewhere["model_us"] is None and "'Another CPU'" in elsewhere["model_notice"]
+    # an ASPP network: the fusion-cell model does not price it; the raw sum does, with a notice
+    aspp = Genotype(Architecture.from_dict(LGCNetSpace(tiny_space(fusion="aspp")).sample_architecture(random.Random(1))),
+                    tiny_space(fusion="aspp"), {"name": "a"})
+    pa = lut_predictor(lut, aspp, RESOLUTION, 1)
+    got = lut_prediction(pa, str(path), aspp)
+    assert got["model_us"] is None and "fusion=dcfc networks, not fusion=aspp" in got["notice"]
+    with pytest.raises(UserError, match="fusion=dcfc networks, not fusion=aspp"):
+        lut_predictor(lut, aspp, RESOLUTION, 1, latency_model="require")
