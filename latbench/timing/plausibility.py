@@ -178,7 +178,6 @@ def sample_load(proc: str | os.PathLike = "/proc") -> LoadSnapshot:
     """A :class:`LoadSnapshot` from ``/proc`` (a few ms: reads the stat file of every task). On a
     system without ``/proc`` every field but ``at`` is None."""
     proc = Path(proc)
-    at = time.monotonic()
     load = None
     text = _read(proc / "loadavg")
     if text:
@@ -206,7 +205,8 @@ def sample_load(proc: str | os.PathLike = "/proc") -> LoadSnapshot:
         cores = None
     pid = os.getpid()
     competing = _other_runnable(proc, pid, cores) if (proc / str(pid)).exists() else None
-    return LoadSnapshot(at, load, running, total, steal, competing, _own_wait_ns(proc, pid))
+    wait = _own_wait_ns(proc, pid)
+    return LoadSnapshot(time.monotonic(), load, running, total, steal, competing, wait)  # at: when wait was read
 
 
 @dataclass(frozen=True)
