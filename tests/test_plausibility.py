@@ -403,3 +403,18 @@ def test_cli_build_defaults_to_a_thread_count_with_headroom_and_lists_flags_in_s
     rep = json.loads(r.output)
     assert [f["key"] for f in rep["flagged"]] == [read_lut(path).df.query("op == 'conv_3x3'").key.iloc[0]]
     assert rep["flagged"][0]["flag"].startswith("too slow") and rep["flagged"][0]["load_1m"] is None
+
+
+@pytest.mark.gpu
+def test_a_gpu_build_probes_the_gpu_and_finds_honest_timings_plausible(tmp_path):
+    """On a real GPU: the probe runs through the build's backend (CUDA-graph replays) and measures
+    GPU-class throughput; real timings of real ops are neither too slow, too fast nor collapsed."""
+    cfg = TimingConfig(warmup_s=0.05, min_time_s=0.05, max_time_s=0.3)
+    lut = build_lut(ToySpace(channels=32), [(256, 512), (512, 1024)], "cudagraph", cfg, tmp_path / "g.parquet", "gpu",
+                    device="cuda:0", progress=False, checks=PlausibilityConfig())
+    tp = lut.meta["plausibility"]["throughput"]
+    assert tp["error"] is None and tp["flops_per_s"] > 1e12 and tp["bytes_per_s"] > 1e11 and tp["call_us"] > 0
+    assert lut.meta["plausibility"]["threads"] == 1  # the host thread
+    physical = [f for f in lut.df[FLAG_COLUMN] if isinstance(f, str) and f and not f.startswith("contended")]
+    assert physical == []
+    assert lut.df[lut.df.status == "ok"]["runq_wait"].notna().all()
