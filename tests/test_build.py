@@ -142,9 +142,9 @@ def test_torn_journal_line_is_ignored(tmp_path, toy_space, fast_config):
     key = lut.df[lut.df.status == "ok"].key.iloc[0]
     out.unlink()
     jp = journal_path(out)
-    from latbench.build.builder import _compat
+    from latbench.build.rows import compat
 
-    header = {"type": "header", "compat": _compat(lut.meta)}
+    header = {"type": "header", "compat": compat(lut.meta)}
     rec = {"type": "timing", "key": key, "fields": {"median_us": 1.5, "status": "ok", "samples": 3},
            "measured_at": "2000-01-01T00:00:00+00:00"}
     jp.write_text(json.dumps(header) + "\n" + json.dumps(rec) + "\n" + '{"type": "timing", "key": "sk')

@@ -14,7 +14,6 @@ Crash safety and resume (DESIGN §4):
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -25,144 +24,22 @@ from typing import Any, Callable, Collection, Sequence
 import pandas as pd
 import torch
 
-from latbench.device import describe_device, device_identity, software_versions
+from latbench.build.rows import PASSTHROUGH, Timed, check_compatible, compat, jsonable, lut_row, timed_from_frame
+from latbench.device import describe_device, software_versions
 from latbench.errors import UserError
 from latbench.files import FileLock, Journal, check_writable, lock_path, read_journal
+from latbench.lut.table import LUT, ROW_ID, SCHEMA_VERSION, concat_rows, dedupe_rows, now_iso, read_lut, write_lut
 from latbench.memory import check_entries_fit
 from latbench.progress import PhaseProgress
-from latbench.lut.table import LUT, ROW_ID, SCHEMA_VERSION, concat_rows, dedupe_rows, now_iso, read_lut, write_lut
 from latbench.space import Entry, OpSpec, format_resolution
 from latbench.timing import Measurement, TimingConfig, get_backend, measure_prepared
 from latbench.timing.loop import describe_error
 from latbench.timing.passthrough import is_passthrough
-from latbench.timing.plausibility import FLAG_COLUMN, ROW_FIELDS, EntryChecker, PlausibilityConfig
+from latbench.timing.plausibility import FLAG_COLUMN, EntryChecker, PlausibilityConfig
 
 JOURNAL_SUFFIX = ".partial.jsonl"
-MEASUREMENT_FIELDS = ("median_us", "p10_us", "p90_us", "iqr_us", "mean_us", "samples", "noise",
-                      "calls_per_sample", "sm_clock_mhz", "throttled", "host_bound", "enqueue_us",
-                      "status", "error") + ROW_FIELDS  # + the load around the timing and its flag (§5.11)
-
-
 def journal_path(output: str | os.PathLike) -> Path:
     return Path(str(output) + JOURNAL_SUFFIX)
-
-
-def _jsonable(x: Any) -> Any:
-    return json.loads(json.dumps(x, default=str))
-
-
-@dataclass(frozen=True)
-class Timed:
-    """A finished timing of one key: the measurement's LUT fields and when it was taken."""
-
-    fields: dict[str, Any]
-    measured_at: str | None
-
-    @classmethod
-    def from_measurement(cls, m: Measurement) -> "Timed":
-        d = m.to_dict()
-        return cls({k: d.get(k) for k in MEASUREMENT_FIELDS}, now_iso())
-
-
-def _compat(meta: dict[str, Any]) -> dict[str, Any]:
-    """What must match between an existing LUT and a new request for the build to continue it."""
-    return _jsonable({
-        "name": meta.get("name"),
-        "space": meta.get("space"),
-        "backend": meta.get("backend"),
-        "precision": meta.get("precision"),
-        "batch": meta.get("batch"),
-        "protocol": meta.get("protocol"),
-        "device": device_identity(meta.get("device") or {}),
-    })
-
-
-def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
-    for field in ("space", "name", "backend", "precision", "batch", "protocol", "device"):
-        a, b = old.get(field), new.get(field)
-        if a == b:
-            continue
-        if isinstance(a, dict) and isinstance(b, dict):
-            flat_a, flat_b = _flatten(a), _flatten(b)
-            diffs = [k for k in sorted(set(flat_a) | set(flat_b)) if flat_a.get(k) != flat_b.get(k)]
-            shown = ", ".join(f"{k}: {flat_a.get(k)!r} -> {flat_b.get(k)!r}" for k in diffs[:3])
-            more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
-            return f"a different {field} ({shown}{more})"
-        return f"a different {field} ({a!r} -> {b!r})"
-    return None
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = json.dumps(v, sort_keys=True)
-    return out
-
-
-def _check_compatible(where: str, old: dict[str, Any], new: dict[str, Any]) -> None:
-    diff = _describe_difference(old, new)
-    if diff:
-        raise UserError(f"{where} was built for {diff} than requested; use a new --output "
-                        "(or delete the old file) to build a separate LUT")
-
-
-def _row(entry: Entry, height: int, width: int, batch: int, backend: str, precision: str, cache: str,
-         timed: Timed | None) -> dict[str, Any]:
-    spec = entry.spec
-    first = spec.inputs[0] if spec.inputs else ()
-    four_d = len(first) == 4
-    row: dict[str, Any] = {
-        "position": entry.position, "op": entry.op, "key": spec.key, "kind": entry.kind, "stage": entry.stage,
-        "cin": first[1] if four_d else None,
-        "cout": spec.param("cout"),
-        "in_h": first[2] if four_d else None, "in_w": first[3] if four_d else None,
-        "stride": spec.param("stride", 1), "dilation": spec.param("dilation", 1),
-        "height": height, "width": width, "batch": batch,
-        "backend": backend, "precision": precision, "cache": cache,
-    }
-    for k in ("cout", "stride", "dilation"):
-        v = row[k]
-        row[k] = int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-    if entry.analytic:
-        row.update({"median_us": 0.0, "p10_us": 0.0, "p90_us": 0.0, "iqr_us": 0.0, "mean_us": 0.0,
-                    "samples": 0, "noise": 0.0, "calls_per_sample": 0, "status": "analytic",
-                    "error": None, "throttled": False, "measured_at": None})
-    else:
-        assert timed is not None
-        row.update(timed.fields)
-        row["measured_at"] = timed.measured_at
-    return row
-
-
-def _timed_from_frame(df: pd.DataFrame, keep_failed: bool) -> dict[str, Timed]:
-    out: dict[str, Timed] = {}
-    if df.empty:
-        return out
-    for rec in df.to_dict("records"):
-        st = rec.get("status")
-        # "analytic" rows of a timed key are pass-throughs found at build time (see time_spec)
-        if (st == "failed" and not keep_failed) or st not in ("ok", "failed", "analytic"):
-            continue
-        fields = {}
-        for k in MEASUREMENT_FIELDS:
-            v = rec.get(k)
-            if v is not None and not isinstance(v, str) and pd.isna(v):
-                v = None
-            fields[k] = v.item() if hasattr(v, "item") else v
-        when = rec.get("measured_at")
-        missing = when is None or (not isinstance(when, str) and pd.isna(when)) or when == ""
-        out[str(rec["key"])] = Timed(fields, None if missing else str(when))  # None: an analytic pass-through
-    return out
-
-
-#: The LUT fields of a pass-through's rows (analytic, 0 µs, never timed).
-PASSTHROUGH = Timed({"median_us": 0.0, "p10_us": 0.0, "p90_us": 0.0, "iqr_us": 0.0, "mean_us": 0.0, "samples": 0,
-                     "noise": 0.0, "calls_per_sample": 0, "sm_clock_mhz": None, "throttled": False,
-                     "host_bound": None, "enqueue_us": None, "status": "analytic", "error": None}, None)
 
 
 def _builds_a_passthrough(space: Any, spec: OpSpec) -> bool:
@@ -216,11 +93,11 @@ def request_metadata(space: Any, backend_obj: Any, config: TimingConfig, name: s
     dev_info = describe_device(getattr(backend_obj, "device", device))
     if dev_info.get("type") == "cpu" and config.threads:
         dev_info["threads"] = config.threads
-    backend_info = _jsonable(backend_obj.describe()) if hasattr(backend_obj, "describe") else {}
+    backend_info = jsonable(backend_obj.describe()) if hasattr(backend_obj, "describe") else {}
     return {
         "schema_version": SCHEMA_VERSION,
         "name": name,
-        "space": _jsonable(space.identity()),
+        "space": jsonable(space.identity()),
         "device": dev_info,
         "versions": software_versions(),
         "protocol": config.to_dict(),
@@ -293,7 +170,7 @@ def _request(space: Any, backend: str | Any, config: TimingConfig, output: str |
     meta = request_metadata(space, backend_obj, config, name, batch, precision, device)
     meta["backend"] = backend_name
     return _Request(space, backend_obj, backend_name, config, output, int(batch), precision,
-                    getattr(backend_obj, "device", device), meta, _compat(meta))
+                    getattr(backend_obj, "device", device), meta, compat(meta))
 
 
 def _resume(req: _Request, retry_failed: bool, retry_flagged: bool = False) -> _Resumed:
@@ -301,12 +178,12 @@ def _resume(req: _Request, retry_failed: bool, retry_flagged: bool = False) -> _
     existing: LUT | None = None
     if req.output.exists():
         existing = read_lut(req.output)
-        _check_compatible(f"existing LUT {str(req.output)!r}", _compat(existing.meta), req.compat)
-    done: dict[str, Timed] = _timed_from_frame(existing.df, keep_failed=not retry_failed) if existing else {}
+        check_compatible(f"existing LUT {str(req.output)!r}", compat(existing.meta), req.compat)
+    done: dict[str, Timed] = timed_from_frame(existing.df, keep_failed=not retry_failed) if existing else {}
     journal_records = list(read_journal(req.journal))
     header = next((r for r in journal_records if r.get("type") == "header"), None)
     if header is not None:
-        _check_compatible(f"unfinished build journal {str(req.journal)!r}", header.get("compat") or {}, req.compat)
+        check_compatible(f"unfinished build journal {str(req.journal)!r}", header.get("compat") or {}, req.compat)
     for rec in journal_records:
         if rec.get("type") == "timing" and isinstance(rec.get("key"), str):
             if rec.get("fields", {}).get("status") == "failed" and retry_failed:
@@ -346,7 +223,7 @@ def _snapshot(req: _Request, resumed: _Resumed, plan: _Plan, complete: bool) -> 
     """The LUT of every finished row: the new rows, and the existing LUT's rows the plan does not
     replace (other resolutions, other positions)."""
     done = resumed.done
-    rows = [_row(e, h, w, req.batch, req.backend_name, req.precision, req.config.cache, done.get(e.spec.key))
+    rows = [lut_row(e, h, w, req.batch, req.backend_name, req.precision, req.config.cache, done.get(e.spec.key))
             for e, h, w in plan.rows if e.analytic or e.spec.key in done]
     frames = []
     old_rows = resumed.existing.df if resumed.existing is not None else None

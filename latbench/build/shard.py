@@ -318,6 +318,7 @@ class _ShardRun:
     def plan(self) -> dict[str, Any] | None:
         """Rank 0: lock the output, fold leftovers of an interrupted run, deal the keys to time."""
         from latbench.build import builder as B
+        from latbench.build.rows import check_compatible, compat, timed_from_frame
         from latbench.files import FileLock, lock_path
         from latbench.lut.table import read_lut
 
@@ -325,21 +326,21 @@ class _ShardRun:
             return None
         self.request_meta.update(B.request_metadata(self.space, self.backend_obj, self.config, self.name, self.batch,
                                                     self.precision, self.dev))
-        compat = B._compat(self.request_meta)
+        wanted = compat(self.request_meta)
         self.lock = FileLock(lock_path(self.output), purpose="a LUT build", on_stale=self.warn)
         self.lock.acquire()
         existing = None
         if self.output.exists():
             existing = read_lut(self.output)
-            B._check_compatible(f"existing LUT {str(self.output)!r}", B._compat(existing.meta), compat)
+            check_compatible(f"existing LUT {str(self.output)!r}", compat(existing.meta), wanted)
         for p in existing_shards(self.output):  # fold an interrupted run's journals into its shard files
             B.build_lut(self.space, self.resolutions, self.backend_obj, self.config, p, self.name, batch=self.batch,
                         precision=self.precision, device=self.dev, progress=False, warn=self.warn, only_keys=set())
         done: dict[str, Any] = {}
         if existing is not None:
-            done.update(B._timed_from_frame(existing.df, keep_failed=not self.retry_failed))
+            done.update(timed_from_frame(existing.df, keep_failed=not self.retry_failed))
         for p in existing_shards(self.output):
-            done.update(B._timed_from_frame(read_lut(p).df, keep_failed=not self.retry_failed))
+            done.update(timed_from_frame(read_lut(p).df, keep_failed=not self.retry_failed))
         specs = _plan_keys(self.space, self.resolutions, self.batch)
         todo = [k for k in specs if k not in done]
         # pass-throughs are dealt too: each rank's build records them as analytic rows, untimed
