@@ -109,67 +109,79 @@ def render_text(d: dict) -> str:
     return "\n".join(lines)
 
 
+#: every option of `latbench fit` (applied by :func:`_options`, in this order)
+OPTIONS = [
+    click.option("--fit-networks", default=40, show_default=True, type=int,
+                  help="Architectures measured to fit the model (at least 8; chosen by --design)."),
+    click.option("--design", default="span", show_default=True, type=click.Choice(["span", "uniform", "d-optimal"]),
+                  help="How the fit networks are chosen: span = spread evenly over the LUT-predicted latency range "
+                       "that draws tilted towards the LUT's cheapest and most expensive ops reach (light networks full "
+                       "of zero/skip/pooling as well as heavy ones, so the constant and slopes are pinned where "
+                       "searches go); uniform draws; or d-optimal = from many uniform draws the ones whose op "
+                       "composition spreads the most (docs/latency_model.md)."),
+    click.option("--uniform-fit-networks", default=0, show_default=True, type=int,
+                  help="Ablation, with --design span or d-optimal: also measure this many uniform fit networks and "
+                       "report the model fitted on them beside the designed one (costs their measurement)."),
+    click.option("--test-networks", default=20, show_default=True, type=int,
+                  help="Held-out uniform architectures the fitted model is judged on (0: none)."),
+    click.option("--from-search", "from_search", default=None, type=click.Path(exists=True, dir_okay=False),
+                  help="Also judge the model on architectures drawn from a search's α (for LGCNet: a "
+                       "genotype.json written by `nas search`): searched networks sit where uniform samples rarely go."),
+    click.option("--search-networks", default=20, show_default=True, type=int,
+                  help="How many architectures to draw with --from-search."),
+    click.option("--search-fit-networks", default=None, type=int,
+                  help="With --from-search: this many of the --fit-networks are drawn from the search's α instead of "
+                       "uniformly (disjoint from the held-out searched networks), so the fit sees the op mixes a search "
+                       "produces; the report adds the same model fitted on the uniform part alone. "
+                       "[default: half of --fit-networks with --from-search, else 0]"),
+    click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fit networks' draws."),
+    click.option("--test-seed", default=None, type=click.IntRange(min=0),
+                  help="Seed of the held-out sets' draws (recorded in the report and the model's provenance; give it "
+                       "to reproduce a fit's held-out sets). [default: a fresh random seed; a resumed fit keeps its own]"),
+    click.option("--test-search", "test_search", multiple=True, type=click.Path(exists=True, dir_okay=False),
+                  help="A result of another search the fit never saw (repeatable: other β, other seeds, a search priced "
+                       "by a model): its derived architecture (a genotype) and --test-search-draws draws from its α "
+                       "are measured and reported as the held-out set other_searches."),
+    click.option("--test-search-draws", default=4, show_default=True, type=click.IntRange(min=0),
+                  help="Draws from each --test-search file's α (0: its derived architecture only)."),
+    click.option("--peers", default="ridge,boosted-trees,gcn", show_default=True,
+                  help="Learned predictors trained on the same fit networks (their architectures only, no LUT values) "
+                       "and judged on the same held-out sets beside the model: comma-separated from ridge, "
+                       "boosted-trees, gcn; 'none' for none."),
+    click.option("--yes", is_flag=True, help="Run even when the plan exceeds the bounds (2000 networks, --max-minutes)."),
+    click.option("--max-minutes", default=None, type=float,
+                  help="Refuse a fit whose estimated duration exceeds this many minutes. [default: 60]"),
+    click.option("--resolution", default=None, help="Input HxW; required when the LUT holds several."),
+    click.option("--device", default=None, help="cpu, cuda or cuda:N. [default: the LUT's device type]"),
+    click.option("--rounds", default=15, show_default=True, type=click.IntRange(min=1),
+                  help="Interleaved rounds: every network is measured once per round."),
+    click.option("--window", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                  help="Seconds each network is sampled per round."),
+    click.option("--statistic", default="fastest-half", show_default=True, type=click.Choice(["fastest-half", "median"]),
+                  help="A network's figure: mean of the fastest half of its per-round minima (robust on shared "
+                       "machines), or the median of its per-round medians."),
+    click.option("--drift-tolerance", default=0.05, show_default=True, type=click.FloatRange(min=0, min_open=True),
+                  help="Relative drift of the reference network that marks a slow episode (the networks measured "
+                       "during it are measured again)."),
+    click.option("--no-save", is_flag=True, help="Report only; do not store the model in the LUT."),
+    click.option("--space", "space_name", default=None,
+                  help="Load the space as package.module:Class (for a space not installed under the entry point)."),
+    click.option("--json", "as_json", is_flag=True, help="Print every figure, the model and every network as JSON."),
+    click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+                  help="Write a PNG: measured vs predicted on the held-out networks, raw sum and model."),
+    click.option("--no-progress", is_flag=True, help="No progress bar."),
+]
+
+
+def _options(fn):
+    for opt in reversed(OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
 @click.command("fit")
 @click.argument("lut", type=click.Path(dir_okay=False))
-@click.option("--fit-networks", default=40, show_default=True, type=int,
-              help="Architectures measured to fit the model (at least 8; chosen by --design).")
-@click.option("--design", default="span", show_default=True, type=click.Choice(["span", "uniform", "d-optimal"]),
-              help="How the fit networks are chosen: span = spread evenly over the LUT-predicted latency range "
-                   "that draws tilted towards the LUT's cheapest and most expensive ops reach (light networks full "
-                   "of zero/skip/pooling as well as heavy ones, so the constant and slopes are pinned where "
-                   "searches go); uniform draws; or d-optimal = from many uniform draws the ones whose op "
-                   "composition spreads the most (docs/latency_model.md).")
-@click.option("--uniform-fit-networks", default=0, show_default=True, type=int,
-              help="Ablation, with --design span or d-optimal: also measure this many uniform fit networks and "
-                   "report the model fitted on them beside the designed one (costs their measurement).")
-@click.option("--test-networks", default=20, show_default=True, type=int,
-              help="Held-out uniform architectures the fitted model is judged on (0: none).")
-@click.option("--from-search", "from_search", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Also judge the model on architectures drawn from a search's α (for LGCNet: a "
-                   "genotype.json written by `nas search`): searched networks sit where uniform samples rarely go.")
-@click.option("--search-networks", default=20, show_default=True, type=int,
-              help="How many architectures to draw with --from-search.")
-@click.option("--search-fit-networks", default=None, type=int,
-              help="With --from-search: this many of the --fit-networks are drawn from the search's α instead of "
-                   "uniformly (disjoint from the held-out searched networks), so the fit sees the op mixes a search "
-                   "produces; the report adds the same model fitted on the uniform part alone. "
-                   "[default: half of --fit-networks with --from-search, else 0]")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fit networks' draws.")
-@click.option("--test-seed", default=None, type=click.IntRange(min=0),
-              help="Seed of the held-out sets' draws (recorded in the report and the model's provenance; give it "
-                   "to reproduce a fit's held-out sets). [default: a fresh random seed; a resumed fit keeps its own]")
-@click.option("--test-search", "test_search", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="A result of another search the fit never saw (repeatable: other β, other seeds, a search priced "
-                   "by a model): its derived architecture (a genotype) and --test-search-draws draws from its α "
-                   "are measured and reported as the held-out set other_searches.")
-@click.option("--test-search-draws", default=4, show_default=True, type=click.IntRange(min=0),
-              help="Draws from each --test-search file's α (0: its derived architecture only).")
-@click.option("--peers", default="ridge,boosted-trees,gcn", show_default=True,
-              help="Learned predictors trained on the same fit networks (their architectures only, no LUT values) "
-                   "and judged on the same held-out sets beside the model: comma-separated from ridge, "
-                   "boosted-trees, gcn; 'none' for none.")
-@click.option("--yes", is_flag=True, help="Run even when the plan exceeds the bounds (2000 networks, --max-minutes).")
-@click.option("--max-minutes", default=None, type=float,
-              help="Refuse a fit whose estimated duration exceeds this many minutes. [default: 60]")
-@click.option("--resolution", default=None, help="Input HxW; required when the LUT holds several.")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N. [default: the LUT's device type]")
-@click.option("--rounds", default=15, show_default=True, type=click.IntRange(min=1),
-              help="Interleaved rounds: every network is measured once per round.")
-@click.option("--window", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Seconds each network is sampled per round.")
-@click.option("--statistic", default="fastest-half", show_default=True, type=click.Choice(["fastest-half", "median"]),
-              help="A network's figure: mean of the fastest half of its per-round minima (robust on shared "
-                   "machines), or the median of its per-round medians.")
-@click.option("--drift-tolerance", default=0.05, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Relative drift of the reference network that marks a slow episode (the networks measured "
-                   "during it are measured again).")
-@click.option("--no-save", is_flag=True, help="Report only; do not store the model in the LUT.")
-@click.option("--space", "space_name", default=None,
-              help="Load the space as package.module:Class (for a space not installed under the entry point).")
-@click.option("--json", "as_json", is_flag=True, help="Print every figure, the model and every network as JSON.")
-@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
-              help="Write a PNG: measured vs predicted on the held-out networks, raw sum and model.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_options
 def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_search, search_networks, search_fit_networks,
         seed, test_seed, test_search, test_search_draws, peers, yes, max_minutes, resolution, device, rounds, window,
         statistic, drift_tolerance, no_save, space_name, as_json, plot_path, no_progress) -> None:

@@ -32,23 +32,19 @@ model, ``latbench fit``, supersedes it: the search and ``nas fps`` prefer the mo
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
-
-import torch
+from typing import Any, Callable, Mapping
 
 from latbench.device import describe_device, software_versions
 from latbench.errors import UserError
-from latbench.lut.table import LUT, now_iso, read_lut, write_lut
+from latbench.lut.table import now_iso, read_lut, write_lut
 from latbench.model.metrics import Fidelity, fidelity
 from latbench.model.networks import (PROBE, REFERENCE, LutSetup, arch_fingerprint, figures, measure_networks,
                                      resolve_setup, sample_architectures)
-from latbench.space import format_resolution
 from latbench.timing import Measurement, get_backend
 
 __all__ = ["ArchSample", "LutSetup", "ValidationResult", "fit_fingerprints", "resolve_setup",
