@@ -80,9 +80,11 @@ def plot_fit(d: dict, path: str | os.PathLike, dpi: int = 120) -> Path:
     """``latbench fit``'s figure: one panel per network set (fit, held-out uniform, held-out from
     search), measured vs predicted latency for the raw LUT sum and for the latency model, y = x."""
     plt = _pyplot()
-    sets = [s for s in ("fit", "test", "search") if any(n["set"] == s and n["measured_us"] for n in d["networks"])]
+    sets = [s for s in ("fit", "test", "search", "other_searches")
+            if any(n["set"] == s and n["measured_us"] for n in d["networks"])]
     fig, axes = plt.subplots(1, len(sets), figsize=(5.2 * len(sets), 5), squeeze=False)
-    titles = {"fit": "fit networks", "test": "held-out uniform", "search": "held-out from search"}
+    titles = {"fit": "fit networks", "test": "held-out uniform", "search": "held-out from search",
+              "other_searches": "held-out from other searches"}
     for ax, s in zip(axes[0], sets):
         nets = [n for n in d["networks"] if n["set"] == s and n["measured_us"]]
         m = np.array([n["measured_us"] for n in nets]) / 1e3
