@@ -32,9 +32,7 @@ LONG_MODULES: dict[str, str] = {
 LONG_FUNCTIONS: dict[str, str] = {
     "latbench/commands/build.py::build_lut": "in progress (issues 17/19: --gpu/--force, --threads, flag options)",
     "latbench/commands/fit.py::fit": "in progress (issue 17: fit command)",
-    "nas/commands/fps.py::fps": "in progress (issue 18 item 1: one predictor)",
     "nas/commands/pretrain.py::pretrain": "in progress (issue 19: pretrain)",
-    "nas/commands/search.py::search": "in progress (issue 18 item 1: one predictor)",
 }
 
 

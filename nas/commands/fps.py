@@ -4,6 +4,7 @@ timing protocol; appends the results to ``REPORTS/fps/NAME.json``."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -34,38 +35,50 @@ def _fmt_record(r: dict) -> str:
     return line
 
 
+#: ``nas fps``'s options, in ``--help`` order (the command is made from them).
+FPS_OPTIONS = [
+    click.option("--arch", "arch_path", required=True, type=click.Path(dir_okay=False),
+                  help="genotype.json of the network to measure."),
+    click.option("--gpu", "label", default=None,
+                  help="Name of the report file (reports/fps/NAME.json); must describe the device. [default: the device's name]"),
+    click.option("--device", default=None, help="cpu, cuda or cuda:N. [default: cuda:0 if available, else cpu]"),
+    click.option("--resolution", "resolutions", multiple=True, default=("769x1537",), show_default=True,
+                  help="Input HxW; repeat for several."),
+    click.option("--backend", "backends", default=None,
+                  help="Comma-separated timing backends (eager, cudagraph, trt, ort, compile, cpu). "
+                       "[default: eager,cudagraph on a GPU, cpu on the CPU]"),
+    click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "tf32", "fp16"]),
+                  help="fp32: strict IEEE fp32 math; tf32: fp32 tensors with TF32 math on NVIDIA GPUs; fp16."),
+    click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1)),
+    click.option("--width-mult", default=None, type=click.FloatRange(min=0, min_open=True),
+                  help="Width multiplier of the deployed network (overrides the genotype's)."),
+    click.option("--lut", "lut_path", default=None, type=click.Path(dir_okay=False),
+                  help="A LUT of the same space: its predictions (Σ LUT, and the latency model's when the LUT has one "
+                       "for these rows) are shown beside the measurement, and its protocol is used unless timing "
+                       "options are given."),
+    click.option("--latency-model", default="auto", show_default=True, type=click.Choice(["auto", "none", "require"]),
+                  help="With --lut: auto = show the LUT's latency model's prediction when it has one for these rows; "
+                       "none = Σ LUT only; require = refuse a LUT without a model."),
+    click.option("--reports", "reports_dir", default="reports", show_default=True, type=click.Path(file_okay=False),
+                  help="Folder of the report files."),
+    click.option("--warmup", default=None, type=click.FloatRange(min=0), help="Warm-up seconds. [default 0.2]"),
+    click.option("--max-time", default=None, type=click.FloatRange(min=0, min_open=True),
+                  help="Sampling cap in seconds per (resolution, backend). [default 5]"),
+    click.option("--min-time", default=None, type=click.FloatRange(min=0), help="Minimum sampling seconds. [default 0.5]"),
+    click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads for the cpu backend."),
+    click.option("--no-save", is_flag=True, help="Do not append to the report file."),
+    click.option("--json", "as_json", is_flag=True, help="Print the records as JSON on stdout."),
+]
+
+
+def _fps_options(f: Any) -> Any:
+    for option in reversed(FPS_OPTIONS):
+        f = option(f)
+    return f
+
+
 @click.command("fps")
-@click.option("--arch", "arch_path", required=True, type=click.Path(dir_okay=False),
-              help="genotype.json of the network to measure.")
-@click.option("--gpu", "label", default=None,
-              help="Name of the report file (reports/fps/NAME.json); must describe the device. [default: the device's name]")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N. [default: cuda:0 if available, else cpu]")
-@click.option("--resolution", "resolutions", multiple=True, default=("769x1537",), show_default=True,
-              help="Input HxW; repeat for several.")
-@click.option("--backend", "backends", default=None,
-              help="Comma-separated timing backends (eager, cudagraph, trt, ort, compile, cpu). "
-                   "[default: eager,cudagraph on a GPU, cpu on the CPU]")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "tf32", "fp16"]),
-              help="fp32: strict IEEE fp32 math; tf32: fp32 tensors with TF32 math on NVIDIA GPUs; fp16.")
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--width-mult", default=None, type=click.FloatRange(min=0, min_open=True),
-              help="Width multiplier of the deployed network (overrides the genotype's).")
-@click.option("--lut", "lut_path", default=None, type=click.Path(dir_okay=False),
-              help="A LUT of the same space: its predictions (Σ LUT, and the latency model's when the LUT has one "
-                   "for these rows) are shown beside the measurement, and its protocol is used unless timing "
-                   "options are given.")
-@click.option("--latency-model", default="auto", show_default=True, type=click.Choice(["auto", "none", "require"]),
-              help="With --lut: auto = show the LUT's latency model's prediction when it has one for these rows; "
-                   "none = Σ LUT only; require = refuse a LUT without a model.")
-@click.option("--reports", "reports_dir", default="reports", show_default=True, type=click.Path(file_okay=False),
-              help="Folder of the report files.")
-@click.option("--warmup", default=None, type=click.FloatRange(min=0), help="Warm-up seconds. [default 0.2]")
-@click.option("--max-time", default=None, type=click.FloatRange(min=0, min_open=True),
-              help="Sampling cap in seconds per (resolution, backend). [default 5]")
-@click.option("--min-time", default=None, type=click.FloatRange(min=0), help="Minimum sampling seconds. [default 0.5]")
-@click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads for the cpu backend.")
-@click.option("--no-save", is_flag=True, help="Do not append to the report file.")
-@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON on stdout.")
+@_fps_options
 def fps(arch_path, label, device, resolutions, backends, precision, batch, width_mult, lut_path, latency_model,
         reports_dir, warmup, max_time, min_time, threads, no_save, as_json) -> None:
     """Measure a genotype's derived network end to end (median, p10, p90 latency and FPS) with

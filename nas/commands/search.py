@@ -168,73 +168,85 @@ def build_config(p: dict[str, Any], given: set[str]):
     return config, lut
 
 
+#: ``nas search``'s options, in ``--help`` order (the command is made from them).
+SEARCH_OPTIONS = [
+    click.option("--lut", default=None, metavar="PATH", help="latbench LUT pricing the search (required unless --resume)."),
+    click.option("--dataset", default="cityscapes", show_default=True, help="cityscapes | camvid | synthetic."),
+    click.option("--data-root", default=None, metavar="DIR", help="Root of the real data set."),
+    click.option("--resolution", default=None, metavar="HxW", help="LUT resolution pricing the search (the deployed input size). [default: the LUT's only resolution]"),
+    click.option("--crop", default=None, metavar="HxW", help="Training crop. [default: --resolution]"),
+    click.option("--beta", default=0.005, show_default=True, type=click.FloatRange(min=0), help="β of CE + β·log(LAT)."),
+    click.option("--epochs", default=50, show_default=True, type=click.IntRange(min=1)),
+    click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Global batch (split over torchrun processes)."),
+    click.option("--out", default=None, metavar="DIR", help="Run folder. [default: runs/search-DATE-TIME]"),
+    click.option("--resume", is_flag=True, help="Continue the search in --out from its last checkpoint, exactly."),
+    click.option("--seed", default=0, show_default=True, type=int),
+    # ablations
+    click.option("--cells", default="independent", show_default=True, help="independent (14 × α) | shared (normal + reduction α)."),
+    click.option("--between", default=None, help="Between cells: gcn | fc | none. [default: gcn; none with --cells shared]"),
+    click.option("--graph", default="edge", show_default=True, help="GCN reasoning graph: edge (similarity) | operation (identity)."),
+    click.option("--gcn-dim", default=64, show_default=True, type=click.IntRange(min=1), help="d of Φ1/Φ2 and W."),
+    click.option("--gamma", default=0.5, show_default=True, type=float, help="γ of eq. 5."),
+    click.option("--ggm-chain", default="raw", show_default=True, type=click.Choice(["raw", "updated"]), hidden=True),
+    click.option("--op-graph-norm", default="softmax", show_default=True, type=click.Choice(["softmax", "none"]), hidden=True),
+    click.option("--ggm-bias/--no-ggm-bias", default=False, show_default=True, hidden=True, help="Biases in Φ1/Φ2."),
+    click.option("--fusion", default=None, help="dcfc | aspp | ppm | none | mscell (Table X). [default: the LUT's]"),
+    click.option("--fusion-inputs", default=None, metavar="I,J,K", help="Cells feeding the fusion cell. [default: the LUT's, 0,7,13]"),
+    # optimisation
+    click.option("--lr-w", default=0.025, show_default=True, type=float, help="Weights: SGD initial lr (cosine)."),
+    click.option("--lr-w-min", default=0.001, show_default=True, type=float, help="Weights: final lr."),
+    click.option("--momentum", default=0.9, show_default=True, type=float),
+    click.option("--wd-w", default=1e-3, show_default=True, type=float, help="Weights: weight decay."),
+    click.option("--lr-a", default=1e-3, show_default=True, type=float, help="α (and GGM): Adam lr."),
+    click.option("--adam-betas", default="0.5,0.999", show_default=True, help="α: Adam betas."),
+    click.option("--wd-a", default=1e-4, show_default=True, type=float, help="α: weight decay."),
+    click.option("--grad-clip", default=5.0, show_default=True, type=click.FloatRange(min=0), help="Weights' gradient-norm clip (0: off)."),
+    click.option("--arch-warmup-epochs", default=0, show_default=True, type=click.IntRange(min=0), help="Epochs before α starts to move."),
+    click.option("--tau-start", default=1.0, show_default=True, type=float, help="Gumbel-softmax λ at the first step."),
+    click.option("--tau-end", default=0.03, show_default=True, type=float, help="λ at the last step."),
+    click.option("--tau-schedule", default="exp", show_default=True, type=click.Choice(["exp", "linear", "cosine"])),
+    # space / LUT
+    click.option("--init-channels", default=None, type=click.IntRange(min=1), help="Initial channels. [default: the LUT's, 8]"),
+    click.option("--num-cells", default=None, type=click.IntRange(min=1), hidden=True),
+    click.option("--reduction-cells", default=None, hidden=True),
+    click.option("--fusion-channels", default=None, type=click.IntRange(min=1), hidden=True),
+    click.option("--head-channels", default=None, type=click.IntRange(min=1), hidden=True),
+    click.option("--num-classes", default=None, type=click.IntRange(min=2), help="Classes of the synthetic data. [default: the LUT's]"),
+    click.option("--length", default=None, type=click.IntRange(min=1), hidden=True, help="Use only N training items."),
+    click.option("--lut-batch", default=1, show_default=True, type=click.IntRange(min=1), help="LUT batch size (latency batch)."),
+    click.option("--backend", default=None, help="Require the LUT's rows of this timing backend."),
+    click.option("--precision", default=None, help="Require the LUT's rows of this precision."),
+    click.option("--no-calibration", is_flag=True, help="Ignore the LUT's legacy affine calibration a·ΣLUT+b (used "
+                  "only in the network scope, and only when the LUT has no latency model)."),
+    click.option("--latency-model", default="auto", show_default=True, type=click.Choice(["auto", "none", "require"]),
+                  help="How LUT rows are priced: auto = by the LUT's latency model for these rows when it has one "
+                       "(`latbench fit`), else the raw medians; none = raw medians; require = refuse a LUT without a model."),
+    click.option("--latency-scope", default="searched", show_default=True,
+                  type=click.Choice(["searched", "cells", "network"]),
+                  help="What LAT sums: searched = the edges the search chooses, the 14 cells' and the fusion cell's "
+                       "(the paper's eq. 9 over its searched cells; its fusion cell is 'guided by the latency oriented "
+                       "loss' too); cells = the 14 cells' edges only (the earlier default); network = the whole "
+                       "network's predicted latency (cells, fusion cell, fixed parts, the model's constant)."),
+    # running
+    click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "off", "bf16", "fp16"]), help="Mixed precision (CUDA only; auto = bf16 on GPU, off on CPU)."),
+    click.option("--channels-last", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"])),
+    click.option("--checkpoint-every", default=0, show_default=True, type=click.IntRange(min=0), help="Also checkpoint every N steps."),
+    click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0), help="Data-loader workers per process."),
+    click.option("--device", default=None, help="cpu, cuda, cuda:N. [default: cuda:LOCAL_RANK if available]"),
+    click.option("--no-progress", is_flag=True),
+    click.option("--no-plots", is_flag=True),
+    click.option("--stop-after-steps", default=None, type=click.IntRange(min=1), hidden=True),
+]
+
+
+def _search_options(f: Any) -> Any:
+    for option in reversed(SEARCH_OPTIONS):
+        f = option(f)
+    return f
+
+
 @click.command("search")
-@click.option("--lut", default=None, metavar="PATH", help="latbench LUT pricing the search (required unless --resume).")
-@click.option("--dataset", default="cityscapes", show_default=True, help="cityscapes | camvid | synthetic.")
-@click.option("--data-root", default=None, metavar="DIR", help="Root of the real data set.")
-@click.option("--resolution", default=None, metavar="HxW", help="LUT resolution pricing the search (the deployed input size). [default: the LUT's only resolution]")
-@click.option("--crop", default=None, metavar="HxW", help="Training crop. [default: --resolution]")
-@click.option("--beta", default=0.005, show_default=True, type=click.FloatRange(min=0), help="β of CE + β·log(LAT).")
-@click.option("--epochs", default=50, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Global batch (split over torchrun processes).")
-@click.option("--out", default=None, metavar="DIR", help="Run folder. [default: runs/search-DATE-TIME]")
-@click.option("--resume", is_flag=True, help="Continue the search in --out from its last checkpoint, exactly.")
-@click.option("--seed", default=0, show_default=True, type=int)
-# ablations
-@click.option("--cells", default="independent", show_default=True, help="independent (14 × α) | shared (normal + reduction α).")
-@click.option("--between", default=None, help="Between cells: gcn | fc | none. [default: gcn; none with --cells shared]")
-@click.option("--graph", default="edge", show_default=True, help="GCN reasoning graph: edge (similarity) | operation (identity).")
-@click.option("--gcn-dim", default=64, show_default=True, type=click.IntRange(min=1), help="d of Φ1/Φ2 and W.")
-@click.option("--gamma", default=0.5, show_default=True, type=float, help="γ of eq. 5.")
-@click.option("--ggm-chain", default="raw", show_default=True, type=click.Choice(["raw", "updated"]), hidden=True)
-@click.option("--op-graph-norm", default="softmax", show_default=True, type=click.Choice(["softmax", "none"]), hidden=True)
-@click.option("--ggm-bias/--no-ggm-bias", default=False, show_default=True, hidden=True, help="Biases in Φ1/Φ2.")
-@click.option("--fusion", default=None, help="dcfc | aspp | ppm | none | mscell (Table X). [default: the LUT's]")
-@click.option("--fusion-inputs", default=None, metavar="I,J,K", help="Cells feeding the fusion cell. [default: the LUT's, 0,7,13]")
-# optimisation
-@click.option("--lr-w", default=0.025, show_default=True, type=float, help="Weights: SGD initial lr (cosine).")
-@click.option("--lr-w-min", default=0.001, show_default=True, type=float, help="Weights: final lr.")
-@click.option("--momentum", default=0.9, show_default=True, type=float)
-@click.option("--wd-w", default=1e-3, show_default=True, type=float, help="Weights: weight decay.")
-@click.option("--lr-a", default=1e-3, show_default=True, type=float, help="α (and GGM): Adam lr.")
-@click.option("--adam-betas", default="0.5,0.999", show_default=True, help="α: Adam betas.")
-@click.option("--wd-a", default=1e-4, show_default=True, type=float, help="α: weight decay.")
-@click.option("--grad-clip", default=5.0, show_default=True, type=click.FloatRange(min=0), help="Weights' gradient-norm clip (0: off).")
-@click.option("--arch-warmup-epochs", default=0, show_default=True, type=click.IntRange(min=0), help="Epochs before α starts to move.")
-@click.option("--tau-start", default=1.0, show_default=True, type=float, help="Gumbel-softmax λ at the first step.")
-@click.option("--tau-end", default=0.03, show_default=True, type=float, help="λ at the last step.")
-@click.option("--tau-schedule", default="exp", show_default=True, type=click.Choice(["exp", "linear", "cosine"]))
-# space / LUT
-@click.option("--init-channels", default=None, type=click.IntRange(min=1), help="Initial channels. [default: the LUT's, 8]")
-@click.option("--num-cells", default=None, type=click.IntRange(min=1), hidden=True)
-@click.option("--reduction-cells", default=None, hidden=True)
-@click.option("--fusion-channels", default=None, type=click.IntRange(min=1), hidden=True)
-@click.option("--head-channels", default=None, type=click.IntRange(min=1), hidden=True)
-@click.option("--num-classes", default=None, type=click.IntRange(min=2), help="Classes of the synthetic data. [default: the LUT's]")
-@click.option("--length", default=None, type=click.IntRange(min=1), hidden=True, help="Use only N training items.")
-@click.option("--lut-batch", default=1, show_default=True, type=click.IntRange(min=1), help="LUT batch size (latency batch).")
-@click.option("--backend", default=None, help="Require the LUT's rows of this timing backend.")
-@click.option("--precision", default=None, help="Require the LUT's rows of this precision.")
-@click.option("--no-calibration", is_flag=True, help="Ignore the LUT's legacy affine calibration a·ΣLUT+b (used "
-              "only in the network scope, and only when the LUT has no latency model).")
-@click.option("--latency-model", default="auto", show_default=True, type=click.Choice(["auto", "none", "require"]),
-              help="How LUT rows are priced: auto = by the LUT's latency model for these rows when it has one "
-                   "(`latbench fit`), else the raw medians; none = raw medians; require = refuse a LUT without a model.")
-@click.option("--latency-scope", default="searched", show_default=True,
-              type=click.Choice(["searched", "cells", "network"]),
-              help="What LAT sums: searched = the edges the search chooses, the 14 cells' and the fusion cell's "
-                   "(the paper's eq. 9 over its searched cells; its fusion cell is 'guided by the latency oriented "
-                   "loss' too); cells = the 14 cells' edges only (the earlier default); network = the whole "
-                   "network's predicted latency (cells, fusion cell, fixed parts, the model's constant).")
-# running
-@click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "off", "bf16", "fp16"]), help="Mixed precision (CUDA only; auto = bf16 on GPU, off on CPU).")
-@click.option("--channels-last", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]))
-@click.option("--checkpoint-every", default=0, show_default=True, type=click.IntRange(min=0), help="Also checkpoint every N steps.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0), help="Data-loader workers per process.")
-@click.option("--device", default=None, help="cpu, cuda, cuda:N. [default: cuda:LOCAL_RANK if available]")
-@click.option("--no-progress", is_flag=True)
-@click.option("--no-plots", is_flag=True)
-@click.option("--stop-after-steps", default=None, type=click.IntRange(min=1), hidden=True)
+@_search_options
 @click.pass_context
 def search(ctx: click.Context, **p: Any) -> None:
     """Search an LGCNet architecture: Gumbel-softmax supernet + GCN-guided module + fusion cell,
