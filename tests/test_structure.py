@@ -23,7 +23,6 @@ MAX_FUNCTION_LINES = 80
 LONG_MODULES: dict[str, str] = {
     "latbench/backends/ort.py": "in progress (issue 20: the ort backend's GPU path)",
     "latbench/model/fit.py": "in progress (issue 17: fit plan and bound, run_fit split)",
-    "latbench/timing/plausibility.py": "in progress (issue 17: implausible timings)",
     "nas/pretrain/trainer.py": "in progress (issue 19: pretrain)",
     "nas/report.py": "in progress (issue 18 item 1 / issue 19: one predictor, report grouping)",
 }

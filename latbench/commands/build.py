@@ -77,7 +77,7 @@ def build_lut(name, device, backend, resolutions, batch, precision, output, max_
         raise UserError(f"--gpu {name!r} cannot name a file; give --output")
     out = check_writable(output or f"luts/{name}.parquet")
     if threads is None and not str(dev).startswith("cuda"):  # leave a core for everything else (§5.11)
-        from latbench.timing.plausibility import default_cpu_threads
+        from latbench.timing.load import default_cpu_threads
 
         threads = default_cpu_threads()
     config = TimingConfig(warmup_s=warmup, min_time_s=min_time, max_time_s=max_time, max_noise=max_noise,
@@ -160,7 +160,7 @@ def _report(lut, out, name, dev, device_name, backend, precision, batch, res, as
     }
     if "shard" in lut.meta:
         summary["world_size"] = lut.meta["shard"]["world_size"]
-    from latbench.timing.plausibility import flagged_rows
+    from latbench.lut.flags import flagged_rows
 
     flagged = flagged_rows(lut)
     summary["flagged"] = int(flagged["key"].nunique()) if len(flagged) else 0

@@ -64,7 +64,8 @@ def summarize_lut(lut, top: int = 10, space: Any = None) -> dict[str, Any]:
 def _flagged(lut) -> list[dict[str, Any]]:
     """The distinct timings flagged by the build (contended or implausible, DESIGN §5.11), with
     the load recorded around them."""
-    from latbench.timing.plausibility import LOAD_COLUMNS, flagged_rows
+    from latbench.lut.flags import flagged_rows
+    from latbench.timing.load import LOAD_COLUMNS
 
     out = []
     for _, r in flagged_rows(lut).drop_duplicates(subset=["key"]).iterrows():

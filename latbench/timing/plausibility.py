@@ -3,45 +3,43 @@ physically implausible for the op (DESIGN §5.11).
 
 A contended CPU build can time an op hundreds of times too slow *and precisely* (OpenMP threads
 waiting on a preempted sibling: six distinct separable convolutions at 39.9-40.0 ms, each with a
-noise estimate of 0.05 %, against 94 µs minutes later with one thread). The noise estimate cannot
-see that; this module looks at what can:
+noise estimate of 0.05 %, against 94 µs minutes later with one thread; issue 17). The noise
+estimate cannot see that; this module looks at what can:
 
-- **load** (:func:`sample_load`, :class:`LoadWatch`): around each entry's timing, the 1-minute
-  load average, the run-queue length (``procs_running``), the CPU steal over the timing, the other
-  runnable tasks on the cores this process may use, and how long the timing threads waited for a
-  CPU (``/proc/<pid>/task/*/schedstat``). Recorded per LUT row (columns :data:`LOAD_COLUMNS`).
+- **load** (:mod:`latbench.timing.load`): around each entry's timing, the 1-minute load average,
+  the run-queue length, the CPU steal over the timing, the other runnable tasks on the cores this
+  process may use, and how long the timing threads waited for a CPU. Recorded per LUT row.
 - **throughput** (:func:`measure_throughput`): once per build, with the build's own backend,
   precision and thread count, a dense matmul (FLOP/s), a large element-wise add (bytes/s) and a
   trivial op (the per-call floor). Stored in the LUT metadata (``plausibility``).
 - **cost** (:func:`op_cost`): an op's FLOPs (``torch.utils.flop_counter.FlopCounterMode``), bytes
   (inputs, outputs, parameters, buffers) and kernel count, on the ``meta`` device (no compute).
-- **judging** (:class:`EntryChecker`, :func:`judge`, :func:`collapsed`): a timing is flagged when
-  the timing threads waited for a CPU or the CPU was stolen, when it is far slower than the
+- **judging** (:class:`EntryChecker`, :func:`judge`, :func:`collapsed`): a timing is suspicious
+  when the timing threads waited for a CPU or the CPU was stolen, when it is far slower than the
   machine's bound for its work (``too_slow`` × (roofline + kernels × call floor)), faster than the
   machine's peak allows (``too_fast``), or when many distinct ops of different work collapse on
-  one value. A flagged entry is re-timed (``retime`` times, bounded); a flag that persists is
-  written to the row's ``flag`` column, with the reason.
-- **refusal** (:func:`refuse_flagged`): what ``fit``, ``validate-lut`` and ``nas search`` call on
-  the LUT they open: one line saying which rows are flagged, why, and what to do.
+  one value. It is re-timed (``retime`` times, bounded); a doubt that persists is written to the
+  row's ``flag`` column, with the reason.
+- **refusal** (:mod:`latbench.lut.flags`, re-exported here): ``fit``, ``validate-lut`` and ``nas
+  search`` refuse a LUT whose rows they need are flagged, in one line saying why and what to do.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
-import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from latbench.errors import UserError
+from latbench.lut.flags import flagged_rows, refuse_flagged, retime_command
+from latbench.timing.load import (FLAG_COLUMN, LOAD_COLUMNS, ROW_FIELDS, LoadRecord, LoadSnapshot, LoadWatch,
+                                  default_cpu_threads, sample_load, usable_cores)
 
-#: LUT columns written per timed row (all optional: older LUTs lack them).
-LOAD_COLUMNS = ("load_1m", "run_queue", "steal", "competing", "runq_wait")
-FLAG_COLUMN = "flag"
-ROW_FIELDS = LOAD_COLUMNS + (FLAG_COLUMN,)
 META_KEY = "plausibility"
+__all__ = ["FLAG_COLUMN", "LOAD_COLUMNS", "META_KEY", "ROW_FIELDS", "EntryChecker", "LoadRecord", "LoadSnapshot",
+           "LoadWatch", "OpCost", "PlausibilityConfig", "Throughput", "collapsed", "default_cpu_threads",
+           "flagged_rows", "judge", "measure_throughput", "op_cost", "refuse_flagged", "retime_command",
+           "sample_load", "spec_cost", "timing_threads", "usable_cores"]
 
 
 # ---- settings ------------------------------------------------------------------------------------
@@ -88,205 +86,6 @@ class PlausibilityConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def default_cpu_threads(cores: int | None = None) -> int:
-    """The thread count a CPU LUT build uses unless told otherwise: one core left for everything
-    else (the OS, the progress bar, another process), and 1 on a machine of 2 cores or fewer —
-    a timing thread that shares its core is preempted, and an OpenMP region then waits for it."""
-    if cores is None:
-        cores = usable_cores()
-    return 1 if cores <= 2 else cores - 1
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-# ---- load ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LoadSnapshot:
-    """What ``/proc`` says at one instant (None where this system does not say)."""
-
-    at: float
-    load_1m: float | None = None
-    procs_running: int | None = None
-    jiffies_total: int | None = None
-    jiffies_steal: int | None = None
-    competing: int | None = None
-    wait_ns: int | None = None
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except OSError:
-        return None
-
-
-def _other_runnable(proc: Path, own_pid: int, cores: set[int] | None) -> int | None:
-    """Runnable tasks (threads) of other processes whose CPU is one this process may use."""
-    try:
-        pids = [p for p in os.listdir(proc) if p.isdigit()]
-    except OSError:
-        return None
-    n = 0
-    for pid in pids:
-        if int(pid) == own_pid:
-            continue
-        try:
-            tids = os.listdir(proc / pid / "task")
-        except OSError:
-            continue
-        for tid in tids:
-            text = _read(proc / pid / "task" / tid / "stat")
-            if not text:
-                continue
-            rest = text[text.rfind(")") + 2:].split()
-            if not rest or rest[0] != "R":
-                continue
-            if cores is not None and len(rest) > 36:
-                try:
-                    if int(rest[36]) not in cores:  # field 39: the CPU it last ran on
-                        continue
-                except ValueError:
-                    pass
-            n += 1
-    return n
-
-
-def _own_wait_ns(proc: Path, pid: int) -> int | None:
-    """Run-queue wait (ns) summed over this process's threads (schedstat field 2)."""
-    try:
-        tids = os.listdir(proc / str(pid) / "task")
-    except OSError:
-        return None
-    total, seen = 0, False
-    for tid in tids:
-        text = _read(proc / str(pid) / "task" / tid / "schedstat")
-        parts = text.split() if text else []
-        if len(parts) >= 2 and parts[1].isdigit():
-            total += int(parts[1])
-            seen = True
-    return total if seen else None
-
-
-def sample_load(proc: str | os.PathLike = "/proc") -> LoadSnapshot:
-    """A :class:`LoadSnapshot` from ``/proc`` (a few ms: reads the stat file of every task). On a
-    system without ``/proc`` every field but ``at`` is None."""
-    proc = Path(proc)
-    load = None
-    text = _read(proc / "loadavg")
-    if text:
-        try:
-            load = float(text.split()[0])
-        except (ValueError, IndexError):
-            load = None
-    running = total = steal = None
-    text = _read(proc / "stat")
-    if text:
-        for line in text.splitlines():
-            if line.startswith("cpu "):
-                vals = [int(v) for v in line.split()[1:] if v.isdigit()]
-                if len(vals) >= 8:
-                    total = sum(vals[:8])  # user..steal (guest time is already counted in user)
-                    steal = vals[7]
-            elif line.startswith("procs_running "):
-                try:
-                    running = int(line.split()[1])
-                except (ValueError, IndexError):
-                    running = None
-    try:
-        cores: set[int] | None = set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = None
-    pid = os.getpid()
-    competing = _other_runnable(proc, pid, cores) if (proc / str(pid)).exists() else None
-    wait = _own_wait_ns(proc, pid)
-    return LoadSnapshot(time.monotonic(), load, running, total, steal, competing, wait)  # at: when wait was read
-
-
-@dataclass(frozen=True)
-class LoadRecord:
-    """The load around one timing, as stored in the LUT row (:data:`LOAD_COLUMNS`).
-
-    ``run_queue``: the larger ``procs_running`` of the two ends (this process included);
-    ``competing``: the smaller count, of the two ends, of other processes' runnable tasks on the
-    cores this process may use; ``steal``: the fraction of all CPU time stolen during the timing;
-    ``runq_wait``: the fraction of the timing the timing threads spent runnable but not running.
-    """
-
-    load_1m: float | None = None
-    run_queue: int | None = None
-    steal: float | None = None
-    competing: int | None = None
-    runq_wait: float | None = None
-
-    @classmethod
-    def between(cls, before: LoadSnapshot, after: LoadSnapshot, threads: int) -> "LoadRecord":
-        def pair(a, b, f):
-            return f(a, b) if a is not None and b is not None else (a if a is not None else b)
-
-        steal = None
-        if None not in (before.jiffies_total, after.jiffies_total, before.jiffies_steal, after.jiffies_steal):
-            dt = after.jiffies_total - before.jiffies_total
-            steal = (after.jiffies_steal - before.jiffies_steal) / dt if dt > 0 else 0.0
-        wait = None
-        wall = after.at - before.at
-        if before.wait_ns is not None and after.wait_ns is not None and wall > 0:
-            wait = max(0.0, (after.wait_ns - before.wait_ns) * 1e-9 / (wall * max(1, threads)))
-        return cls(load_1m=after.load_1m if after.load_1m is not None else before.load_1m,
-                   run_queue=pair(before.procs_running, after.procs_running, max),
-                   steal=None if steal is None else round(steal, 4),
-                   competing=pair(before.competing, after.competing, min),
-                   runq_wait=None if wait is None else round(wait, 4))
-
-    def fields(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_fields(cls, d: Mapping[str, Any]) -> "LoadRecord":
-        def val(k):
-            v = d.get(k)
-            return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
-
-        return cls(**{k: val(k) for k in LOAD_COLUMNS})
-
-    def contention(self, threads: int, cores: int, config: PlausibilityConfig) -> str | None:
-        """Why this timing shared its cores with other work, or None."""
-        if self.runq_wait is not None and self.runq_wait > config.max_wait:
-            return (f"contended: the {threads} timing thread(s) waited for a CPU {self.runq_wait:.0%} of the timing "
-                    f"({self.competing if self.competing is not None else '?'} other runnable task(s) on "
-                    f"{cores} core(s), load {self.load_1m if self.load_1m is not None else '?'})")
-        if self.steal is not None and self.steal > config.max_steal:
-            return f"contended: the hypervisor stole {self.steal:.0%} of the CPU time during the timing"
-        headroom = cores - threads
-        if self.runq_wait is None and self.competing is not None and self.competing > headroom:
-            return (f"contended: {self.competing} other runnable task(s) on {cores} core(s) with {threads} timing "
-                    "thread(s)")
-        return None
-
-
-class LoadWatch:
-    """Samples the load on entering and leaving (around one timing); ``record`` afterwards."""
-
-    def __init__(self, threads: int, sampler: Callable[[], LoadSnapshot] = sample_load) -> None:
-        self.threads = threads
-        self.sampler = sampler
-        self._before: LoadSnapshot | None = None
-        self.record: LoadRecord | None = None
-
-    def __enter__(self) -> "LoadWatch":
-        self._before = self.sampler()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        after = self.sampler()
-        assert self._before is not None
-        self.record = LoadRecord.between(self._before, after, self.threads)
 
 
 # ---- machine throughput (one probe per build) ----------------------------------------------------
@@ -620,55 +419,3 @@ class EntryChecker:
         return {"throughput": self.throughput.to_dict() if self.throughput else None,
                 "threads": self.threads, "cores": self.cores, "config": self.config.to_dict(),
                 "retimed": len(self.retimed), "flagged": len(self.flagged_now)}
-
-
-# ---- refusal -------------------------------------------------------------------------------------
-def flagged_rows(lut: Any, height: int | None = None, width: int | None = None, batch: int | None = None,
-                 backend: str | None = None, precision: str | None = None):
-    """The rows of ``lut`` (a :class:`latbench.lut.table.LUT`) whose ``flag`` is set, restricted to
-    a resolution / batch / backend / precision where given. Empty for LUTs without the column."""
-    df = lut.df
-    if FLAG_COLUMN not in df.columns or df.empty:
-        return df.iloc[0:0]
-    flag = df[FLAG_COLUMN]
-    mask = flag.notna() & (flag.astype(str).str.strip() != "") & (df["status"] == "ok")
-    for col, val in (("height", height), ("width", width), ("batch", batch), ("backend", backend),
-                     ("precision", precision)):
-        if val is not None:
-            mask &= df[col] == val
-    return df[mask]
-
-
-def refuse_flagged(lut: Any, where: str, *, height: int | None = None, width: int | None = None,
-                   batch: int | None = None, backend: str | None = None, precision: str | None = None,
-                   use: str = "this command") -> None:
-    """:class:`UserError` (one line) when rows ``use`` needs are flagged; nothing otherwise. Call
-    it where a command opens the LUT it prices with (``fit``, ``validate-lut``, ``nas search``)."""
-    bad = flagged_rows(lut, height, width, batch, backend, precision)
-    if bad.empty:
-        return
-    keys = bad.drop_duplicates(subset=["key"])
-    first = keys.iloc[0]
-    reason = str(first[FLAG_COLUMN]).split(";")[0].strip()
-    threads = ((getattr(lut, "meta", {}) or {}).get("device") or {}).get("threads")
-    hint = "" if threads == 1 else (" (several timing threads stall whenever one is preempted: a LUT built with "
-                                    "--threads 1 and a new --output avoids that)")
-    raise UserError(
-        f"LUT {where!r} has {len(keys)} flagged timing(s) that {use} needs (e.g. {first['key']}: {reason}); "
-        f"re-time them on a quieter machine with: {retime_command(lut, where, bad)}{hint}; "
-        f"latbench show {where} lists them")
-
-
-def retime_command(lut: Any, where: str, rows: Any) -> str:
-    """The ``build-lut`` command that re-times the flagged rows of the LUT at ``where`` (resuming
-    into the same file), spelled from the LUT's own metadata where :mod:`latbench.lut.coverage`
-    can; a generic one otherwise."""
-    resolutions = sorted({(int(h), int(w)) for h, w in zip(rows["height"], rows["width"])})
-    try:
-        from latbench.lut.coverage import rebuild_command
-
-        cmd = rebuild_command(lut, where, resolutions)
-    except Exception:  # a LUT whose metadata cannot spell its build: the generic form
-        return f"latbench build-lut <this LUT's options> --output {where} --retry-flagged"
-    cut = min([i for i in (cmd.find(" (this LUT"), cmd.find(" — but")) if i >= 0] or [len(cmd)])
-    return cmd[:cut] + " --retry-flagged" + cmd[cut:]
