@@ -90,6 +90,20 @@ def _other_runnable(proc: Path, own_pid: int, cores: set[int] | None) -> int | N
     return n
 
 
+def _own_running(proc: Path, pid: int) -> int:
+    """This process's runnable threads (the one reading included)."""
+    try:
+        tids = os.listdir(proc / str(pid) / "task")
+    except OSError:
+        return 1
+    n = 0
+    for tid in tids:
+        text = _read(proc / str(pid) / "task" / tid / "stat")
+        if text and text[text.rfind(")") + 2:text.rfind(")") + 3] == "R":
+            n += 1
+    return max(1, n)
+
+
 def _own_wait_ns(proc: Path, pid: int) -> int | None:
     """Run-queue wait (ns) summed over this process's threads (schedstat field 2)."""
     try:
@@ -107,7 +121,8 @@ def _own_wait_ns(proc: Path, pid: int) -> int | None:
 
 
 def sample_load(proc: str | os.PathLike = "/proc") -> LoadSnapshot:
-    """A :class:`LoadSnapshot` from ``/proc`` (a few ms: reads the stat file of every task). On a
+    """A :class:`LoadSnapshot` from ``/proc`` (about a millisecond; when this process may use only
+    some of the cores, it reads the stat file of every task to count those on its cores). On a
     system without ``/proc`` every field but ``at`` is None."""
     proc = Path(proc)
     load = None
@@ -136,7 +151,12 @@ def sample_load(proc: str | os.PathLike = "/proc") -> LoadSnapshot:
     except (AttributeError, OSError):
         cores = None
     pid = os.getpid()
-    competing = _other_runnable(proc, pid, cores) if (proc / str(pid)).exists() else None
+    competing = None
+    if (proc / str(pid)).exists():
+        if running is not None and (cores is None or len(cores) >= (os.cpu_count() or 0)):
+            competing = max(0, running - _own_running(proc, pid))  # every core is ours: all runnable tasks compete
+        else:
+            competing = _other_runnable(proc, pid, cores)
     wait = _own_wait_ns(proc, pid)
     return LoadSnapshot(time.monotonic(), load, running, total, steal, competing, wait)  # at: when wait was read
 
