@@ -205,3 +205,23 @@ def test_the_rebuild_command_is_spelled_with_build_luts_own_options(tmp_path):
     assert got["--max-time"] == "0.02" and got["--min-time"] == "0" and got["--warmup"] == "0"
     assert "--retry-failed" in argv and "--max-noise" not in argv  # a default is not repeated
     assert "--batch" not in argv and "--precision" not in argv
+
+
+def test_fit_can_draw_its_networks_from_another_fusion_head_of_the_luts_space(tmp_path):
+    """`latbench fit --space-opt fusion=aspp`: the setup builds ASPP networks from the LUT's space,
+    after checking the LUT holds their rows by key; the model's family is then aspp."""
+    from latbench.lut.table import read_lut, write_lut
+    from latbench.model.networks import resolve_setup
+    from search_support import RESOLUTION, build_tiny_lut
+
+    path = build_tiny_lut(tmp_path / "tiny.parquet")
+    lut = read_lut(path)
+    setup = resolve_setup(lut, RESOLUTION, "cpu", space_options={"fusion": "aspp"}, lut_path=str(path))
+    assert setup.space.config.fusion == "aspp" and setup.space.identity()["config"]["fusion"] == "aspp"
+    assert resolve_setup(lut, RESOLUTION, "cpu").space.config.fusion == "dcfc"
+    lut.df = lut.df[lut.df["position"] != "fixed.aspp"].reset_index(drop=True)
+    holey = tmp_path / "holey.parquet"
+    write_lut(lut, holey)
+    with pytest.raises(LUTError, match="fixed.aspp/aspp@33x65") as exc:
+        resolve_setup(read_lut(holey), RESOLUTION, "cpu", space_options={"fusion": "aspp"}, lut_path=str(holey))
+    assert "latbench build-lut" in exc.value.message and "\n" not in exc.value.message

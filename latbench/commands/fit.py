@@ -166,6 +166,10 @@ OPTIONS = [
     click.option("--no-save", is_flag=True, help="Report only; do not store the model in the LUT."),
     click.option("--space", "space_name", default=None,
                   help="Load the space as package.module:Class (for a space not installed under the entry point)."),
+    click.option("--space-opt", "space_opts", multiple=True, metavar="KEY=VALUE",
+                  help="Fit on networks of another configuration of the LUT's space, e.g. fusion=aspp (a Table X "
+                       "head): the LUT must hold their rows; the model is stored beside the LUT's others (one per "
+                       "scope and configuration). Repeatable."),
     click.option("--json", "as_json", is_flag=True, help="Print every figure, the model and every network as JSON."),
     click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
                   help="Write a PNG: measured vs predicted on the held-out networks, raw sum and model."),
@@ -184,7 +188,7 @@ def _options(fn):
 @_options
 def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_search, search_networks, search_fit_networks,
         seed, test_seed, test_search, test_search_draws, peers, yes, max_minutes, resolution, device, rounds, window,
-        statistic, drift_tolerance, no_save, space_name, as_json, plot_path, no_progress) -> None:
+        statistic, drift_tolerance, no_save, space_name, space_opts, as_json, plot_path, no_progress) -> None:
     """Fit a latency model for LUT: sample and measure whole networks with the LUT's own backend and
     protocol (interleaved rounds, a reference network watching for slow episodes), fit per-row
     corrections (measured per-call overhead, per-op-group slope and per-row terms, a constant)
@@ -199,6 +203,7 @@ def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_sea
     after a crash."""
     from latbench.errors import UserError
     from latbench.files import check_outputs
+    from latbench.commands.build import parse_space_opts
     from latbench.model.fit import FitRequest, run_fit
     from latbench.timing.interleave import RoundsConfig
     from latbench.space import parse_resolution
@@ -218,7 +223,8 @@ def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_sea
                      test_search=tuple(test_search), test_search_draws=test_search_draws, yes=yes,
                      peers=tuple(p.strip() for p in peers.split(",") if p.strip() and p.strip() != "none"),
                      max_minutes=max_minutes, resolution=hw,
-                     device=device, space_name=space_name, rounds=rc, save=not no_save)
+                     device=device, space_name=space_name, space_options=parse_space_opts(space_opts), rounds=rc,
+                     save=not no_save)
     from latbench.progress import PhaseProgress
 
     with PhaseProgress(not no_progress) as progress:

@@ -170,7 +170,8 @@ def plan_fit(request: FitRequest, on_event: Callable[[str], None] | None = None)
     """Step 1 (see the module docstring). Holds the journal's lock on return (``.lock``)."""
     request.check()
     lut = read_lut(request.lut_path)
-    setup = resolve_setup(lut, request.resolution, request.device, request.space_name)
+    setup = resolve_setup(lut, request.resolution, request.device, request.space_name, request.space_options,
+                          request.lut_path)
     from latbench.timing.plausibility import refuse_flagged
     refuse_flagged(lut, str(request.lut_path), height=setup.height, width=setup.width, batch=setup.batch,
                    backend=setup.backend, precision=setup.precision, use="a fit")  # §5.11

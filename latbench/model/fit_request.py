@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from latbench.errors import UserError
 from latbench.model.latency_model import ModelScope
@@ -44,6 +44,7 @@ class FitRequest:
     resolution: tuple[int, int] | None = None
     device: str | None = None
     space_name: str | None = None
+    space_options: Mapping[str, Any] = field(default_factory=dict)  # another configuration of the LUT's space (--space-opt)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     save: bool = True
     design: str = "span"             # how fit networks are chosen: span | uniform | d-optimal
@@ -103,6 +104,7 @@ class FitRequest:
             "test_seed": test_seed, "other_searches": list(other_shas), "other_draws": self.test_search_draws,
             "design": self.design, "uniform_fit": self.uniform_fit_networks,
             **({"search_fit": self.search_fit_networks} if self.search_fit_networks else {}),
+            **({"space_options": dict(self.space_options)} if self.space_options else {}),
             "rounds": self.rounds.to_dict()}, default=str))
 
 

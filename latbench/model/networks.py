@@ -60,13 +60,17 @@ class LutSetup:
 
 
 def resolve_setup(lut: Any, resolution: tuple[int, int] | None = None, device: str | None = None,
-                  space_name: str | None = None) -> LutSetup:
+                  space_name: str | None = None, space_options: Mapping[str, Any] | None = None,
+                  lut_path: str | None = None) -> LutSetup:
     """Read space, backend, precision, batch and protocol from ``lut``'s metadata; choose the
     resolution (the LUT's only one, or ``resolution``, which the LUT must hold) and the device (the
     LUT's device type unless ``device`` is given; a different device model is refused).
 
     ``space_name`` (e.g. ``"package.module:Class"``) loads a space that is not registered under the
-    entry point; its identity must still equal the LUT's."""
+    entry point; its identity must still equal the LUT's. ``space_options`` change the LUT's space
+    configuration (e.g. ``{"fusion": "aspp"}``: the networks of another Table X head, whose model a
+    LUT keeps beside the others): the LUT must then hold every row of that configuration's
+    network, by op key (:func:`latbench.lut.coverage.check_prices`)."""
     from latbench.device import describe_device, device_identity, resolve_device
     from latbench.timing import TimingConfig
 
@@ -76,10 +80,12 @@ def resolve_setup(lut: Any, resolution: tuple[int, int] | None = None, device: s
         raise LUTError(f"LUT metadata lacks {', '.join(missing)}: cannot reproduce how it was measured")
     ident = meta["space"] or {}
     try:
-        space = load_space(space_name or str(ident.get("name")), ident.get("config") or {})
+        space = load_space(space_name or str(ident.get("name")), {**(ident.get("config") or {}), **dict(space_options or {})})
     except UserError as exc:
         raise UserError(f"cannot load the LUT's search space: {exc.message}") from None
     mine = json.loads(json.dumps(space.identity(), default=str))
+    if space_options:  # another configuration of the LUT's space: its rows are checked below, by key
+        mine = {**mine, "config": ident.get("config")}
     if mine != ident:
         raise LUTError(f"LUT was built for search space {ident.get('name')!r} v{ident.get('version')} "
                        f"{ident.get('config')}, the loaded space is {mine.get('name')!r} v{mine.get('version')} "
@@ -89,6 +95,10 @@ def resolve_setup(lut: Any, resolution: tuple[int, int] | None = None, device: s
     from latbench.lut.coverage import choose_resolution
 
     resolution = choose_resolution(lut, None, resolution)
+    if space_options:
+        from latbench.lut.coverage import check_prices
+
+        check_prices(lut, lut_path or "LUT", space, resolution, int(meta["batch"]), user="fit")
     lut_dev = meta.get("device") or {}
     if device is None:
         device = "cpu" if lut_dev.get("type") == "cpu" else f"cuda:{int(lut_dev.get('index') or 0)}"
