@@ -71,6 +71,13 @@ def render_text(d: dict) -> str:
                          f"{_f(f['worst']):>8} {_f(f['within_5'], '.0%'):>5} {_f(f['within_10'], '.0%'):>5} "
                          f"{_f(f['kendall_tau'], '.3f'):>6} {_ci(ci.get('kendall_tau'), '.2f'):>12} "
                          f"{(_f(va.get('value'), '+.2f') + ' ' + _ci(va)) if va else '':>22}")
+        cov = (stats.get("coverage") or {}).get(s)
+        if cov:
+            dd, fr = cov["nearest_fit_rows_differ"], stats["coverage"]["fit_range_us"]
+            lines.append(f"  from the fit networks: {dd['min']}–{dd['max']} (median {dd['median']:g}) of {cov['rows']} rows "
+                         f"differ from the nearest; measured {cov['range_us'][0] / 1e3:.2f}–{cov['range_us'][1] / 1e3:.2f} ms "
+                         f"against the fit's {fr[0] / 1e3:.2f}–{fr[1] / 1e3:.2f} ms ({cov['below_fit_range']} below, "
+                         f"{cov['above_fit_range']} above: extrapolated)")
         c = (stats.get("ceiling") or {}).get(s) or {}
         sim, sb = c.get("simulated") or {}, c.get("spearman_brown") or {}
         if sim.get("kendall_tau") or sb.get("kendall_tau") is not None:

@@ -153,7 +153,32 @@ def judge(networks: list[Network], lut: Any, setup: Any, sel: _Selected, measure
     for s, nets in by_set.items():
         if s in figs:
             figs[s]["measurement (split-half)"] = repeatability([halves[n.key] for n in nets if n.key in halves])
-    return figs, statistics(lut, setup, by_set, sel, res, statistic, halves)
+    stats = statistics(lut, setup, by_set, sel, res, statistic, halves)
+    stats["coverage"] = coverage(by_set, measured)
+    return figs, stats
+
+
+def coverage(by_set: dict[str, list[Network]], measured: dict[str, float]) -> dict[str, Any]:
+    """How far each held-out set lies from the fit networks: per network, the LUT rows in which it
+    differs from its nearest fit network (few: interpolation between siblings; many: a network the
+    fit never came near), and how many networks measure outside the fit networks' latency range
+    (the model extrapolates there)."""
+    fit = by_set.get("fit") or []
+    if not fit:
+        return {}
+    fit_rows = [set(n.rows[ARCH_ROWS]) for n in fit]
+    lo, hi = min(measured[n.key] for n in fit), max(measured[n.key] for n in fit)
+    out: dict[str, Any] = {"fit_range_us": [lo, hi]}
+    for s, nets in by_set.items():
+        if s == "fit" or not nets:
+            continue
+        dist = [min(len(set(n.rows[ARCH_ROWS]) - f) for f in fit_rows) for n in nets]
+        y = [measured[n.key] for n in nets]
+        out[s] = {"rows": len(nets[0].rows[ARCH_ROWS]), "nearest_fit_rows_differ": {
+                      "min": int(min(dist)), "median": float(np.median(dist)), "max": int(max(dist))},
+                  "range_us": [min(y), max(y)], "below_fit_range": sum(v < lo for v in y),
+                  "above_fit_range": sum(v > hi for v in y)}
+    return out
 
 
 def statistics(lut: Any, setup: Any, by_set: dict[str, list[Network]], sel: _Selected, res: InterleavedResult,
