@@ -194,7 +194,7 @@ def render_summary(rows: list[dict[str, Any]], resolution: str, lut: str) -> str
         lines.append(f"| β = {r['beta']:g} | {r['entropy_start']:.3f} → {end} | {r['light_ops']} / {r['edges']} | {ce} "
                      f"| {ms(r['predicted_ms'])} | {ms(r['measured_ms'])} | {params} |")
     lines += ["", "α entropy starts at ln 8 = 2.079 (uniform over the 8 cell ops); a search that learns moves it "
-              "down. Predicted: the LUT's latency of the derived network (calibrated when the LUT has a "
-              "calibration); measured: `nas fps` on this device with the LUT's protocol. The β > 0 search pays "
+              "down. Predicted: the LUT's latency of the derived network (its latency model's when the LUT "
+              "has one for it, else calibrated when the LUT has a calibration, else Σ LUT); measured: `nas fps` on this device with the LUT's protocol. The β > 0 search pays "
               "for latency in its loss, so its network should be the faster one on both counts."]
     return "\n".join(lines) + "\n"
