@@ -32,9 +32,9 @@ def derive(checkpoint: str, out: str | None, plots_dir: str | None) -> None:
             raise UserError(f"--out {out} exists and is not a genotype file; refusing to overwrite it") from None
     geno = genotype_from_checkpoint(checkpoint)
     path = geno.save(out)
-    lat = geno.meta["expected_latency"]
+    lat, empty = geno.meta.get("expected_latency") or {}, geno.meta.get("empty_nodes") or []
     click.echo(f"wrote {path}: {lat['latency_us']:.1f} µs predicted by the LUT at {lat['resolution']}"
-               + (f"; nodes with only zero inputs: {', '.join(geno.meta['empty_nodes'])}" if geno.meta["empty_nodes"] else ""))
+               + (f"; nodes with only zero inputs: {', '.join(empty)}" if empty else ""))
     if plots_dir:
         from nas.search.plots import draw_architecture, draw_fusion_cell
 
