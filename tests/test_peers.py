@@ -70,3 +70,20 @@ def test_peers_refuse_bad_input(name):
         peer.fit(archs(3, 3), [1.0, -2.0, 3.0])
     with pytest.raises(ValueError):
         make_peer("nope")
+
+
+def test_peers_as_ladder_rungs_take_a_networks_lut_rows_and_never_its_values():
+    from latbench.model.peers import peer_ladder, rows_as_arch
+
+    def rows(a, scale):
+        return [(op, "s", scale * OPS.get(op, 1.0), op == "zero") for _, op in a]
+
+    train = archs(30, 4)
+    y = np.array([latency(a) for a in train])
+    ladder = peer_ladder([rows(a, 1.0) for a in train], y, names=("ridge",))
+    assert list(ladder) == ["peer: ridge"]
+    a = archs(1, 5)[0]
+    # the same architecture with other LUT values: the same prediction (a peer never sees the LUT)
+    assert ladder["peer: ridge"]({"median_us": rows(a, 1.0)}) == ladder["peer: ridge"]({"median_us": rows(a, 3.0)})
+    assert ladder["peer: ridge"]({"median_us": rows(a, 1.0)}) == pytest.approx(latency(a), rel=0.05)
+    assert rows_as_arch(rows(a, 1.0))[1] == ("1:s", a[1][1])

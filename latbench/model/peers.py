@@ -263,3 +263,28 @@ def peer_predictions(peers: dict[str, Any], archs: Sequence[ArchRows]) -> dict[s
         v = np.asarray(p.predict(archs), dtype=np.float64)
         out[n] = np.where(np.isfinite(v), v, math.nan)
     return out
+
+
+# ---- as rungs of the fit report's ladder ----------------------------------------------------------
+def rows_as_arch(rows: Sequence[tuple[str, str, float, bool]]) -> list[tuple[str, str]]:
+    """An architecture's LUT rows ``(op, stage, value, analytic)`` (:func:`latbench.model.latency_model.lut_rows`,
+    in the space's fixed row order) as ``(position, op)`` pairs, the position named by the row's
+    index and stage. The values are dropped: a peer never sees the LUT."""
+    return [(f"{i}:{stage}", str(op)) for i, (op, stage, _, _) in enumerate(rows)]
+
+
+def peer_ladder(fit_rows: Sequence[Sequence[tuple[str, str, float, bool]]], y: Sequence[float],
+                names: Sequence[str] = PEERS, seed: int = 0,
+                column: str = "median_us") -> dict[str, Callable[[Any], float]]:
+    """Peers trained on the fit networks, as ladder rungs: ``{"peer: ridge": f, ...}`` where
+    ``f(net)`` takes a network's rows by LUT column (``{"median_us": rows, ...}``, what
+    :func:`latbench.model.fitting.mechanisms`' predictors take) and returns µs. Usage in a fit::
+
+        ladder.update(peer_ladder(fit_rows["median_us"], fit_y))
+    """
+    peers = fit_peers([rows_as_arch(r) for r in fit_rows], y, names, seed)
+
+    def rung(p: Any) -> Callable[[Any], float]:
+        return lambda net: float(p.predict([rows_as_arch(net[column])])[0])
+
+    return {f"peer: {n}": rung(p) for n, p in peers.items()}

@@ -25,8 +25,9 @@ what another split moves. This module chooses the model the way the data can sup
 4. **Per-group corrections only where a bootstrap supports them** (:func:`group_support`): the
    chosen per-group structure is refitted on :data:`N_BOOT_GROUPS` bootstrap resamples of the fit
    networks; a group keeps its own slope and per-row cost only if the 90 % interval of its effect
-   on a typical row of the group (``(a_g − a)·v̄_g + (b_g − b)``, µs) excludes 0; every other
-   group is tied to the global values. The final model is refitted with those ties.
+   on a typical row of the group relative to the median group (``(a_g − med a)·v̄_g + (b_g − med b)``,
+   µs) excludes 0; every other group is tied to the global values. The final model is refitted
+   with those ties.
 5. The clip at 0 µs is respected by every fit (:func:`latbench.model.fitting.solve_design`).
 
 :func:`cheapest_op_changes` reports, for a search, at how many edges the model's cheapest timed op
@@ -245,7 +246,7 @@ class GroupSupport:
     group: str
     slope: tuple[float, float, float]      # (fit, lo, hi)
     per_row_us: tuple[float, float, float]
-    effect_us: tuple[float, float, float]  # (a_g − a)·v̄_g + (b_g − b): the correction on a typical row
+    effect_us: tuple[float, float, float]  # (a_g − med a)·v̄_g + (b_g − med b): the correction on a typical row
     typical_v_us: float
     supported: bool
 
@@ -274,14 +275,22 @@ def bootstrap_coefficients(d: Design, y: np.ndarray, lam: float, n_boot: int, se
 def group_support(d: Design, y: np.ndarray, lam: float, boot: Sequence[Coefficients], full: Coefficients,
                   level: float = SUPPORT_LEVEL) -> list[GroupSupport]:
     """Per group of ``d``: its slope, per-row cost and effect on a typical row (the mean ``v`` of
-    its rows), with bootstrap intervals; ``supported`` when the effect's interval excludes 0."""
+    its rows) relative to the median group (``(a_g − median a)·v̄_g + (b_g − median b)``), with
+    bootstrap intervals; ``supported`` when the effect's interval excludes 0."""
     out = []
+    # the reference a group is compared with: the median group (per resample), not the penalty's
+    # centre, which a few heavy groups pull towards themselves so that every light group looks
+    # different from it
+    A = np.array([[c.slopes.get(g, c.slope) for g in d.groups] for c in boot])
+    B = np.array([[c.per_rows.get(g, c.per_row) for g in d.groups] for c in boot])
+    ma, mb = np.median(A, axis=1), np.median(B, axis=1)
+    fa = np.median([full.slopes[g] for g in d.groups])
+    fb = np.median([full.per_rows[g] for g in d.groups])
     for j, g in enumerate(d.groups):
         vbar = float(d.v[d.grp == j].mean()) if np.any(d.grp == j) else 0.0
-        a = np.array([c.slopes.get(g, c.slope) for c in boot])
-        b = np.array([c.per_rows.get(g, c.per_row) for c in boot])
-        eff = (a - np.array([c.slope for c in boot])) * vbar + (b - np.array([c.per_row for c in boot]))
-        fe = (full.slopes[g] - full.slope) * vbar + (full.per_rows[g] - full.per_row)
+        a, b = A[:, j], B[:, j]
+        eff = (a - ma) * vbar + (b - mb)
+        fe = (full.slopes[g] - fa) * vbar + (full.per_rows[g] - fb)
         lo, hi = _interval(eff, level)
         out.append(GroupSupport(g, (full.slopes[g], *_interval(a, level)), (full.per_rows[g], *_interval(b, level)),
                                 (float(fe), lo, hi), vbar, bool(lo > EFFECT_TOL_US or hi < -EFFECT_TOL_US)))
