@@ -152,7 +152,7 @@ def lut_predictor(lut: LUT, genotype: Genotype, hw: tuple[int, int], batch: int,
     from latbench.model.predictor import Predictor
 
     return Predictor.for_lut(lut, hw[0], hw[1], batch, latency_model=latency_model,
-                             family={"fusion": genotype.config.fusion})
+                             family={"fusion": genotype.config.fusion}, config=genotype.config.to_dict())
 
 
 def lut_prediction(predictor: Any, lut_path: str, genotype: Genotype) -> dict[str, Any]:

@@ -225,3 +225,17 @@ def test_fit_can_draw_its_networks_from_another_fusion_head_of_the_luts_space(tm
     with pytest.raises(LUTError, match="fixed.aspp/aspp@33x65") as exc:
         resolve_setup(read_lut(holey), RESOLUTION, "cpu", space_options={"fusion": "aspp"}, lut_path=str(holey))
     assert "latbench build-lut" in exc.value.message and "\n" not in exc.value.message
+
+
+def test_among_models_of_one_head_the_one_fitted_on_exactly_these_networks_wins():
+    lut = _lut()
+    other_inputs = _model(lut)
+    other_inputs = LatencyModel(**{**other_inputs.__dict__, "constant_us": 99.0, "provenance": {
+        "space": {**TOY, "config": {**TOY["config"], "fusion_inputs": [0, 7, 10]}}}})
+    default = _model(lut)
+    both = _with(lut, other_inputs, default)
+    assert len(stored_models(both.meta)) == 2
+    p = Predictor.for_lut(both, H, W, family={"fusion": "dcfc"}, config=TOY["config"])
+    assert p.model.model_id == default.model_id
+    p = Predictor.for_lut(both, H, W, family={"fusion": "dcfc"}, config={**TOY["config"], "fusion_inputs": [0, 7, 10]})
+    assert p.model.model_id == other_inputs.model_id

@@ -28,6 +28,7 @@ It answers three questions, and every consumer asks it rather than the LUT: ``va
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,10 +73,12 @@ def family_mismatch(model: LatencyModel, family: Mapping[str, Any] | None, stati
 
 
 def choose_model(meta: Mapping[str, Any], scope: ModelScope, mode: str = "auto",
-                 family: Mapping[str, Any] | None = None,
-                 statistic: str | None = None) -> tuple[LatencyModel | None, str | None]:
+                 family: Mapping[str, Any] | None = None, statistic: str | None = None,
+                 config: Mapping[str, Any] | None = None) -> tuple[LatencyModel | None, str | None]:
     """``(model, notice)``: the LUT's model for ``scope`` and ``family``, and a one-line notice
-    when the raw sum prices instead of a model the LUT has (see the module docstring)."""
+    when the raw sum prices instead of a model the LUT has (see the module docstring). Among
+    several that fit, the one fitted on networks of exactly ``config`` (the priced networks' space
+    configuration) wins, else the first stored."""
     if mode not in MODES:
         raise UserError(f"latency_model must be one of {', '.join(MODES)}, not {mode!r}")
     if mode == "none":
@@ -84,9 +87,11 @@ def choose_model(meta: Mapping[str, Any], scope: ModelScope, mode: str = "auto",
     if found is None:
         return None, None
     same = [m for m in stored_models(meta) if m.scope.difference(scope) is None]
-    for m in same:
-        if family_mismatch(m, family, statistic) is None:
-            return m, None
+    fits = [m for m in same if family_mismatch(m, family, statistic) is None]
+    if fits:
+        want = json.dumps(dict(config), sort_keys=True, default=str) if config is not None else None
+        exact = [m for m in fits if json.dumps(model_family(m), sort_keys=True, default=str) == want]
+        return (exact or fits)[0], None
     why = "; ".join(sorted({str(family_mismatch(m, family, statistic)) for m in same}))
     if mode == "require":
         raise LUTError(f"the LUT's latency model for {scope.describe()} was fitted on {why}; fit one for these "
@@ -149,13 +154,15 @@ class Predictor:
     @classmethod
     def for_lut(cls, lut: Any, height: int, width: int, batch: int | None = None, *, backend: str | None = None,
                 precision: str | None = None, latency_model: str = "auto", calibration: bool = True,
-                family: Mapping[str, Any] | None = None, statistic: str | None = None) -> "Predictor":
+                family: Mapping[str, Any] | None = None, statistic: str | None = None,
+                config: Mapping[str, Any] | None = None) -> "Predictor":
         """The predictor of ``lut``'s rows at ``height``×``width`` and ``batch`` (backend and
         precision: the LUT's unless given, e.g. for a merged LUT); ``latency_model``: auto / none /
         require; ``calibration``: whether the legacy calibration is offered; ``family``: the
-        networks priced (compared with the space configuration a model was fitted on)."""
+        networks priced (compared with the space configuration a model was fitted on); ``config``:
+        their whole space configuration (a model fitted on exactly it is preferred)."""
         scope = ModelScope.of_lut(lut.meta, height, width, batch, backend, precision)
-        model, notice = choose_model(lut.meta, scope, latency_model, family, statistic)
+        model, notice = choose_model(lut.meta, scope, latency_model, family, statistic, config)
         return cls(lut, scope, model, lut_calibration(lut.meta) if calibration else None, notice, family)
 
     # ---- facts ----------------------------------------------------------------------------------

@@ -260,7 +260,8 @@ def load_latency_table(request: LUTConfig, config: SpaceConfig, scope: str | Non
                    backend=backend, precision=precision, use="the search")  # §5.11
     predictor = Predictor.for_lut(lut, resolution[0], resolution[1], request.batch, backend=backend,
                                   precision=precision, latency_model=request.latency_model,
-                                  calibration=request.use_calibration, family={"fusion": config.fusion})
+                                  calibration=request.use_calibration, family={"fusion": config.fusion},
+                                  config=LGCNetSpace(config).identity()["config"])
     scope = scope or request.latency_scope
     table = build_table(predictor, config, scope)
     cal = table.calibration
