@@ -93,11 +93,16 @@ def choose_model(meta: Mapping[str, Any], scope: ModelScope, mode: str = "auto",
         exact = [m for m in fits if json.dumps(model_family(m), sort_keys=True, default=str) == want]
         return (exact or fits)[0], None
     why = "; ".join(sorted({str(family_mismatch(m, family, statistic)) for m in same}))
+    differ = {k: v for k, v in dict(family or {}).items()
+              if any(model_family(m).get(k) not in (None, v) for m in same)}
+    opts = "".join(f" --space-opt {k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
+                   for k, v in differ.items())
+    fit = f"`latbench fit LUT{opts}`"
     if mode == "require":
         raise LUTError(f"the LUT's latency model for {scope.describe()} was fitted on {why}; fit one for these "
-                       f"networks with `latbench fit`, or use the raw LUT sum (--latency-model none)")
+                       f"networks with {fit}, or use the raw LUT sum (--latency-model none)")
     return None, (f"priced by the raw LUT sum: the LUT's latency model for {scope.describe()} was fitted on "
-                  f"{why} (fit one for these networks with `latbench fit`)")
+                  f"{why} (fit one for these networks with {fit})")
 
 
 def lut_calibration(meta: Mapping[str, Any]) -> tuple[float, float] | None:
