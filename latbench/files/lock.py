@@ -21,6 +21,15 @@ except ImportError:  # pragma: no cover - Windows
 LOCK_SUFFIX = ".lock"
 
 
+def _read_all(fd: int) -> bytes:
+    raw = b""
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return raw
+        raw += chunk
+
+
 def lock_path(output: str | os.PathLike) -> Path:
     """The lock file that keeps two writers (builds, merges, calibrations) off one LUT at once."""
     return Path(str(output) + LOCK_SUFFIX)
@@ -117,12 +126,7 @@ class FileLock:
                 return False
             if (st_fd.st_dev, st_fd.st_ino) != (st_path.st_dev, st_path.st_ino):
                 return False  # taken over (or released and re-created) while we waited
-            raw = b""
-            while True:
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    break
-                raw += chunk
+            raw = _read_all(fd)
             reason = self._stale_reason(self._parse(raw) if raw.strip() else None, st_fd.st_mtime)
             if reason is None:
                 return False
@@ -146,12 +150,7 @@ class FileLock:
             try:
                 if fcntl is not None:
                     fcntl.flock(fd, fcntl.LOCK_SH)  # a creator holds LOCK_EX until its owner is written
-                raw = b""
-                while True:
-                    chunk = os.read(fd, 1 << 16)
-                    if not chunk:
-                        break
-                    raw += chunk
+                raw = _read_all(fd)
                 st = os.fstat(fd)
             finally:
                 os.close(fd)
