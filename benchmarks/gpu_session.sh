@@ -1,51 +1,90 @@
 #!/usr/bin/env bash
-# The GPU measurements of one lent GPU machine, as short steps that each write their results into
-# $OUT the moment they finish. Run from the repository root:
+# The GPU measurements of one lent H200 machine, in two short calls whose steps each write their
+# results into $OUT the moment they finish. Run from the repository root:
 #
-#   PLAN_ONLY=1 bash benchmarks/gpu_session.sh                         # print the plan, run nothing
-#   STEPS="tests lut fidelity" OUT=/out bash benchmarks/gpu_session.sh   # one call (<= 10 min)
-#   STEPS="timer fps throughput" OUT=/out bash benchmarks/gpu_session.sh # the next call
-#   DRY_RUN=1 STEPS=... OUT=/tmp/x bash benchmarks/gpu_session.sh      # print each step's command (no GPU)
+#   PLAN_ONLY=1 bash benchmarks/gpu_session.sh           # both calls' plans, the 15-minute arithmetic
+#   CALL=1 OUT=$OUT bash benchmarks/gpu_session.sh        # call 1 (device timeout 360 s)
+#   CALL=2 OUT=$OUT bash benchmarks/gpu_session.sh        # call 2 (device timeout 300 s), needs call 1's LUT
+#   STEPS="fps timer" OUT=$OUT bash benchmarks/gpu_session.sh   # any steps, in this order
+#   STANDIN=cpu CALL=1 OUT=/tmp/o bash benchmarks/gpu_session.sh   # every command with the CPU standing in
+#   DRY_RUN=1 CALL=1 OUT=/tmp/o bash benchmarks/gpu_session.sh     # print each step's command, run nothing
 #
-# Steps (estimates for an H200 at 769x1537, caps are hard `timeout`s, each <= 300 s):
-#   tests       the GPU / TensorRT tests (pytest -m "gpu or trt")
-#   timer       per-op latbench vs triton.testing.do_bench_cudagraph (benchmarks/timer_agreement.py)
-#   lut         the 769x1537 cudagraph LUT (its build time is in build-*.json and steps.tsv)
-#   lut2        a second build of the same LUT + compare-lut against the first (repeatability)
-#   fidelity    validate-lut over 50 sampled networks (needs lut)
-#   fit         latbench fit: the latency model on 40 uniform networks, judged on 20 held-out ones (needs lut)
-#   fps         nas fps eager / cudagraph / compile of a sampled network, host-bound flag (uses lut)
-#   throughput  search throughput, bf16 AMP + channels-last vs strict fp32
-#   backends    whole networks eager / cudagraph / compile, 2 architectures (optional)
+# Call 1 (<= 6 min): lut fps fps_compile tests.  Call 2 (<= 5 min): lut fit fidelity timer.
+#   lut          the 769x1537 cudagraph LUT of the deployed space (width 4.5); in call 2 it resumes
+#                an unfinished build and costs a process start when the LUT is complete
+#   fps          nas fps of nas/genotypes/lgcnet_paper.json, eager + cudagraph, at the LUT's width,
+#                with the LUT's prediction beside each figure (needs the LUT)
+#   fps_compile  the same network with the compile backend (Inductor's compile time is its cost)
+#   tests        the GPU / TensorRT tests (pytest -m "gpu or trt"; TensorRT ones skip here)
+#   fit          latbench fit: the latency model on 40 uniform networks, judged on 20 held out
+#   fidelity     validate-lut (benchmarks/lut_fidelity.py) on 30 fresh networks (seeds 1000+),
+#                in chunks of 10, each chunk written when it finishes; after fit it judges the model too
+#   timer        latbench's timer vs triton.testing.do_bench_cudagraph on 8 ops
+#   extras (in no call; a later session with more time): lut2 (a second LUT + compare-lut),
+#   throughput (search training throughput), backends (whole networks per backend, 2 architectures)
 #
-# Every step appends a row to steps.tsv (step, rc, seconds, estimate, cap) and re-packs everything
+# Estimates are arithmetic, not measurements (nothing has run on a GPU yet); each step has a
+# hard cap (`timeout`), and a step whose estimate no longer fits the call's budget is skipped and
+# said so. The arithmetic, for an H200 at 769x1537 (a process start with CUDA init ~15 s):
+#   lut          111 distinct timings x ~0.85 s (warm-up 0.2 s + sampling >= 0.5 s + capture) + 15 s
+#   fps          2 backends x ~3 s (cuDNN autotuning on the first call, then 0.7 s) + build + 15 s
+#   fps_compile  Dynamo + Inductor + Triton of ~100 kernels on 16 cores, cold cache: ~60 s + 15 s
+#   tests        ~20 GPU tests of ~1-2 s each, one compile, collection: ~50 s
+#   fit          62 networks x ~0.5 s prepare + 10 rounds x 62 x 0.05 s + 15 s: ~80 s, +30 s margin
+#   fidelity     3 chunks x (11 networks x 0.5 s + 10 rounds x 12 x 0.05 s) + 15 s: ~50 s
+#   timer        8 ops x 2 rounds x (~0.8 s latbench + ~0.3 s do_bench_cudagraph) + 15 s: ~35 s
+#
+# Each step appends a row to steps.tsv (step, rc, seconds, estimate, cap) and re-packs everything
 # measured so far (results + logs) into $OUT/gpu-results.tgz atomically, so a call stopped by its
-# time limit still returns every finished step. $OUT gets at most four files: plan.txt,
-# session.log, steps.tsv and gpu-results.tgz. Steps share .gpu-work/ (git-ignored): a later call
-# on the same warm machine finds the LUT of an earlier one (or set LUT=path to a carried LUT).
+# time limit still returns every finished step. $OUT holds plan.txt, session.log, steps.tsv,
+# gpu-results.tgz and, once built, the LUT itself (to carry into call 2 on a fresh machine).
+# Steps share $WORK (.gpu-work/, git-ignored): call 2 on the same warm machine finds call 1's LUT;
+# on a fresh machine, put the returned LUT into .gpu-work/results/ and carry that folder (or set LUT=).
 #
-# BUDGET_S (default 540) is the call's time: a step whose estimate no longer fits is skipped (and
-# said so), and a running step's timeout never reaches past the budget.
+# Nothing is installed: the machine's python3 (/opt/torch/.venv: torch 2.11 + CUDA 13, triton,
+# onnxruntime CPU, pytest, no TensorRT, no onnxruntime-gpu, no network) runs the working tree from
+# PYTHONPATH, with a generated .dist-info under $WORK/site that registers pyproject.toml's entry
+# points (the lgcnet space), and commands run as `python3 -m latbench.cli` / `python3 -m nas.cli`.
+# What the machine lacks (TensorRT, ONNX Runtime's CUDA provider) is said in session.log and
+# env-CARD.txt; the steps that would need it skip. Nothing here changes GPU settings.
 #
-# Setup installs nothing into the machine's Python (PEP 668 may refuse that, and there is no
-# package index): the checkout runs from PYTHONPATH, with a generated .dist-info under
-# .gpu-work/site that registers the entry points of pyproject.toml (the lgcnet space), and
-# commands run as `python3 -m latbench.cli` / `python3 -m nas.cli`. Wheels carried in .whl/ (e.g.
-# pytest, if a machine lacks it) are unpacked into .gpu-work/site with `pip install --target`,
-# which PEP 668 allows. Nothing here changes GPU settings.
+# STANDIN=cpu runs every step's real command with the CPU standing in (cpu backend, 33x65, the
+# space at width 1.0, a fast protocol, a few networks; fps_compile times the cpu backend because
+# Inductor's C++ build of a whole network takes minutes on 2 cores): tests/test_gpu_session.py
+# runs both calls that way, so a wrong flag or a width mismatch fails the suite.
 set -u
 set -o pipefail
 
-ALL_STEPS="tests timer lut lut2 fidelity fit fps throughput backends"
-DEFAULT_STEPS="tests timer lut fidelity fit fps throughput"
-declare -A EST=([tests]=90 [timer]=120 [lut]=180 [lut2]=200 [fidelity]=200 [fit]=150 [fps]=150 [throughput]=90 [backends]=240)
-declare -A CAP=([tests]=240 [timer]=200 [lut]=300 [lut2]=300 [fidelity]=300 [fit]=280 [fps]=280 [throughput]=200 [backends]=300)
+ALL_STEPS="lut fps fps_compile tests fit fidelity timer lut2 throughput backends"
+CALL1_STEPS="lut fps fps_compile tests"
+CALL2_STEPS="lut fit fidelity timer"
+declare -A EST=([lut]=110 [fps]=25 [fps_compile]=75 [tests]=55 [fit]=110 [fidelity]=60 [timer]=40
+                [lut2]=130 [throughput]=90 [backends]=240)
+declare -A CAP=([lut]=200 [fps]=60 [fps_compile]=150 [tests]=120 [fit]=170 [fidelity]=120 [timer]=80
+                [lut2]=220 [throughput]=200 [backends]=300)
 SETUP_EST=15
+LUT_RESUME_EST=15   # the lut step when the LUT file already exists (a complete build times nothing)
+MACHINE_START_S=180 # a fresh machine's start-up, outside the script (the device tool: "minutes")
+SESSION_S=900       # the device time of a session, start-up included
+declare -A CALL_LIMIT=([1]=360 [2]=300)   # the device call's timeout_s
+SPARE_S=60
 
-STEPS=${STEPS:-$DEFAULT_STEPS}
+CALL=${CALL:-}
+case "$CALL" in ""|1|2) ;; *) echo "Error: CALL must be 1 or 2, not '$CALL'" >&2; exit 2;; esac
+if [ -n "${STEPS:-}" ]; then :;
+elif [ "$CALL" = 1 ]; then STEPS=$CALL1_STEPS
+elif [ "$CALL" = 2 ]; then STEPS=$CALL2_STEPS
+elif [ "${PLAN_ONLY:-0}" = 1 ]; then STEPS=""
+else echo "Error: set CALL=1 or CALL=2 (or STEPS=...); PLAN_ONLY=1 prints the plan" >&2; exit 2
+fi
+for s in $STEPS; do
+  case " $ALL_STEPS " in *" $s "*) ;; *)
+    echo "Error: unknown step '$s'; steps: $ALL_STEPS" >&2; exit 2;; esac
+done
+
+STANDIN=${STANDIN:-}
+case "$STANDIN" in ""|cpu) ;; *) echo "Error: STANDIN must be cpu or unset, not '$STANDIN'" >&2; exit 2;; esac
 OUT=${OUT:-gpu-results}
-RES=${RES:-769x1537}
-BUDGET_S=${BUDGET_S:-540}
 DRY_RUN=${DRY_RUN:-0}
 PLAN_ONLY=${PLAN_ONLY:-0}
 PY=${PYTHON:-python3}
@@ -54,53 +93,106 @@ WORK=${WORK:-$REPO/.gpu-work}
 R="$WORK/results"
 LOGS="$WORK/logs"
 T0=$(date +%s)
+if [ -n "$CALL" ]; then BUDGET_S=${BUDGET_S:-$(( ${CALL_LIMIT[$CALL]} - 20 ))}; else BUDGET_S=${BUDGET_S:-540}; fi
 
-for s in $STEPS; do
-  case " $ALL_STEPS " in *" $s "*) ;; *)
-    echo "Error: unknown step '$s'; steps: $ALL_STEPS" >&2; exit 2;; esac
-done
+# ---- the parameters of each step: the H200, or the CPU standing in --------------------------------
+if [ "$STANDIN" = cpu ]; then
+  DEVICE=${DEVICE:-cpu}; BACKEND=${BACKEND:-cpu}; RES=${RES:-33x65}; SPACE_OPTS=${SPACE_OPTS:-width_mult=1.0}
+  LUT_PROTOCOL=${LUT_PROTOCOL:---max-time 0.02 --min-time 0 --warmup 0 --max-noise 0.5 --threads 1}
+  FPS_BACKENDS=${FPS_BACKENDS:-cpu}; COMPILE_BACKENDS=${COMPILE_BACKENDS:-cpu}
+  FIT_OPTS=${FIT_OPTS:---fit-networks 8 --test-networks 3 --rounds 2 --window 0.01}
+  FIDELITY_OPTS=${FIDELITY_OPTS:---samples 6 --chunk 3 --seed 1000 --rounds 2 --window 0.01}
+  TIMER_OPTS=${TIMER_OPTS:---max-ops 2 --rounds 1 --max-time 0.02 --ref-time 0.02 --threads 1}
+  THROUGHPUT_OPTS=${THROUGHPUT_OPTS:---device cpu --crop $RES --batch-size 2 --steps 1 --warmup 1 --threads 1}
+  BACKENDS_OPTS=${BACKENDS_OPTS:---archs 1 --backends cpu --max-time 0.05 --threads 1}
+else
+  DEVICE=${DEVICE:-cuda:0}; BACKEND=${BACKEND:-cudagraph}; RES=${RES:-769x1537}; SPACE_OPTS=${SPACE_OPTS:-}
+  LUT_PROTOCOL=${LUT_PROTOCOL:---max-time 1}
+  FPS_BACKENDS=${FPS_BACKENDS:-eager,cudagraph}; COMPILE_BACKENDS=${COMPILE_BACKENDS:-compile}
+  FIT_OPTS=${FIT_OPTS:---fit-networks 40 --test-networks 20 --rounds 10 --window 0.05}
+  FIDELITY_OPTS=${FIDELITY_OPTS:---samples 30 --chunk 10 --seed 1000 --rounds 10 --window 0.05}
+  TIMER_OPTS=${TIMER_OPTS:---max-ops 8 --rounds 2}
+  THROUGHPUT_OPTS=${THROUGHPUT_OPTS:---device cuda --variants amp-cl,fp32 --steps 10 --warmup 3}
+  BACKENDS_OPTS=${BACKENDS_OPTS:---archs 2}
+fi
+GENOTYPE=${GENOTYPE:-nas/genotypes/lgcnet_paper.json}
 
-plan() {
-  local total=0 cap=0
-  printf 'plan: %s at %s, call budget %s s%s\n' "$STEPS" "$RES" "$BUDGET_S" "$([ "$DRY_RUN" = 1 ] && echo ' (dry run)')"
-  printf '  %-11s %9s %7s\n' step estimate cap
-  printf '  %-11s %8ss %6ss\n' setup "$SETUP_EST" 60
-  total=$SETUP_EST
-  for s in $STEPS; do
-    printf '  %-11s %8ss %6ss\n' "$s" "${EST[$s]}" "${CAP[$s]}"
-    total=$((total + ${EST[$s]})); cap=$((cap + ${CAP[$s]}))
-  done
-  printf '  %-11s %8ss %6ss  (%d min estimated)\n' total "$total" "$cap" $(((total + 59) / 60))
-  if [ "$total" -gt "$BUDGET_S" ]; then
-    echo "  note: the estimate exceeds this call's budget; steps that no longer fit are skipped -- split STEPS over calls"
-  fi
+est_of() {  # the estimate of step $1 now (ASSUME_LUT=1: as if call 1's LUT were there)
+  if [ "$1" = lut ] && { [ "${ASSUME_LUT:-0}" = 1 ] || [ -f "${LUT:-/nonexistent}" ]; }; then echo "$LUT_RESUME_EST"; else echo "${EST[$1]}"; fi
 }
 
-mkdir -p "$OUT" "$R" "$LOGS"
+plan_call() {  # plan_call TITLE LIMIT STEPS...; prints the table, returns the total estimate in $PLAN_TOTAL
+  local title=$1 limit=$2; shift 2
+  local total=$SETUP_EST cap=60 s e
+  printf '%s\n' "$title"
+  printf '  %-12s %9s %7s\n' step estimate cap
+  printf '  %-12s %8ss %6ss\n' setup "$SETUP_EST" 60
+  for s in "$@"; do
+    e=$(est_of "$s")
+    printf '  %-12s %8ss %6ss\n' "$s" "$e" "${CAP[$s]}"
+    total=$((total + e)); cap=$((cap + ${CAP[$s]}))
+  done
+  printf '  %-12s %8ss %6ss  (%d min estimated)\n' total "$total" "$cap" $(((total + 59) / 60))
+  if [ "$limit" -gt 0 ]; then
+    if [ $((total + SPARE_S)) -le "$limit" ]; then
+      printf '  fits: %d s estimated + %d s spare <= the call limit of %d s\n' "$total" "$SPARE_S" "$limit"
+    else
+      printf '  DOES NOT FIT: %d s estimated + %d s spare > the call limit of %d s\n' "$total" "$SPARE_S" "$limit"
+    fi
+  fi
+  PLAN_TOTAL=$total
+}
+
+plan() {
+  local mode=""
+  [ "$DRY_RUN" = 1 ] && mode=" (dry run)"
+  [ "$STANDIN" = cpu ] && mode="$mode (the CPU standing in: the estimates are the H200's)"
+  printf 'plan at %s on %s, backend %s%s\n' "$RES" "$DEVICE" "$BACKEND" "$mode"
+  if [ -n "$STEPS" ] && [ -z "$CALL" ]; then
+    plan_call "steps: $STEPS (budget $BUDGET_S s)" 0 $STEPS
+    [ "$PLAN_TOTAL" -gt "$BUDGET_S" ] && echo "  note: the estimate exceeds the budget; steps that no longer fit are skipped -- split STEPS over calls"
+    return 0
+  fi
+  local c2="call 2: $CALL2_STEPS (device timeout ${CALL_LIMIT[2]} s; lut resumes call 1's LUT)"
+  if [ "$CALL" = 1 ]; then
+    plan_call "call 1: $STEPS (budget $BUDGET_S s, device timeout ${CALL_LIMIT[1]} s)" "${CALL_LIMIT[1]}" $STEPS
+    return 0
+  elif [ "$CALL" = 2 ]; then
+    ASSUME_LUT=1 plan_call "${c2/(device/(budget $BUDGET_S s, device}" "${CALL_LIMIT[2]}" $STEPS
+    return 0
+  fi
+  local t1 t2
+  plan_call "call 1: $CALL1_STEPS (device timeout ${CALL_LIMIT[1]} s)" "${CALL_LIMIT[1]}" $CALL1_STEPS; t1=$PLAN_TOTAL
+  ASSUME_LUT=1 plan_call "$c2" "${CALL_LIMIT[2]}" $CALL2_STEPS; t2=$PLAN_TOTAL
+  printf 'session: machine start ~%d s + call 1 <= %d s + call 2 <= %d s = %d s of the %d s device time (estimated: %d s)\n' \
+    "$MACHINE_START_S" "${CALL_LIMIT[1]}" "${CALL_LIMIT[2]}" $((MACHINE_START_S + ${CALL_LIMIT[1]} + ${CALL_LIMIT[2]})) \
+    "$SESSION_S" $((MACHINE_START_S + t1 + t2))
+}
+
+mkdir -p "$OUT"
+if [ "$PLAN_ONLY" = 1 ]; then plan | tee "$OUT/plan.txt"; exit 0; fi
+mkdir -p "$R" "$LOGS"
 plan | tee "$OUT/plan.txt"
-[ "$PLAN_ONLY" = 1 ] && exit 0
 
 log() { echo "== $(date -u +%H:%M:%S) +$(( $(date +%s) - T0 ))s $*" | tee -a "$WORK/session.log"; }
 pack() {  # everything measured so far into $OUT, atomically
   cp "$WORK/session.log" "$OUT/session.log" 2>/dev/null
   [ -f "$WORK/steps.tsv" ] && cp "$WORK/steps.tsv" "$OUT/steps.tsv"
+  [ -n "${LUT:-}" ] && [ -f "$LUT" ] && cp "$LUT" "$OUT/.lut.tmp" && mv -f "$OUT/.lut.tmp" "$OUT/$(basename "$LUT")"
   tar -C "$WORK" -czf "$OUT/.gpu-results.tgz.tmp" results logs session.log 2>/dev/null \
     && mv -f "$OUT/.gpu-results.tgz.tmp" "$OUT/gpu-results.tgz"
 }
-[ -f "$WORK/steps.tsv" ] || printf 'step\trc\tseconds\testimate_s\tcap_s\tstarted_utc\n' >"$WORK/steps.tsv"
+[ -f "$WORK/steps.tsv" ] || printf 'step\trc\tseconds\testimate_s\tcap_s\tstarted_utc\tcall\n' >"$WORK/steps.tsv"
 
 # ---- setup: no installs into the machine's Python ----------------------------------------------
+if [ -z "${PYTHON:-}" ] && ! "$PY" -c "import torch" >/dev/null 2>&1 && [ -x /opt/torch/.venv/bin/python3 ]; then
+  PY=/opt/torch/.venv/bin/python3  # the lent machine's venv, when python3 on PATH is another one
+fi
 SITE="$WORK/site"
 mkdir -p "$SITE"
 export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-log "setup (python: $(command -v "$PY"))"
-if [ "$DRY_RUN" != 1 ]; then
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
-      >>"$WORK/session.log" 2>&1 || log "warning: installing the carried wheels failed (see session.log)"
-  fi
-fi
+log "setup (call ${CALL:-steps}, python: $(command -v "$PY"))"
 # The entry points of pyproject.toml (e.g. latbench.spaces: lgcnet) without installing the package.
 "$PY" - "$REPO/pyproject.toml" "$SITE" <<'PY' || { log "setup failed: cannot register the entry points"; pack; exit 1; }
 import pathlib, sys
@@ -120,85 +212,116 @@ if meta.get("scripts"):
 PY
 if [ "$DRY_RUN" = 1 ]; then
   CARD=dry-run-gpu
+elif [ "$DEVICE" = cpu ]; then
+  CARD=cpu
 else
   CARD=$("$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; n=torch.cuda.get_device_name(0).lower(); print(''.join(c if c.isalnum() else '-' for c in n).strip('-'))") \
     || { log "setup failed: torch sees no CUDA GPU"; pack; exit 1; }
-  { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw,power.limit --format=csv
-    "$PY" - <<'PY'
+fi
+if [ "$DRY_RUN" != 1 ]; then
+  { [ "$DEVICE" != cpu ] && nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw,power.limit --format=csv
+    "$PY" - "$DEVICE" <<'PY'
 import platform, sys, torch
-print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda,
-      "cudnn", torch.backends.cudnn.version(), "gpu", torch.cuda.get_device_name(0), "host", platform.node())
+dev = sys.argv[1]
+print("python", sys.version.split()[0], sys.executable, "torch", torch.__version__, "cuda", torch.version.cuda,
+      "cudnn", torch.backends.cudnn.version(), "host", platform.node())
+if dev != "cpu":
+    print("gpu", torch.cuda.get_device_name(0), "capability", torch.cuda.get_device_capability(0))
 for mod in ("triton", "onnxruntime", "tensorrt", "pynvml", "pytest"):
     try:
         m = __import__(mod)
         print(mod, getattr(m, "__version__", "?"))
     except Exception as exc:
         print(mod, "missing:", type(exc).__name__)
+unavailable = []
+try:
+    import tensorrt  # noqa: F401
+except Exception:
+    unavailable.append("TensorRT (no tensorrt module: the trt backend and its tests skip)")
+try:
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        unavailable.append(f"ONNX Runtime's CUDA provider (onnxruntime {ort.__version__} has "
+                           f"{', '.join(ort.get_available_providers())}: the ort backend runs on the CPU only)")
+except Exception:
+    unavailable.append("ONNX Runtime (no onnxruntime module)")
+try:
+    import triton  # noqa: F401
+except Exception:
+    unavailable.append("triton (the timer step's do_bench_cudagraph reference)")
+print("unavailable:", "; ".join(unavailable) if unavailable else "nothing")
 import latbench.space as s
 print("spaces", s.available_spaces())
 PY
   } >"$R/env-$CARD.txt" 2>&1
-fi
-if [ "$DRY_RUN" != 1 ] && ! "$PY" -c "import pytest" >/dev/null 2>&1; then
-  log "warning: no pytest in $PY: the tests step will fail; carry pytest's wheels (pytest, pluggy, iniconfig) in .whl/"
+  log "$(grep '^unavailable:' "$R/env-$CARD.txt" || echo 'unavailable: (the environment probe failed; see env-'"$CARD"'.txt)')"
+  "$PY" -c "import pytest" >/dev/null 2>&1 || log "warning: no pytest in $PY: the tests step will fail"
 fi
 DATE=$(date -u +%Y%m%d)
-LUT=${LUT:-$R/$CARD-cudagraph-$DATE.parquet}
-LUT2="$R/$CARD-cudagraph-$DATE-repeat.parquet"
-log "card $CARD, date $DATE, resolution $RES, LUT $LUT"
+LUT=${LUT:-$R/$CARD-$BACKEND-$RES.parquet}
+LUT2="$R/$CARD-$BACKEND-$RES-repeat.parquet"
+SPACE_ARGS=""
+for kv in $SPACE_OPTS; do SPACE_ARGS="$SPACE_ARGS --space-opt $kv"; done
+log "card $CARD, date $DATE, device $DEVICE, backend $BACKEND, resolution $RES, LUT $LUT"
 pack
 
 # ---- steps ------------------------------------------------------------------------------------
+lut_width() {  # the width multiplier the LUT was built for (its metadata's space configuration)
+  "$PY" -c 'import sys; from latbench.lut import read_lut; print(read_lut(sys.argv[1]).meta["space"]["config"]["width_mult"])' "$LUT"
+}
 cmd_tests() {
   local files
-  files=$(grep -l 'mark\.gpu\|mark\.trt' tests/test_*.py | tr '\n' ' ')
+  files=$(grep -l 'mark\.gpu\|mark\.trt' tests/test_*.py | grep -v 'tests/test_gpu_session\.py' | tr '\n' ' ')
   echo "$PY -m pytest -q -p no:cacheprovider -m 'gpu or trt' --junitxml=$R/gpu-tests-$CARD.xml $files"
 }
-cmd_timer() {
-  echo "$PY benchmarks/timer_agreement.py --device cuda:0 --resolution $RES --max-ops 16 --rounds 3 --budget-s 150 --output-dir $R"
-}
 cmd_lut() {
-  echo "$PY -m latbench.cli build-lut --gpu $CARD --backend cudagraph --resolution $RES --max-time 1 --output $LUT --no-progress --json > $R/build-$CARD.json && $PY -m latbench.cli show $LUT --json > $R/show-$CARD.json"
+  echo "$PY -m latbench.cli build-lut --gpu $CARD --device $DEVICE --backend $BACKEND --resolution $RES$SPACE_ARGS $LUT_PROTOCOL --output $LUT --no-progress --json > $R/build-$CARD.json && $PY -m latbench.cli show $LUT --json > $R/show-$CARD.json"
 }
 cmd_lut2() {
-  echo "$PY -m latbench.cli build-lut --gpu $CARD --backend cudagraph --resolution $RES --max-time 1 --output $LUT2 --no-progress --json > $R/build-$CARD-repeat.json && $PY -m latbench.cli compare-lut $LUT $LUT2 --report $R/repeat-$CARD.md --json > $R/repeat-$CARD.json"
+  echo "$PY -m latbench.cli build-lut --gpu $CARD --device $DEVICE --backend $BACKEND --resolution $RES$SPACE_ARGS $LUT_PROTOCOL --output $LUT2 --no-progress --json > $R/build-$CARD-repeat.json && $PY -m latbench.cli compare-lut $LUT $LUT2 --report $R/repeat-$CARD.md --json > $R/repeat-$CARD.json"
+}
+fps_cmd() {  # fps_cmd BACKENDS TAG: the paper's network at the LUT's width, with the LUT's prediction
+  local w
+  if [ "$DRY_RUN" = 1 ]; then w='<the LUT width>'; else w=$(lut_width) || { echo "false # cannot read the LUT's width from $LUT"; return; }; fi
+  echo "$PY -m nas.cli fps --arch $GENOTYPE --width-mult $w --gpu $CARD --device $DEVICE --resolution $RES --backend $1 --lut $LUT --reports $R/reports --json > $R/fps-$CARD-$2.json"
+}
+cmd_fps() { fps_cmd "$FPS_BACKENDS" eager-cudagraph; }
+cmd_fps_compile() { fps_cmd "$COMPILE_BACKENDS" compile; }
+cmd_fit() {
+  echo "$PY -m latbench.cli fit $LUT $FIT_OPTS --device $DEVICE --no-progress --json --plot $R/fit-$CARD.png > $R/fit-$CARD.json"
 }
 cmd_fidelity() {
-  echo "$PY benchmarks/lut_fidelity.py $LUT --samples 50 --out-dir $R"
+  echo "$PY benchmarks/lut_fidelity.py $LUT $FIDELITY_OPTS --device $DEVICE --budget-s $(( ${1:-120} * 2 / 3 )) --out-dir $R"
 }
-cmd_fit() {
-  echo "$PY -m latbench.cli fit $LUT --fit-networks 40 --test-networks 20 --rounds 10 --window 0.05 --no-progress --json --plot $R/fit-$CARD.png > $R/fit-$CARD.json"
-}
-cmd_fps() {
-  local lut=""
-  [ -f "$LUT" ] && lut="--lut $LUT"
-  echo "$PY -c 'import random,sys; from nas.config import SpaceConfig; from nas.genotype import Architecture, Genotype; from nas.space import LGCNetSpace; c=SpaceConfig(); Genotype(Architecture.from_dict(LGCNetSpace(c).sample_architecture(random.Random(0))), c, {\"note\": \"uniformly sampled (seed 0) for the GPU session\"}).save(sys.argv[1])' $WORK/g.json && $PY -m nas.cli fps --arch $WORK/g.json --gpu $CARD --resolution $RES --backend eager,cudagraph,compile $lut --reports $R/reports --json > $R/fps-$CARD.json"
+cmd_timer() {
+  echo "$PY benchmarks/timer_agreement.py --device $DEVICE --resolution $RES $TIMER_OPTS --budget-s $(( ${1:-80} * 2 / 3 )) --output-dir $R"
 }
 cmd_throughput() {
-  echo "$PY benchmarks/search_throughput.py --device cuda --variants amp-cl,fp32 --steps 10 --warmup 3 --out-dir $R"
+  echo "$PY benchmarks/search_throughput.py $THROUGHPUT_OPTS --out-dir $R"
 }
 cmd_backends() {
-  echo "$PY benchmarks/backends_whole_network.py --device cuda:0 --resolution $RES --archs 2 --out-dir $R"
+  echo "$PY benchmarks/backends_whole_network.py --device $DEVICE --resolution $RES $BACKENDS_OPTS --out-dir $R"
 }
 
-needs_lut() { case "$1" in fidelity|lut2|fit) return 0;; esac; return 1; }
+needs_lut() { case "$1" in fps|fps_compile|fit|fidelity|lut2) return 0;; esac; return 1; }
 
 for s in $STEPS; do
   now=$(( $(date +%s) - T0 ))
   left=$(( BUDGET_S - now ))
-  if [ "${EST[$s]}" -gt "$left" ]; then
-    log "skip $s: estimated ${EST[$s]} s, $left s left of this call's budget -- run it in the next call"
-    printf '%s\tskipped\t0\t%s\t%s\t%s\n' "$s" "${EST[$s]}" "${CAP[$s]}" "$(date -u +%H:%M:%S)" >>"$WORK/steps.tsv"
+  est=$(est_of "$s")
+  if [ "$est" -gt "$left" ]; then
+    log "skip $s: estimated $est s, $left s left of this call's budget -- run it in the next call"
+    printf '%s\tskipped\t0\t%s\t%s\t%s\t%s\n' "$s" "$est" "${CAP[$s]}" "$(date -u +%H:%M:%S)" "${CALL:--}" >>"$WORK/steps.tsv"
     pack; continue
   fi
   if needs_lut "$s" && [ "$DRY_RUN" != 1 ] && [ ! -f "$LUT" ]; then
-    log "skip $s: needs the LUT $LUT (run the lut step first on this machine, or set LUT=path)"
-    printf '%s\tno-lut\t0\t%s\t%s\t%s\n' "$s" "${EST[$s]}" "${CAP[$s]}" "$(date -u +%H:%M:%S)" >>"$WORK/steps.tsv"
+    log "skip $s: needs the LUT $LUT (run the lut step first on this machine, or carry it and set LUT=path)"
+    printf '%s\tno-lut\t0\t%s\t%s\t%s\t%s\n' "$s" "$est" "${CAP[$s]}" "$(date -u +%H:%M:%S)" "${CALL:--}" >>"$WORK/steps.tsv"
     pack; continue
   fi
   cap=${CAP[$s]}; [ "$cap" -gt "$left" ] && cap=$left
-  cmd=$("cmd_$s")
-  log "step $s (estimate ${EST[$s]} s, timeout $cap s): $cmd"
+  cmd=$("cmd_$s" "$cap")
+  log "step $s (estimate $est s, timeout $cap s): $cmd"
   started=$(date -u +%H:%M:%S); t=$(date +%s)
   if [ "$DRY_RUN" = 1 ]; then
     echo "$cmd" >"$R/$s.dry-run.txt"; rc=0
@@ -206,9 +329,10 @@ for s in $STEPS; do
     timeout --kill-after=10 "$cap" bash -c "$cmd" >"$LOGS/$s.log" 2>&1; rc=$?
   fi
   dt=$(( $(date +%s) - t ))
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$s" "$rc" "$dt" "${EST[$s]}" "$cap" "$started" >>"$WORK/steps.tsv"
-  [ "$rc" = 124 ] || [ "$rc" = 137 ] && log "step $s hit its $cap s timeout"
-  log "step $s: rc=$rc in $dt s (estimate ${EST[$s]} s)"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$s" "$rc" "$dt" "$est" "$cap" "$started" "${CALL:--}" >>"$WORK/steps.tsv"
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then log "step $s hit its $cap s timeout"; fi
+  [ "$rc" != 0 ] && log "step $s failed; the last lines of its log:" && tail -n 5 "$LOGS/$s.log" | sed 's/^/   | /' | tee -a "$WORK/session.log"
+  log "step $s: rc=$rc in $dt s (estimate $est s)"
   pack
 done
 
