@@ -52,7 +52,7 @@ def build_lut(name, device, backend, resolutions, batch, precision, output, max_
     Prints the one-off preparation time of each entry where a backend has one (torch.compile's
     compilation, a TensorRT engine build)."""
     from latbench.build.builder import build_lut as run_build, raise_if_mostly_failed
-    from latbench.device import describe_device, name_matches, resolve_device
+    from latbench.device import resolve_device
     from latbench.files import check_writable
     from latbench.space import parse_resolution
     from latbench.timing import TimingConfig, available_backends, default_backend, get_backend
@@ -105,14 +105,7 @@ def build_lut(name, device, backend, resolutions, batch, precision, output, max_
         raise UserError(f"backend {backend!r} does not take the option(s) {', '.join(extra) or '(none)'}: {exc}") from None
     space = _load_space(space_name, parse_space_opts(space_opts))
 
-    info = describe_device(dev)
-    if not name_matches(name, info):  # as nas fps refuses a report name that contradicts the device
-        if not force:
-            raise UserError(f"--gpu {name!r} does not describe the device that would time the ops ({dev}: "
-                            f"{info.get('name')}); name the LUT after it (e.g. --gpu cpu on a CPU, --gpu h100 on an "
-                            "H100) or add --force")
-        click.echo(f"warning: --gpu {name!r} does not match the device actually used ({dev}: {info.get('name')}); "
-                   "the LUT metadata records the real device", err=True)
+    info = _device_named(name, dev, force)
     from latbench.timing.canary import CanaryConfig
     from latbench.timing.plausibility import PlausibilityConfig
 
@@ -123,6 +116,22 @@ def build_lut(name, device, backend, resolutions, batch, precision, output, max_
                     on_timed=report_preparation, canary=canary)
     _report(lut, out, name, dev, info.get("name"), backend, precision, batch, res, as_json)
     raise_if_mostly_failed(lut, str(out))
+
+
+def _device_named(name: str, dev: str, force: bool) -> dict[str, Any]:
+    """The facts of ``dev``, after refusing a --gpu name that contradicts them (as nas fps refuses a
+    report name that contradicts the device); with --force, a warning instead."""
+    from latbench.device import describe_device, name_matches
+
+    info = describe_device(dev)
+    if not name_matches(name, info):
+        if not force:
+            raise UserError(f"--gpu {name!r} does not describe the device that would time the ops ({dev}: "
+                            f"{info.get('name')}); name the LUT after it (e.g. --gpu cpu on a CPU, --gpu h100 on an "
+                            "H100) or add --force")
+        click.echo(f"warning: --gpu {name!r} does not match the device actually used ({dev}: {info.get('name')}); "
+                   "the LUT metadata records the real device", err=True)
+    return info
 
 
 def torch_cuda_available() -> bool:

@@ -43,24 +43,15 @@ def evaluate(ckpt_path, dataset, data_root, split, resolution, arch_path, device
 
     from latbench.device import resolve_device
     from latbench.files import check_outputs
-    from nas.genotype import Genotype
     from nas.memory import check_network_fits
     from nas.runtime import init_distributed, teardown_distributed
-    from nas.train.checkpoint import build_model, check_same_architecture, read_checkpoint
+    from nas.train.checkpoint import build_model
     from nas.train.evaluate import (DataSource, default_report_name, eval_dataset, evaluate_split,
                                     format_table, input_resolution, result_record, write_result)
 
     dev = resolve_device(device)
     check_outputs(folders={"--reports": None if no_write else Path(reports_dir) / "miou"})
-    ckpt = read_checkpoint(ckpt_path)
-    if arch_path is not None:
-        check_same_architecture(Genotype.load(arch_path), ckpt.genotype, f"genotype {arch_path}",
-                                f"checkpoint {ckpt_path}", ignore=("num_classes",))
-    if ckpt.labels.name != dataset:
-        raise UserError(f"checkpoint {ckpt_path} was trained on {ckpt.labels.name}, not {dataset}: "
-                        f"its {ckpt.labels.num_classes} outputs mean that data set's classes")
-    if dataset != "synthetic" and not data_root:
-        raise UserError(f"--dataset {dataset} needs --data-root DIR")
+    ckpt = _read_checkpoint(ckpt_path, dataset, data_root, arch_path)
     tc = ckpt.train_config
     source = DataSource(dataset, data_root,
                         tuple(tc.get("synthetic_size", (64, 128))),  # type: ignore[arg-type]
@@ -99,3 +90,21 @@ def evaluate(ckpt_path, dataset, data_root, split, resolution, arch_path, device
         click.echo(format_table(record))
         if path is not None:
             click.echo(f"wrote {path}")
+
+
+def _read_checkpoint(ckpt_path: str, dataset: str, data_root: str | None, arch_path: str | None):
+    """The checkpoint, after checking it against ``--arch`` (its network) and ``--dataset`` (the
+    classes it was trained on), and that a real data set has its ``--data-root``."""
+    from nas.genotype import Genotype
+    from nas.train.checkpoint import check_same_architecture, read_checkpoint
+
+    ckpt = read_checkpoint(ckpt_path)
+    if arch_path is not None:
+        check_same_architecture(Genotype.load(arch_path), ckpt.genotype, f"genotype {arch_path}",
+                                f"checkpoint {ckpt_path}", ignore=("num_classes",))
+    if ckpt.labels.name != dataset:
+        raise UserError(f"checkpoint {ckpt_path} was trained on {ckpt.labels.name}, not {dataset}: "
+                        f"its {ckpt.labels.num_classes} outputs mean that data set's classes")
+    if dataset != "synthetic" and not data_root:
+        raise UserError(f"--dataset {dataset} needs --data-root DIR")
+    return ckpt
