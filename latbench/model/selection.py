@@ -69,12 +69,11 @@ class Candidate:
         return self.group_by if self.kind == "fitted" else self.kind
 
     @property
-    def complexity(self) -> tuple[int, int, int]:
-        lam_rank = 0 if math.isinf(self.lam) else 1 + sorted([v for v in LAMBDAS if not math.isinf(v)],
-                                                             reverse=True).index(self.lam) \
-            if self.lam in LAMBDAS else 1 + int(-math.log10(max(self.lam, 1e-12)) + 10)
+    def complexity(self) -> tuple[int, float, int]:
+        """Sort key, simplest first: structure, then λ from strong to weak pull (∞ first), then
+        the column (median before p10)."""
         col = COLUMN_ORDER.index(self.column) if self.column in COLUMN_ORDER else len(COLUMN_ORDER)
-        return (STRUCTURES.index(self.structure), lam_rank, col)
+        return (STRUCTURES.index(self.structure), -self.lam, col)
 
     @property
     def name(self) -> str:
