@@ -5,7 +5,7 @@
                                            [--init-channels C] [--num-cells K] [--threads N]
                                            [--out-dir benchmarks/results]
 
-Each measured step is exactly one step of the search loop (:class:`nas.search.trainer.SearchStep`):
+Each measured step is exactly one step of the search loop (:class:`nas.search.step.SearchStep`):
 GCN-guided module, Gumbel sample, supernet forward over every candidate op of every edge (paper
 space by default: 14 cells, C = 8, dense-connected fusion cell), CE + β·log(LAT), backward, SGD
 and Adam updates. What it does not include: data loading (one synthetic batch, generated once, is
@@ -81,7 +81,7 @@ def _measure(device: torch.device, crop: tuple[int, int], batch: int, steps: int
     from nas.data import make_dataset
     from nas.search.config import SearchConfig
     from nas.search.latency import LatencyTable
-    from nas.search.trainer import SearchModel, SearchStep, make_optimizers, resolve_amp
+    from nas.search.step import SearchModel, SearchStep, make_optimizers, resolve_amp
 
     defaults = SpaceConfig()
     space = SpaceConfig(num_cells=num_cells, init_channels=init_channels,
@@ -157,7 +157,7 @@ def render_md(results: list[dict], command: str, when: str) -> str:
         "",
         f"Host: {r0.get('host')} ({r0['cpu_count']} logical CPUs, possibly shared with other jobs). "
         "One step = GGM + Gumbel sample + supernet forward/backward over every candidate op + SGD and Adam "
-        "updates (`nas.search.trainer.SearchStep`); data loading excluded (one synthetic batch reused).",
+        "updates (`nas.search.step.SearchStep`); data loading excluded (one synthetic batch reused).",
         "",
     ]
     return "\n".join(lines)

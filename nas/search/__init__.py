@@ -6,7 +6,10 @@ One module per job:
 - :mod:`nas.search.ggm` — the GCN-guided module between adjacent cells (eq. 5–7) and its ablations;
 - :mod:`nas.search.temperature` — the Gumbel-softmax temperature schedule (λ: 1.0 → 0.03);
 - :mod:`nas.search.latency` — the LUT-priced expected latency (eq. 8–9), the coverage check;
-- :mod:`nas.search.trainer` — single-level optimisation (eq. 10), DDP, exact checkpoints, logs;
+- :mod:`nas.search.step` — one single-level optimisation step (eq. 10): the model (supernet + θ + GGM),
+  its optimisers, mixed precision;
+- :mod:`nas.search.trainer` — the search on the shared epoch loop (:mod:`nas.train.loop`): DDP, exact
+  checkpoints, logs, the genotype at the end;
 - :mod:`nas.search.derive` — α → discrete :class:`~nas.genotype.Architecture`;
 - :mod:`nas.search.plots` — α heat maps, curves, drawings of the derived architecture.
 

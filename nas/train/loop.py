@@ -73,7 +73,12 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 class EpochRun:
     """One training run of ``cfg.epochs`` epochs in ``cfg.out_dir``; every process builds one."""
 
-    # set by subclasses (see the module's docstring)
+    #: what the refusals call a run in ``cfg.out_dir`` ("run", "search")
+    kind = "run"
+    #: the folder of ``last.pt`` / ``best.pt`` inside ``cfg.out_dir``
+    checkpoint_dir = "."
+
+    # set by subclasses (see the module's docstring; ``genotype`` None: none to save at the start)
     train_ds: Any
     genotype: Any
     genotype_source: dict[str, Any]
@@ -144,7 +149,7 @@ class EpochRun:
         if self.ctx.distributed:
             self.progress.loss_sum, self.progress.loss_count = self._global_loss()
         if self.ctx.is_main:
-            save_checkpoint(self.out / name, self._payload())
+            save_checkpoint(self._checkpoint(name), self._payload())
         self.progress.loss_sum, self.progress.loss_count = local
         self.ctx.barrier()
 
@@ -181,12 +186,15 @@ class EpochRun:
             self.progress.loss_sum, self.progress.loss_count = 0.0, 0
         self.history = list(raw.get("history", []))
 
+    def _checkpoint(self, name: str) -> Path:
+        return self.out / self.checkpoint_dir / name
+
     # ------------------------------------------------------------------ run
     def run(self) -> Any:
         cfg = self.cfg
-        last = self.out / "last.pt"
+        last = self._checkpoint("last.pt")
         if last.exists() and not cfg.resume:
-            raise UserError(f"{self.out} already holds a run ({last}); pass --resume to continue it "
+            raise UserError(f"{self.out} already holds a {self.kind} ({last}); pass --resume to continue it "
                             f"or choose another --out")
         if cfg.resume and not last.exists():  # as nas search: a resume needs a run to continue
             raise UserError(f"--resume: {last} does not exist (no checkpoint at {self.out}); "
@@ -200,10 +208,9 @@ class EpochRun:
                 if journal is not None:
                     journal = self._trim_log(journal)
                 self._record(journal, {"event": "resume", "checkpoint": str(last), **self.progress.to_dict()})
-                self.log(f"resumed {last} at epoch {self.progress.epoch + 1}, step "
-                         f"{self.progress.step_in_epoch}/{self.steps_per_epoch}")
+                self.log(self._resume_message(last))
             else:
-                if self.ctx.is_main:
+                if self.ctx.is_main and self.genotype is not None:
                     self.genotype.save(self.out / "genotype.json")
                 self._start(journal)
             return self._finish(self._loop(journal))
@@ -248,20 +255,33 @@ class EpochRun:
             if self._stop_due() or not self._train_epoch(journal):
                 self._save()
                 self._record(journal, {"event": "stopped", **p.to_dict()})
-                self.log(f"stopped after {p.global_step} steps (--stop-after); continue with --resume")
+                message = self._stop_message()
+                if message is not None:
+                    self.log(message)
                 return False
             rec = self._end_epoch(time.time() - t0)
             self._record(journal, rec)  # logged before the checkpoint: a resume trims what it lacks
             self._save()
-            if rec["best"] and self.ctx.is_main:
-                tmp = self.out / ".best.pt.tmp"
-                shutil.copyfile(self.out / "last.pt", tmp)
-                tmp.replace(self.out / "best.pt")
-            self.log(self._epoch_message(rec))
+            if rec.get("best") and self.ctx.is_main:
+                tmp = self._checkpoint(".best.pt.tmp")
+                shutil.copyfile(self._checkpoint("last.pt"), tmp)
+                tmp.replace(self._checkpoint("best.pt"))
+            message = self._epoch_message(rec)
+            if message is not None:
+                self.log(message)
         self._record(journal, {"event": "done", "global_step": p.global_step, **self._done_fields()})
         return True
 
-    def _epoch_message(self, rec: dict[str, Any]) -> str:
+    def _resume_message(self, last: Path) -> str:
+        return f"resumed {last} at epoch {self.progress.epoch + 1}, step {self.progress.step_in_epoch}/" \
+               f"{self.steps_per_epoch}"
+
+    def _stop_message(self) -> str | None:
+        """The log line of a run stopped by ``stop_after`` (None: none)."""
+        return f"stopped after {self.progress.global_step} steps (--stop-after); continue with --resume"
+
+    def _epoch_message(self, rec: dict[str, Any]) -> str | None:
+        """The epoch's log line (None: none)."""
         raise NotImplementedError
 
     def _done_fields(self) -> dict[str, Any]:
