@@ -211,7 +211,7 @@ class Predictor:
 
     def provenance(self, path: str | Path) -> dict[str, Any]:
         """What a genotype or a record says about the LUT (and model) that priced it."""
-        from latbench.fileio import file_sha256
+        from latbench.files import file_sha256
 
         meta = self.lut.meta
         dev = meta.get("device") or {}
