@@ -11,6 +11,7 @@ out. ``from pkg import name`` is an edge to the submodule ``pkg.name`` when ther
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,6 +159,7 @@ def test_the_cycle_finder_sees_a_function_local_loop(tmp_path):
     assert not any("latbench.c" in edge for edge in cycles[0])
 
 
+@functools.lru_cache(maxsize=1)
 def _sizes() -> tuple[dict[str, int], dict[str, int]]:
     modules: dict[str, int] = {}
     functions: dict[str, int] = {}
