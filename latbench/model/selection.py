@@ -28,7 +28,7 @@ what another split moves. This module chooses the model the way the data can sup
    on a typical row of the group relative to the median group (``(a_g − med a)·v̄_g + (b_g − med b)``,
    µs) excludes 0; every other group is tied to the global values. The final model is refitted
    with those ties.
-5. The clip at 0 µs is respected by every fit (:func:`latbench.model.fitting.solve_design`).
+5. The clip at 0 µs is respected by every fit (:func:`latbench.model.lsq.solve_design`).
 
 :func:`cheapest_op_changes` reports, for a search, at how many edges the model's cheapest timed op
 differs from the raw LUT's and how many of those changes the bootstrap supports.
@@ -42,8 +42,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from latbench.model.fitting import (LAMBDAS, UNFITTED, Coefficients, Design, RowsByColumn, Row, _model,
-                                    overhead_model, raw_model, solve_design)
+from latbench.model.lsq import (LAMBDAS, UNFITTED, Coefficients, Design, Row, RowsByColumn, _model, overhead_model,
+                                raw_model, solve_design)
 from latbench.model.latency_model import LatencyModel, ModelScope
 
 FOLD_SEEDS = tuple(range(10))
