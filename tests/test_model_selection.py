@@ -162,12 +162,33 @@ def test_cheapest_op_changes_counts_changes_and_their_bootstrap_support():
            "e1": [("conv", "s4", 20.0, False), ("sep", "s4", 41.0, False)],
            "e2": [("conv", "s4", 20.0, False), ("zero", "s4", 0.0, True)]}  # one timed op: not an edge choice
     model = LatencyModel(SCOPE, 0.0, 0.0, group_by="op", slopes={"conv": 2.0, "sep": 1.0})
-    firm = [LatencyModel(SCOPE, 0.0, 0.0, group_by="op", slopes={"conv": s, "sep": 1.0}) for s in np.linspace(1.9, 2.1, 10)]
+    def models(lo, hi):
+        return [LatencyModel(SCOPE, 0.0, 0.0, group_by="op", slopes={"conv": s, "sep": 1.0}) for s in np.linspace(lo, hi, 10)]
+
+    firm = models(1.9, 2.1)
     out = cheapest_op_changes(pos, model, firm)
     assert out["edges"] == 2 and out["changed"] == 1 and out["supported"] == 1  # e0 flips to sep; e1 stays conv
     e0 = next(e for e in out["per_edge"] if e["position"] == "e0")
     assert e0["raw_cheapest"] == "conv" and e0["model_cheapest"] == "sep" and e0["bootstrap_share"] == 1.0
-    shaky = [LatencyModel(SCOPE, 0.0, 0.0, group_by="op", slopes={"conv": s, "sep": 1.0}) for s in np.linspace(1.0, 2.0, 10)]
+    shaky = models(1.0, 2.0)
     out = cheapest_op_changes(pos, model, shaky)
     assert out["changed"] == 1 and out["supported"] == 0
     assert cheapest_op_changes(pos, model)["supported"] == 0  # no bootstrap: nothing is supported
+
+
+def test_bounded_and_plain_least_squares_match_scipy():
+    from scipy.optimize import lsq_linear
+
+    from latbench.model.lsq import _bounded_lstsq, _lstsq
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        A = rng.normal(size=(60, 12)) * rng.uniform(0.01, 100, 12)  # columns on very different scales
+        t = rng.normal(size=60)
+        assert np.allclose(_lstsq(A, t), np.linalg.lstsq(A, t, rcond=None)[0], rtol=1e-6, atol=1e-9)
+        nonneg = np.arange(12) % 3 == 0
+        lo = np.where(nonneg, 0.0, -np.inf)
+        want = lsq_linear(A, t, bounds=(lo, np.full(12, np.inf)), method="bvls").x
+        got = _bounded_lstsq(A, t, nonneg)
+        assert np.all(got[nonneg] >= 0)
+        assert np.linalg.norm(A @ got - t) == pytest.approx(np.linalg.norm(A @ want - t), rel=1e-7)

@@ -413,7 +413,10 @@ def spearman_brown_ceiling(halves: Sequence[tuple[float, float]]) -> dict[str, A
     else:
         r = float(np.corrcoef(a, b)[0, 1])
     R = 2 * r / (1 + r) if math.isfinite(r) and r > -1 else math.nan
-    tau = (2 / math.pi) * math.asin(math.sqrt(R)) if math.isfinite(R) and R >= 0 else (0.0 if math.isfinite(R) else math.nan)
+    if not math.isfinite(R):
+        tau = math.nan
+    else:
+        tau = (2 / math.pi) * math.asin(math.sqrt(R)) if R >= 0 else 0.0
     ea, eb = np.exp(a), np.exp(b)
     mape = float(100.0 * np.mean(np.abs(ea - eb) / (0.5 * (ea + eb))) / 2.0)
     return {"method": "Spearman-Brown corrected split-half reliability", "n": len(halves),

@@ -6,7 +6,8 @@ every search space gives (:meth:`latbench.space.SearchSpace.architecture_rows`) 
 value, so they show what a predictor learns from a few dozen measured networks alone:
 
 - ``ridge``: ridge regression on a one-hot encoding (one column per (position, op) pair seen in
-  the fit networks, plus one count per op: :class:`OneHot`), on the relative error (weights 1/y²), its penalty chosen by leave-one-out
+  the fit networks, plus one count per op: :class:`OneHot`), on the relative error (weights 1/y²),
+  its penalty chosen by leave-one-out
   (scikit-learn ``RidgeCV``);
 - ``boosted-trees``: gradient-boosted regression trees on the same encoding, predicting log latency;
 - ``gcn``: a small graph convolutional network in the spirit of BRP-NAS (Dudziak et al. 2020):
