@@ -87,11 +87,18 @@ tables.md --plot fps_miou.png --group-plot groups.png` (the page's last block) w
 
 """
     Path(f"{out}.md").write_text(head + tables)
-    Path(f"{out}.json").write_text(json.dumps({
+    from nas.report import build_groups, build_rows, load_fps_records, load_miou_records
+
+    miou = load_miou_records(work / "reports")
+    groups = build_groups(build_rows(load_fps_records(work / "reports"), miou), miou)
+    head_json = json.dumps({
         "what": "docs/reproduce.md in tiny mode on synthetic data (functional demonstration, not a result)",
         "date": date, "runs": args.runs, "elapsed_s": round(elapsed, 1), "loadavg_start": load0, "loadavg_end": load1,
-        "commands": [{"argv": c.argv, "ran_as": c.tiny, "exit_code": c.exit_code, "seconds": round(c.seconds, 2)}
-                     for c in calls]}, indent=1) + "\n")
+        "evaluated_runs": len(evals), "distinct_networks": distinct,
+        "groups": [g.to_dict() for g in groups]}, indent=1)
+    commands = ",\n".join("  " + json.dumps({"argv": c.argv, "ran_as": c.tiny, "exit_code": c.exit_code,
+                                              "seconds": round(c.seconds, 2)}) for c in calls)
+    Path(f"{out}.json").write_text(head_json[:-2] + ',\n "commands": [\n' + commands + "\n ]\n}\n")
     print(f"wrote {out}.md, {out}.json, {out}-groups.png")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

@@ -236,6 +236,8 @@ def build_rows(fps_records: Sequence[Mapping[str, Any]], miou: Sequence[MiouReco
         pred = Prediction.from_record(lut)
         lut_us = pred.best_us if pred is not None else None
         name = str(r["genotype"].get("name") or sha)
+        if name == "genotype":  # nas fps names a network after its file; a run's genotype.json says nothing
+            name = run_name_from_path(r["genotype"].get("path")) or name
         wm = net.get("width_mult")
         if isinstance(wm, (int, float)) and wm != 1.0:
             name += f" ×{wm:g}"
@@ -477,10 +479,10 @@ def _miou_run_name(m: MiouRecord) -> str:
 
 
 def _row_run_name(row: ReportRow) -> str:
-    generic = row.network.split(" ×")[0] in ("genotype", row.genotype_sha)
-    if not generic:
-        return row.network
-    return run_name_from_path(row.genotype_path) or row.network
+    base = row.network.split(" ×")[0]
+    if base not in ("genotype", row.genotype_sha):
+        return base
+    return run_name_from_path(row.genotype_path) or base
 
 
 def build_groups(rows: Sequence[ReportRow], miou: Sequence[MiouRecord]) -> list[GroupRow]:

@@ -108,3 +108,10 @@ def test_cli_prints_groups_json_and_error_bar_plot(tmp_path):
     assert r.exit_code == 0 and "Repeated runs" not in r.output
     r = CliRunner().invoke(cli, ["report", "--reports", str(reports), "--no-groups", "--group-plot", str(png)])
     assert r.exit_code == 2 and r.output.strip().startswith("Error:") and "--group-plot" in r.output
+
+
+def test_a_run_genotype_is_named_after_its_run_folder():
+    rows = build_rows([_fps("a0", 10.0, "runs/t6a-s0/train/genotype.json")], [])
+    assert rows[0].network == "t6a-s0 ×4.5"
+    (g,) = build_groups(rows, [])
+    assert g.group == "t6a" and [r.name for r in g.runs] == ["t6a-s0"]  # no width suffix in the run's name
