@@ -64,7 +64,7 @@ def default_lut(tmp_path_factory):
 
 def _build_args(path):
     args = ["build-lut", "--gpu", "cpu-test", "--device", "cpu", "--backend", "cpu", "--resolution", "33x65",
-            "--max-time", "0.02", "--min-time", "0", "--warmup", "0", "--threads", "1", "--no-progress",
+            "--max-time", "0.02", "--min-time", "0", "--warmup", "0", "--threads", "1", "--accept-load", "--no-progress",
             "--output", str(path)]
     for k, v in TINY_SPACE.items():
         args += ["--space-opt", f"{k}={list(v) if isinstance(v, tuple) else v}".replace(" ", "")]

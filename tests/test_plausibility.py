@@ -275,6 +275,9 @@ def test_contention_rules():
     # without schedstat, other runnable tasks beyond the spare cores
     assert LoadRecord(competing=1).contention(1, 2, cfg) is None
     assert "2 other runnable" in LoadRecord(competing=2).contention(1, 2, cfg)
+    # build-lut --accept-load: the load is recorded, contention never flagged
+    accepting = PlausibilityConfig(accept_load=True)
+    assert LoadRecord(runq_wait=0.3, steal=0.2, competing=3).contention(1, 2, accepting) is None
     # the steal and wait over a timing, from two snapshots
     a = LoadSnapshot(at=0.0, procs_running=2, jiffies_total=1000, jiffies_steal=10, competing=3, wait_ns=0)
     b = LoadSnapshot(at=1.0, procs_running=5, jiffies_total=1200, jiffies_steal=30, competing=1, wait_ns=250_000_000)

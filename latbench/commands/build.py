@@ -45,8 +45,8 @@ def _load_space(name: str, cfg: dict[str, Any]):
 @click.command("build-lut")
 @build_lut_options
 def build_lut(name, device, backend, resolutions, batch, precision, output, max_noise, max_time, min_time,
-              warmup, cold_cache, threads, space_name, space_opts, backend_opts, retry_failed, retry_flagged, shard,
-              canary_every, canary_tolerance, force, no_progress, as_json) -> None:
+              warmup, cold_cache, threads, space_name, space_opts, backend_opts, retry_failed, retry_flagged, accept_load,
+              shard, canary_every, canary_tolerance, force, no_progress, as_json) -> None:
     """Time every candidate op at every position (and every fixed part) of a search space and
     write a LUT. Resumable: rerun the same command after a crash to time only what is missing.
     Prints the one-off preparation time of each entry where a backend has one (torch.compile's
@@ -107,15 +107,21 @@ def build_lut(name, device, backend, resolutions, batch, precision, output, max_
 
     info = _device_named(name, dev, force)
     from latbench.timing.canary import CanaryConfig
-    from latbench.timing.plausibility import PlausibilityConfig
 
     canary = CanaryConfig(every_s=canary_every, tolerance=canary_tolerance) if canary_every > 0 else None
     lut = run_build(space, res, backend_obj, config, out, name, batch=batch, precision=precision, device=dev,
                     progress=not no_progress and not as_json, retry_failed=retry_failed, warn=warn,
-                    checks=PlausibilityConfig(), retry_flagged=retry_flagged,
+                    checks=_checks(accept_load), retry_flagged=retry_flagged,
                     on_timed=report_preparation, canary=canary)
     _report(lut, out, name, dev, info.get("name"), backend, precision, batch, res, as_json)
     raise_if_mostly_failed(lut, str(out))
+
+
+def _checks(accept_load: bool) -> Any:
+    """The plausibility checks build-lut applies: all of them, or (--accept-load) all but contention."""
+    from latbench.timing.plausibility import PlausibilityConfig
+
+    return PlausibilityConfig(accept_load=accept_load)
 
 
 def _device_named(name: str, dev: str, force: bool) -> dict[str, Any]:

@@ -64,6 +64,11 @@ OPTIONS = [
                   help="Re-time entries flagged in an earlier run (timed while other processes held the cores, or "
                        "physically implausible for the op: see the flag column, latbench show); fit and nas search "
                        "refuse a LUT whose rows they need are flagged."),
+    click.option("--accept-load", is_flag=True,
+                  help="Record the load around each timing but do not flag timings taken while other processes "
+                       "held the cores (the physical plausibility checks still apply). For demos and functional "
+                       "tests on a busy machine; the LUT's metadata says the load was accepted, so a LUT meant "
+                       "for a search or a fit should be built without it on a quiet machine."),
     click.option("--shard", is_flag=True,
                   help="One rank of a build sharded over this machine's GPUs: start it with torchrun "
                        "(torchrun --standalone --nproc_per_node N -m latbench.cli build-lut --shard ...); each rank "

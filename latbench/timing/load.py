@@ -210,6 +210,8 @@ class LoadRecord:
     def contention(self, threads: int, cores: int, config: Any) -> str | None:
         """Why this timing shared its cores with other work, or None. ``config`` holds the
         thresholds ``max_wait`` and ``max_steal`` (a :class:`~latbench.timing.plausibility.PlausibilityConfig`)."""
+        if getattr(config, "accept_load", False):
+            return None
         if self.runq_wait is not None and self.runq_wait > config.max_wait:
             return (f"contended: the {threads} timing thread(s) waited for a CPU {self.runq_wait:.0%} of the timing "
                     f"({self.competing if self.competing is not None else '?'} other runnable task(s) on "

@@ -62,6 +62,8 @@ class PlausibilityConfig:
       ``collapse_spread`` ×, and each at least ``collapse_floor`` × its kernels' call floors (work,
       not launch overhead, should then set its time; ``collapse_min_us`` without a probe) -> collapsed.
     - ``probe_s``: time budget of each of the three throughput probes.
+    - ``accept_load``: record the load but never flag contention (``build-lut --accept-load``: demos
+      and functional tests on a busy machine); the physical checks still apply.
     """
 
     retime: int = 1
@@ -75,6 +77,7 @@ class PlausibilityConfig:
     collapse_floor: float = 10.0
     collapse_min_us: float = 100.0
     probe_s: float = 0.15
+    accept_load: bool = False
 
     def __post_init__(self) -> None:
         if self.retime < 0:

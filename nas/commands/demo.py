@@ -92,13 +92,14 @@ def demo(out_dir: str, device: str | None, resolution: str | None, epochs: int |
     threads = [] if on_gpu else ["--threads", "1"]
     # a CPU needs no clock ramp: a short warm-up keeps the LUT build to about half a minute there
     warmup = [] if on_gpu else ["--warmup", "0.05"]
+    accept = ["--accept-load"]  # a demo runs on any machine: load recorded, not refused (not for real LUTs)
     # on a 2-core CPU, data-loader processes only compete with the search for the cores
     workers = ["--workers", "2" if on_gpu else "0"]
     reports = out / "reports"
     runs = {0.0: out / "search-beta0", beta: out / f"search-beta{beta:g}"}
     steps: list[tuple[str, list[str]]] = [
         ("LUT", ["latbench", "build-lut", "--gpu", name, "--device", device, "--backend", backend,
-                 "--resolution", res, "--max-time", str(max_time), "--output", str(lut)] + warmup + threads)]
+                 "--resolution", res, "--max-time", str(max_time), "--output", str(lut)] + warmup + threads + accept)]
     for b, run_dir in runs.items():
         done = (run_dir / "genotype.json").exists()
         if done:
