@@ -151,6 +151,7 @@ def test_both_calls_run_every_step_with_the_cpu_standing_in(tmp_path):
     assert read_lut(out2 / lut_name).meta.get("latency_models")  # the model travels back with the LUT
 
 
+@pytest.mark.slow  # ~25 s on 2 cores: the steps in no call (lut2, throughput, backends)
 def test_the_extra_steps_run_with_the_cpu_standing_in(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     r = _run(out, work, STEPS="lut lut2 throughput backends", STANDIN="cpu", BUDGET_S="2000")
