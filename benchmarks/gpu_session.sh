@@ -98,7 +98,7 @@ if [ -n "$CALL" ]; then BUDGET_S=${BUDGET_S:-$(( ${CALL_LIMIT[$CALL]} - 20 ))}; 
 # ---- the parameters of each step: the H200, or the CPU standing in --------------------------------
 if [ "$STANDIN" = cpu ]; then
   DEVICE=${DEVICE:-cpu}; BACKEND=${BACKEND:-cpu}; RES=${RES:-33x65}; SPACE_OPTS=${SPACE_OPTS:-width_mult=1.0}
-  LUT_PROTOCOL=${LUT_PROTOCOL:---max-time 0.02 --min-time 0 --warmup 0 --max-noise 0.5 --threads 1}
+  LUT_PROTOCOL=${LUT_PROTOCOL:---max-time 0.02 --min-time 0 --warmup 0 --max-noise 0.5 --threads 1 --accept-load}
   FPS_BACKENDS=${FPS_BACKENDS:-cpu}; COMPILE_BACKENDS=${COMPILE_BACKENDS:-cpu}
   FIT_OPTS=${FIT_OPTS:---fit-networks 8 --test-networks 3 --rounds 2 --window 0.01}
   FIDELITY_OPTS=${FIDELITY_OPTS:---samples 6 --chunk 3 --seed 1000 --rounds 2 --window 0.01}
