@@ -378,16 +378,19 @@ def group_name(run: str) -> str:
 
 def run_name_from_path(path: str | None) -> str | None:
     """A run's name from the path of its genotype: the folder under ``runs/`` (``runs/t6a-s0/train/
-    genotype.json`` -> ``t6a-s0``), else the file's stem unless it is the generic ``genotype``, else
-    its folder."""
+    genotype.json`` -> ``t6a-s0``; ``runs/t7a/random-003.json`` -> ``t7a-random-003``), else the
+    file's stem unless it is the generic ``genotype``, else its folder."""
     if not isinstance(path, str) or not path:
         return None
     p = Path(path)
     parts = p.parts
     if "runs" in parts[:-1]:
         i = len(parts) - 2 - parts[:-1][::-1].index("runs")  # the last 'runs' component
-        if i + 1 < len(parts) - 1:
-            return parts[i + 1]
+        run = parts[i + 1] if i + 1 < len(parts) - 1 else None
+        if p.stem == "genotype" and run:
+            return run
+        if run and i + 2 == len(parts) - 1:  # runs/t7a/random-003.json (nas sample): t7a-random-003
+            return f"{run}-{p.stem}"
     if p.stem != "genotype":
         return p.stem
     return p.parent.name or None
@@ -485,14 +488,82 @@ def _row_run_name(row: ReportRow) -> str:
     return run_name_from_path(row.genotype_path) or base
 
 
-def build_groups(rows: Sequence[ReportRow], miou: Sequence[MiouRecord]) -> list[GroupRow]:
-    """Runs of one configuration (run names equal but for the seed marker, :func:`group_name`) on one
-    (device, backend, precision, batch, resolution): mean ± std of mIoU, latency, FPS over the runs."""
+#: Settings of a genotype's recorded search (``meta.search``) or random draw (``meta.random_search``)
+#: that vary between runs of one configuration, left out of its key.
+RUN_SETTINGS = ("seed", "draw")
+GROUP_BY = ("name", "config")
+
+
+def run_configuration(run: Run) -> dict[str, Any] | None:
+    """The configuration that produced a run's network: its genotype's recorded search settings
+    (``meta.search``, as ``nas search`` writes them) or random-search setting (``meta.random_search``,
+    ``nas sample``), without the seed; None when the genotype file is not readable or records neither."""
+    for path in (run.miou.genotype_path if run.miou is not None else None, run.row.genotype_path):
+        try:
+            meta = json.loads(Path(path).read_text(encoding="utf-8")).get("meta") or {}
+        except (TypeError, OSError, ValueError, AttributeError):
+            continue
+        for kind in ("search", "random_search"):
+            if isinstance(meta.get(kind), Mapping):
+                cfg = {k: v for k, v in meta[kind].items() if k not in RUN_SETTINGS}
+                if kind == "search":
+                    cfg.pop("lut", None)  # where the LUT file lies is not a setting of the search
+                return {kind: cfg}
+    return None
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(d, sort_keys=True)}
+
+
+def _config_labels(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """A short name per configuration (key: its canonical JSON): the settings in which it differs
+    from the most common value among the configurations of its kind (``ggm.mode="fc"``,
+    ``space.fusion="aspp"``), or ``search (most common settings)`` where it differs in none."""
+    from collections import Counter
+
+    flat = {k: _flat(v) for k, v in configs.items()}
+    labels = {}
+    for kind in sorted({next(iter(c)) for c in configs.values()}):
+        mine = {k: d for k, d in flat.items() if next(iter(configs[k])) == kind}
+        keys = sorted({f for d in mine.values() for f in d})
+        usual = {f: Counter(d.get(f, "–") for d in mine.values()).most_common(1)[0][0] for f in keys}
+        for k, d in mine.items():
+            parts = [f"{f.split('.', 1)[1]}={d.get(f, '–')}" for f in keys if d.get(f, "–") != usual[f]]
+            usual_name = "random" if kind == "random_search" else "search"
+            labels[k] = ", ".join(parts) or f"{usual_name} (most common settings)"
+    return labels
+
+
+def build_groups(rows: Sequence[ReportRow], miou: Sequence[MiouRecord], by: str = "name") -> list[GroupRow]:
+    """Runs of one configuration on one (device, backend, precision, batch, resolution): mean ± std
+    of mIoU, latency, FPS over the runs. ``by="name"``: runs whose names are equal but for the seed
+    marker (:func:`group_name`); ``by="config"``: runs whose genotypes record the same search (or
+    random-search) settings but for the seed (:func:`run_configuration`; a run without one is grouped
+    by name), labelled by the settings that tell the configurations apart."""
+    if by not in GROUP_BY:
+        raise UserError(f"unknown grouping {by!r}; choose one of {', '.join(GROUP_BY)}")
+    runs_all = build_runs(rows, miou)
+    label = {id(run): group_name(run.name) for run in runs_all}
+    if by == "config":
+        configs = {}
+        for run in runs_all:
+            cfg = run_configuration(run)
+            if cfg is not None:
+                key = json.dumps(cfg, sort_keys=True)
+                configs[key] = cfg
+                label[id(run)] = key
+        names = _config_labels(configs)
+        label = {i: names.get(v, v) for i, v in label.items()}
     groups: dict[tuple, list[Run]] = {}
-    for run in build_runs(rows, miou):
+    for run in runs_all:
         r = run.row
-        groups.setdefault((group_name(run.name), r.device, r.backend, r.precision, r.batch, r.resolution),
-                          []).append(run)
+        groups.setdefault((label[id(run)], r.device, r.backend, r.precision, r.batch, r.resolution), []).append(run)
     out = []
     for (g, dev, backend, precision, batch, res), runs in groups.items():
         out.append(GroupRow(
@@ -514,14 +585,17 @@ def _pm(s: Stat | None, spec: str, runs: int) -> str:
     return text + (f" (n={s.n})" if s.n != runs else "")
 
 
-def render_groups_markdown(groups: Sequence[GroupRow]) -> str:
+def render_groups_markdown(groups: Sequence[GroupRow], by: str = "name") -> str:
     """The repeated-runs table: one row per configuration and setting, mean ± std over its runs,
     and the variance the paper prints as ``(± var)`` for mIoU (Tables VI, VII)."""
+    how = ("Runs whose names differ only in a trailing seed marker (`-s0`, `-s1`, `-seed2`, `-random-003`) form "
+           "one group." if by == "name" else
+           "Runs whose genotypes record the same search (or random-search) settings but for the seed form one "
+           "group, named by the settings that tell the groups apart (a run without such a record: by its name).")
     head = ("| Group | Runs | Device | Backend | Precision | Batch | Input size | mIoU (%) mean ± std | mIoU var "
             "| Latency (ms) mean ± std | FPS mean ± std | Σ LUT (ms) mean | Params (M) mean | Members |")
     lines = ["## Repeated runs", "",
-             "Runs whose names differ only in a trailing seed marker (`-s0`, `-s1`, `-seed2`, `-random-003`) form "
-             "one group. ± is the sample standard deviation over the runs, var its square (n - 1 in the "
+             how + " ± is the sample standard deviation over the runs, var its square (n - 1 in the "
              "denominator; the paper's tables print mIoU as mean (± variance) without saying which); "
              "(n=k): only k of the group's runs have that figure.", "",
              head, "|" + "|".join(["---"] * 14) + "|"]

@@ -38,6 +38,7 @@ def test_group_names_and_run_names():
     assert run_name_from_path("/abs/runs/x/runs/t9-op-s0/search/genotype.json") == "t9-op-s0"
     assert run_name_from_path("nas/genotypes/lgcnet_paper.json") == "lgcnet_paper"
     assert run_name_from_path("out/net/genotype.json") == "net"
+    assert run_name_from_path("runs/t7a/random-003.json") == "t7a-random-003"
     assert run_name_from_path(None) is None
 
 
@@ -115,3 +116,36 @@ def test_a_run_genotype_is_named_after_its_run_folder():
     assert rows[0].network == "t6a-s0 ×4.5"
     (g,) = build_groups(rows, [])
     assert g.group == "t6a" and [r.name for r in g.runs] == ["t6a-s0"]  # no width suffix in the run's name
+
+
+def _genotype_file(path, search=None, random_search=None):
+    meta = {"search": search} if search is not None else {"random_search": random_search}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": "lgcnet-genotype", "meta": meta}))
+    return str(path)
+
+
+def test_groups_by_recorded_configuration(tmp_path):
+    """--group-by config: the seed aside, equal search settings are one group whatever the run names."""
+    def search(seed, beta=0.005, fusion="dcfc"):
+        return {"seed": seed, "beta": beta, "space": {"fusion": fusion}, "lut": {"path": f"/x/{seed}.parquet"}}
+
+    paths = {
+        "a0": _genotype_file(tmp_path / "runs/x-s0/train/genotype.json", search(0)),
+        "a1": _genotype_file(tmp_path / "runs/other/train/genotype.json", search(1)),  # a name that does not say
+        "b0": _genotype_file(tmp_path / "runs/y-s0/train/genotype.json", search(0, fusion="aspp")),
+        "c0": _genotype_file(tmp_path / "runs/z-s0/train/genotype.json", search(0, beta=0.05)),
+        "r0": _genotype_file(tmp_path / "runs/t7a/random-000.json", random_search={"setting": "a", "draw": 0}),
+        "r1": _genotype_file(tmp_path / "runs/t7a/random-001.json", random_search={"setting": "a", "draw": 1}),
+        "n0": str(tmp_path / "gone/genotype.json"),  # unreadable: grouped by its name
+    }
+    fps = [_fps(sha, 10.0 + i, p) for i, (sha, p) in enumerate(paths.items())]
+    groups = build_groups(build_rows(fps, []), [], by="config")
+    by = {g.group: sorted(r.name for r in g.runs) for g in groups}
+    assert by == {"search (most common settings)": ["other", "x-s0"], 'space.fusion="aspp"': ["y-s0"],
+                  "beta=0.05": ["z-s0"], "random (most common settings)": ["t7a-random-000", "t7a-random-001"],
+                  "gone": ["gone"]}
+    with pytest.raises(Exception, match="unknown grouping"):
+        build_groups([], [], by="colour")
+    md = render_groups_markdown(groups, "config")
+    assert "record the same search" in md and '| space.fusion="aspp" | 1 |' in md
