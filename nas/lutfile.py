@@ -9,8 +9,6 @@ not exist".
 from __future__ import annotations
 
 import os
-import re
-import shlex
 from pathlib import Path
 from typing import Sequence
 
@@ -19,16 +17,10 @@ from latbench.errors import UserError
 
 def build_lut_command(path: str | os.PathLike, resolutions: Sequence[str] = (), device: str | None = None) -> str:
     """``latbench build-lut --gpu NAME [--device cpu] --resolution R ... --output PATH``: the build
-    that writes the LUT at ``path`` for these resolutions (NAME: the file's stem, the name build-lut
-    checks against the device; build-lut's defaults for everything else)."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(path).stem).strip("-") or "gpu"
-    argv = ["latbench", "build-lut", "--gpu", name]
-    if device is not None and str(device).strip().lower() == "cpu":
-        argv += ["--device", "cpu"]
-    for r in dict.fromkeys(str(r) for r in resolutions if r):
-        argv += ["--resolution", r]
-    argv += ["--output", str(path)]
-    return shlex.join(argv)
+    that writes the LUT at ``path`` (latbench's one generator of build-lut command lines)."""
+    from latbench.lut.coverage import new_lut_command
+
+    return new_lut_command(path, resolutions, device)
 
 
 def require_lut_file(path: str | os.PathLike, resolutions: Sequence[str] = (), device: str | None = None) -> None:

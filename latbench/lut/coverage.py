@@ -211,6 +211,36 @@ def _option_argv(param: Any, value: Any, ctx: Any) -> list[str]:
     return [flag, format(value, "g") if isinstance(value, float) else str(value)]
 
 
+def build_command(values: dict[str, Any]) -> str:
+    """``latbench build-lut`` with ``values`` (click parameter names → values), spelled with
+    build-lut's own option definitions (an option at its default is left out)."""
+    import click
+
+    from latbench.commands.build_options import COMMAND, build_lut_params
+
+    argv = ["latbench", COMMAND]
+    params = build_lut_params()
+    ctx = click.Context(click.Command(COMMAND, params=params))
+    for p in params:
+        if p.name in values:
+            argv += _option_argv(p, values[p.name], ctx)
+    return shlex.join(argv)
+
+
+def new_lut_command(path: str | Path, resolutions: Sequence[str] = (), device: str | None = None) -> str:
+    """The build that writes a LUT at ``path``, which does not exist yet: ``--gpu`` the file's stem
+    (the name build-lut checks against the device), ``--device cpu`` on a CPU, the resolutions
+    asked for, build-lut's defaults for everything else."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(path).stem).strip("-") or "gpu"
+    values: dict[str, Any] = {"name": name, "output": str(path),
+                              "resolutions": list(dict.fromkeys(str(r) for r in resolutions if r))}
+    if device is not None and str(device).strip().lower() == "cpu":
+        values["device"] = "cpu"
+    return build_command(values)
+
+
 def rebuild_command(lut: LUT, path: str | Path, resolutions: Sequence[tuple[int, int]],
                     retry_failed: bool = False) -> str:
     """The ``latbench build-lut`` command that adds what is missing to the LUT at ``path``.
@@ -220,19 +250,9 @@ def rebuild_command(lut: LUT, path: str | Path, resolutions: Sequence[tuple[int,
     same file and times only what is missing. Protocol fields no option sets, and a LUT measured
     before the protocol had some field (a build cannot resume into it), are said after the
     command."""
-    from latbench.commands.build_options import COMMAND, build_lut_params
     from latbench.timing.config import TimingConfig
 
-    values = build_values(lut, path, resolutions, retry_failed)
-    argv = ["latbench", COMMAND]
-    import click
-
-    params = build_lut_params()
-    ctx = click.Context(click.Command(COMMAND, params=params))
-    for p in params:
-        if p.name in values:
-            argv += _option_argv(p, values[p.name], ctx)
-    cmd = shlex.join(argv)
+    cmd = build_command(build_values(lut, path, resolutions, retry_failed))
     proto = dict(lut.meta.get("protocol") or {})
     defaults = TimingConfig().to_dict()
     settable = set(PROTOCOL_OPTIONS.values())
