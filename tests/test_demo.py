@@ -1,5 +1,5 @@
 """`nas demo` runs the main job end to end (LUT → search at β = 0 and β > 0 → FPS of both → report)
-on the CPU, and shows both networks' predicted and measured latency and how far α moved."""
+on the CPU, fits a quick latency model, and shows both networks' raw-sum, model and measured latency and how far α moved."""
 
 from __future__ import annotations
 
@@ -42,8 +42,12 @@ def test_demo_runs_end_to_end_on_cpu(tmp_path):
         cells = [c.strip() for c in line.strip("|").split("|")]
         start, end = (float(x) for x in cells[1].split("→"))
         assert start == pytest.approx(math.log(8), abs=1e-3) and end < start   # α moved, even in one epoch
-        predicted, measured = float(cells[4]), float(cells[5])
-        assert predicted == pytest.approx(genos[run]["meta"]["expected_latency"]["latency_us"] / 1e3, abs=0.006)
-        assert measured > 0
+        lut_sum, model, measured = float(cells[4]), float(cells[5]), float(cells[7])
+        rec = next(r for r in report["records"] if r["genotype"]["path"] == str(out / run / "genotype.json"))
+        # the raw sum and the quick model's prediction side by side, as nas fps recorded them
+        assert lut_sum == pytest.approx(rec["lut"]["sum_us"] / 1e3, abs=0.006)
+        assert model == pytest.approx(rec["lut"]["model_us"] / 1e3, abs=0.006) and model != lut_sum
+        assert cells[6].endswith("%") and measured > 0
     assert (out / "fps_miou.png").stat().st_size > 1000
+    assert (out / "fit.png").stat().st_size > 1000   # the demo's quick latency model
     assert "predicted" in proc.stdout and "measured" in proc.stdout
