@@ -86,7 +86,8 @@ tables.md --plot fps_miou.png --group-plot groups.png` (the page's last block) w
 
 """
     Path(f"{out}.md").write_text(head + tables)
-    from nas.report import build_groups, build_rows, load_fps_records, load_miou_records
+    from nas.report import build_rows, load_fps_records, load_miou_records
+    from nas.report_groups import build_groups
 
     miou = load_miou_records(work / "reports")
     groups = build_groups(build_rows(load_fps_records(work / "reports"), miou), miou)

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from nas.cli import cli
 from nas.fps import append_records
-from nas.report import (MiouRecord, Stat, build_groups, build_rows, group_name, render_groups_markdown,
-                        run_name_from_path, write_miou_record)
+from nas.report import MiouRecord, build_rows, run_name_from_path, write_miou_record
+from nas.report_groups import Stat, build_groups, group_name, render_groups_markdown
 
 
 def _fps(sha, latency_ms, path, backend="cpu", res="33x65"):

@@ -25,7 +25,6 @@ LONG_MODULES: dict[str, str] = {
     "latbench/backends/ort.py": "in progress (issue 20: the ort backend's GPU path)",
     "latbench/model/selection.py": "in progress (issue 17: model choice and statistics)",
     "nas/pretrain/trainer.py": "in progress (issue 19: pretrain)",
-    "nas/report.py": "in progress (issue 18 item 1 / issue 19: one predictor, report grouping)",
 }
 
 #: Functions (``path::qualified.name``) allowed over MAX_FUNCTION_LINES, with why.

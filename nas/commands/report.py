@@ -34,8 +34,8 @@ def report(reports_dir, out_path, plot_path, groups, group_by, group_plot_path, 
     each configuration as mean ± std over the runs; optionally plots of both."""
     from latbench.errors import UserError
     from latbench.files import atomic_write_text, check_outputs
-    from nas.report import (build_groups, build_rows, load_fps_records, load_miou_records, plot_fps_miou,
-                            plot_groups, render_groups_markdown, render_markdown)
+    from nas.report import build_rows, load_fps_records, load_miou_records, plot_fps_miou, render_markdown
+    from nas.report_groups import build_groups, plot_groups, render_groups_markdown
 
     check_outputs(files={"--out": out_path, "--plot": plot_path, "--group-plot": group_plot_path})
     if group_plot_path and not groups:
