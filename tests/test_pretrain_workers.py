@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from nas.pretrain.trainer import MAX_DEFAULT_WORKERS, default_workers
+from nas.pretrain.config import MAX_DEFAULT_WORKERS, default_workers
 
 
 def test_default_workers_follow_the_cores():

@@ -10,6 +10,8 @@ nothing more about the pre-training. What is implemented here, and which choices
 - :mod:`nas.pretrain.model` — :class:`~nas.pretrain.model.LGCNetClassifier`: the derived network's
   stem and cells (the same modules under the same names as :class:`nas.network.LGCNet`) with a
   classification head;
+- :mod:`nas.pretrain.config` — :class:`~nas.pretrain.config.PretrainConfig`, the run's settings;
+- :mod:`nas.pretrain.evaluate` — top-1 / top-5 over the val split;
 - :mod:`nas.pretrain.trainer` — the recipe, checkpoints, exact resume, logs and the result file.
 
 A pre-training checkpoint is a tensors-only file whose ``model`` entry holds ``stem.*`` and
