@@ -44,9 +44,9 @@ from latbench.lut import read_lut
 from latbench.model import metrics
 from latbench.model.fitting import fit_affine_model, raw_sum
 from latbench.model.latency_model import COLUMNS, LatencyModel, ModelScope
+from latbench.model.op_changes import cheapest_op_changes, lut_position_rows
 from latbench.model.predictor import Predictor
-from latbench.model.selection import (candidates, cheapest_op_changes, grouped_folds, lut_position_rows,
-                                      repeated_cv, select_and_fit)
+from latbench.model.selection import candidates, grouped_folds, repeated_cv, select_and_fit
 
 HELD_OUT = ("test", "search", "other_searches")
 

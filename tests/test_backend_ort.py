@@ -74,7 +74,7 @@ def test_describe_records_versions_providers_and_session_options(tmp_path):
 
 
 def test_cpu_and_gpu_wheels_side_by_side_are_named_with_the_repair():
-    from latbench.backends.ort import coinstall_note, installed_ort_distributions
+    from latbench.backends.ort_session import coinstall_note, installed_ort_distributions
 
     both = {"onnxruntime": "1.30.0", "onnxruntime-gpu": "1.22.0"}
     note = coinstall_note(both)
@@ -174,7 +174,7 @@ def test_probe_of_a_provider_that_cannot_start_fails_once_with_the_reason():
     """The probe session is real: asking this (CPU) onnxruntime for its CUDA provider is exactly the
     failure onnxruntime-gpu shows when the provider's CUDA libraries cannot load: no exception, a
     session on the CPU provider. The probe turns that into one clear UserError."""
-    from latbench.backends.ort import probe_provider
+    from latbench.backends.ort_session import probe_provider
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has a CUDA provider")
@@ -190,7 +190,8 @@ def test_probe_of_a_provider_that_cannot_start_fails_once_with_the_reason():
 def test_cuda_sessions_time_device_time_not_synchronous_latency():
     """Settings only (no GPU here): the timed runs disable ONNX Runtime's per-run stream sync and
     the provider gets the fp32 math the precision asks for."""
-    from latbench.backends.ort import NO_SYNC, OrtSessionSettings, cuda_provider_options
+    from latbench.backends.ort import NO_SYNC
+    from latbench.backends.ort_session import OrtSessionSettings, cuda_provider_options
 
     assert NO_SYNC == "disable_synchronize_execution_providers"
     s = OrtSessionSettings(intra_op_threads=1)

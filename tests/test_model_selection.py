@@ -13,7 +13,8 @@ import pytest
 
 from latbench.model.fitting import Design, fit_fixed, fit_model, raw_sum, solve_design
 from latbench.model.latency_model import LatencyModel, ModelScope
-from latbench.model.selection import (Candidate, candidates, cheapest_op_changes, grouped_folds, one_standard_error,
+from latbench.model.op_changes import cheapest_op_changes
+from latbench.model.selection import (Candidate, candidates, grouped_folds, one_standard_error,
                                       repeated_cv, select_and_fit)
 
 SCOPE = ModelScope("fake", "fp32", 32, 64, 1, "warm", {"type": "cpu", "name": "Fake CPU"})

@@ -188,7 +188,7 @@ def statistics(lut: Any, setup: Any, by_set: dict[str, list[Network]], sel: _Sel
     Spearman–Brown corrected split-half figure); the model choice
     (:class:`latbench.model.selection.Selection`); and, for the search, at how many edges the
     model's cheapest op differs from the raw LUT's and how many of those changes the bootstrap
-    supports (:func:`latbench.model.selection.cheapest_op_changes`)."""
+    supports (:func:`latbench.model.op_changes.cheapest_op_changes`)."""
     from latbench.model import metrics
 
     out: dict[str, Any] = {"ceiling": {}}
@@ -211,7 +211,7 @@ def statistics(lut: Any, setup: Any, by_set: dict[str, list[Network]], sel: _Sel
     if to_dict is not None:
         out["selection"] = to_dict()
     try:
-        from latbench.model.selection import cheapest_op_changes, lut_position_rows
+        from latbench.model.op_changes import cheapest_op_changes, lut_position_rows
     except ImportError:
         return out
     model = sel.model
