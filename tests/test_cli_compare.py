@@ -101,7 +101,7 @@ def test_compare_two_real_cpu_luts_matches_independent_figures(cpu_luts, tmp_pat
     assert p["overall"]["geomean_ratio"] == pytest.approx(ref["geomean"], rel=1e-9)
     assert p["overall"]["speedup"] == pytest.approx(1 / ref["geomean"], rel=1e-9)
     assert {g["group"]: g["geomean_ratio"] for g in p["by_stage"]} == pytest.approx(ref["stage"], rel=1e-9)
-    assert set(ref["stage"]) == {"s4", "s8", "s16", "fusion", "fixed"}
+    assert set(ref["stage"]) == {"s4", "s8", "s16", "fusion", "mscell", "fixed"}
     assert {g["group"]: g["geomean_ratio"] for g in p["by_op"]} == pytest.approx(ref["op"], rel=1e-9)
     assert p["rank"]["entries"]["spearman_rho"] == pytest.approx(ref["rho"], rel=1e-9)
     assert p["rank"]["entries"]["kendall_tau"] == pytest.approx(ref["tau"], rel=1e-9)
