@@ -103,6 +103,7 @@ def test_missing_rows_come_with_the_command_that_adds_them(default_lut, tmp_path
     cmd = msg.split("with: ", 1)[1]
     argv = shlex.split(cmd)
     assert argv[:2] == ["latbench", "build-lut"] and argv[argv.index("--output") + 1] == str(holey)
+    assert "--accept-load" in argv   # the LUT's own build: it was built with --accept-load
     r = CliRunner().invoke(latbench_cli, argv[1:] + ["--no-progress"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "2 timed now" in r.output            # only the two missing rows were timed

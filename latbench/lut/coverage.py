@@ -195,6 +195,9 @@ def build_values(lut: LUT, path: str | Path, resolutions: Sequence[tuple[int, in
         values["canary_every"] = canary["every_s"]
     if "tolerance" in canary:
         values["canary_tolerance"] = canary["tolerance"]
+    checks = meta.get("plausibility") if isinstance(meta.get("plausibility"), dict) else {}
+    if isinstance(checks.get("config"), dict) and checks["config"].get("accept_load"):
+        values["accept_load"] = True  # built with --accept-load: the rows added are judged the same way
     return values
 
 
