@@ -27,6 +27,7 @@ from latbench.lut.table import LUT, read_lut, write_lut
 from latbench.model.latency_model import stored_models
 from latbench.timing.probe import CallProbe
 from latbench.timing import TimingConfig, register_backend
+from fakes import FakePrepared
 
 TOY = "toy_space:ToySpace"
 RES = (16, 24)
@@ -67,21 +68,6 @@ def true_cost_us(module: nn.Module) -> float:
         if name != "zero":
             total += CONTEXT[name] * KERNEL_US[name] - FUSION_SAVING_US[name]
     return total
-
-
-class FakePrepared:
-    granularity = 1
-    clock = None
-    info: dict = {}
-
-    def __init__(self, cost_us: float) -> None:
-        self.cost_s = cost_us * 1e-6
-
-    def time(self, calls: int) -> float:
-        return calls * self.cost_s
-
-    def close(self) -> None:
-        pass
 
 
 class FakeBackend:

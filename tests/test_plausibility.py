@@ -33,6 +33,7 @@ from latbench.timing.plausibility import (FLAG_COLUMN, LOAD_COLUMNS, LoadRecord,
 
 from lut_factory import make_lut
 from toy_space import ToySpace
+from fakes import FakePrepared
 
 REPO = Path(__file__).resolve().parents[1]
 PROTO = TimingConfig(warmup_s=0.0, min_samples=3, min_time_s=0.0, max_time_s=0.01, threads=1)
@@ -45,21 +46,6 @@ NO_LOAD = dict(max_wait=1e9, max_steal=1e9)
 
 
 # ---- a fake backend: the probe modules run at FAKE_TP, ops at a cost the test chooses ---------
-class FakePrepared:
-    granularity = 1
-    clock = None
-    info: dict = {}
-
-    def __init__(self, cost_us: float) -> None:
-        self.cost_s = cost_us * 1e-6
-
-    def time(self, calls: int) -> float:
-        return calls * self.cost_s
-
-    def close(self) -> None:
-        pass
-
-
 class FakeBackend:
     """``cost(key_op, module, n_prepared) -> µs``: ``key_op`` the toy op name (from the module),
     ``n_prepared`` how many times that op and shape were prepared before (0 on the first timing)."""
