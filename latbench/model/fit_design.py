@@ -79,16 +79,24 @@ def sample_networks(sampler: _Sampler, request: FitRequest, test_seed: int,
     taken.add(arch_fingerprint(space, reference))
     n_search_fit = request.search_fit_networks if request.from_search else 0
     n_main = request.fit_networks - n_search_fit
+    kinds: list[str] | None = None
     if request.design == "d-optimal" and sampler.featurize is not None:
         pool = draw_distinct(space, max(25 * n_main, 500), request.seed, set(taken))
         picks = d_optimal(np.array([sampler.featurize(a) for a in pool]), n_main)
         fit = [pool[i] for i in picks]
         taken.update(arch_fingerprint(space, a) for a in fit)
     elif request.design == "span":
-        fit = span_design(space, n_main, request.seed, taken, sampler.price, sampler.costs)
+        kinds = []
+        fit = span_design(space, n_main, request.seed, taken, sampler.price, sampler.costs, kinds=kinds)
     else:
         fit = draw_distinct(space, n_main, request.seed, taken)
-    add(fit, n_main, "fit")
+    if kinds is None:
+        add(fit, n_main, "fit")
+    else:  # each network's kind of draw as its source, for reading the fit by kind
+        if len(fit) < n_main:
+            add(fit, n_main, "fit")
+        for a, k in zip(fit, kinds):
+            add([a], None, "fit", source=k)
     if n_search_fit:
         add(draw_distinct(space, n_search_fit, request.seed + 4_000_003, taken, request.from_search), n_search_fit,
             "fit", prefix="fits", from_search=True)

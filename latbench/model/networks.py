@@ -184,20 +184,36 @@ class TiltedRandom(random.Random):
     weight in ``weights`` is drawn with probability ∝ ``weights[e]`` (others: weight 1). A space
     that draws its ops with ``rng.choice`` (the protocol's ``sample_architecture``) thereby draws
     op mixes tilted towards cheap or expensive ops without latbench knowing its layout; a space
-    that draws otherwise gets uniform draws."""
+    that draws otherwise gets uniform draws.
 
-    def __init__(self, seed: Any, weights: Mapping[str, float]) -> None:
+    ``sticky`` (0–1): the probability that a ``choice`` over the same candidates as the previous
+    one repeats the previous answer. Searches derive networks whose neighbouring edges share an op
+    — whole cells of one convolution, whole cells of ``zero`` / ``skip`` once β is large — while
+    independent draws mix ops edge by edge; a sticky draw gives the fit networks of that kind,
+    again without latbench knowing which edges form a cell (a space draws its edges in order)."""
+
+    def __init__(self, seed: Any, weights: Mapping[str, float], sticky: float = 0.0) -> None:
         super().__init__(seed)
         self.weights = dict(weights)
+        if not 0.0 <= sticky < 1.0:
+            raise ValueError(f"sticky must lie in [0, 1), not {sticky}")
+        self.sticky = float(sticky)
+        self._last: tuple[tuple[Any, ...], Any] | None = None
 
     def choice(self, seq):  # type: ignore[override]
         seq = list(seq)
         if not seq:
             raise IndexError("cannot choose from an empty sequence")
+        key = tuple(seq)
+        if self.sticky and self._last is not None and self._last[0] == key and self.random() < self.sticky:
+            return self._last[1]
         w = [float(self.weights.get(e, 1.0)) if isinstance(e, str) else 1.0 for e in seq]
         if not all(math.isfinite(v) and v > 0 for v in w):
-            return super().choice(seq)
-        return self.choices(seq, weights=w)[0]
+            out = super().choice(seq)
+        else:
+            out = self.choices(seq, weights=w)[0]
+        self._last = (key, out)
+        return out
 
 
 def op_costs(lut: Any, height: int, width: int, batch: int = 1) -> dict[str, float]:
@@ -218,6 +234,9 @@ def op_costs(lut: Any, height: int, width: int, batch: int = 1) -> dict[str, flo
 
 #: tilts of :func:`span_design`: log-weight per unit of an op's standardised cost rank
 TILTS = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
+#: stickiness of :func:`span_design`'s two kinds of draws: independent edges, and runs of one op
+#: (mean run 1 / (1 − 0.8) = 5 draws, one LGCNet cell) as searches derive them
+STICKINESS = (0.0, 0.8)
 SPAN_QUANTILES = (0.02, 0.98)  # the pool's predicted-latency range the targets span
 
 
@@ -230,47 +249,66 @@ def tilt_weights(costs: Mapping[str, float], tilt: float) -> dict[str, float]:
 
 
 def span_design(space: Any, n: int, seed: int | str, taken: set[str], price: Callable[[dict[str, Any]], float],
-                costs: Mapping[str, float], pool_size: int | None = None) -> list[dict[str, Any]]:
+                costs: Mapping[str, float], pool_size: int | None = None,
+                kinds: list[str] | None = None) -> list[dict[str, Any]]:
     """``n`` fit architectures spread evenly over the predicted-latency range a search can reach.
 
     A pool of draws at every tilt of :data:`TILTS` (:class:`TiltedRandom` with
     :func:`tilt_weights` of the LUT's op costs ``costs``: negative tilts fill networks with the
-    cheapest ops — zero, skip, pooling — positive ones with the most expensive) is priced with
-    ``price`` (e.g. Σ LUT); ``n`` targets evenly spaced over the pool's
-    :data:`SPAN_QUANTILES` range each take the unused pool network nearest to them. The fit then
-    sees light and heavy networks alike, so the model's constant and slopes are pinned by data
-    rather than extrapolated where a latency-constrained search goes. Fingerprints in ``taken``
-    are never picked; the picks are added to it."""
+    cheapest ops — zero, skip, pooling — positive ones with the most expensive), each tilt drawn
+    both with independent edges and with sticky runs of one op (:data:`STICKINESS`: networks made
+    of whole cells of one op, as searches derive them), is priced with ``price`` (e.g. Σ LUT);
+    ``n`` targets evenly spaced over the pool's :data:`SPAN_QUANTILES` range each take the unused
+    pool network nearest to them, the targets alternating between the two kinds of draw. The fit
+    then sees light and heavy networks alike, mixed and collapsed alike, so the model's constant
+    and slopes are pinned by data rather than extrapolated where a latency-constrained search
+    goes. Fingerprints in ``taken`` are never picked; the picks are added to it. A list passed as
+    ``kinds`` receives each pick's kind of draw (:func:`draw_kind`), in order."""
     pool_size = pool_size or max(20 * n, 400)
-    per_tilt = max(1, pool_size // len(TILTS))
+    per_draw = max(1, pool_size // (len(TILTS) * len(STICKINESS)))
     pool: list[dict[str, Any]] = []
     keys: list[str] = []
+    pool_kind: list[int] = []
     seen = set(taken)
-    for j, tilt in enumerate(TILTS):
-        rng = TiltedRandom(f"latbench-span-{seed}-{j}", tilt_weights(costs, tilt))
-        for arch in sample_architectures(space, per_tilt, None, rng=rng):
-            k = arch_fingerprint(space, arch)
-            if k not in seen:
-                seen.add(k)
-                pool.append(arch)
-                keys.append(k)
+    for s_i, sticky in enumerate(STICKINESS):
+        for j, tilt in enumerate(TILTS):
+            name = f"latbench-span-{seed}-{j}" if s_i == 0 else f"latbench-span-{seed}-{j}-sticky{sticky:g}"
+            rng = TiltedRandom(name, tilt_weights(costs, tilt), sticky=sticky)
+            for arch in sample_architectures(space, per_draw, None, rng=rng):
+                k = arch_fingerprint(space, arch)
+                if k not in seen:
+                    seen.add(k)
+                    pool.append(arch)
+                    keys.append(k)
+                    pool_kind.append(s_i)
     if not pool:
         return []
     lat = np.array([price(a) for a in pool], dtype=np.float64)
+    kind = np.array(pool_kind)
     lo, hi = np.quantile(lat, SPAN_QUANTILES)
     targets = lo + (np.arange(n) + 0.5) / n * (hi - lo) if hi > lo else np.full(n, lo)
     free = np.ones(len(pool), dtype=bool)
     picks: list[int] = []
-    for t in targets:
+    for i, t in enumerate(targets):
         if not free.any():
             break
         d = np.abs(lat - t)
         d[~free] = np.inf
-        i = int(np.argmin(d))
-        picks.append(i)
-        free[i] = False
+        want = (kind == i % len(STICKINESS)) & free
+        if want.any():
+            d[~want] = np.inf
+        j = int(np.argmin(d))
+        picks.append(j)
+        free[j] = False
     taken.update(keys[i] for i in picks)
+    if kinds is not None:
+        kinds.extend(draw_kind(STICKINESS[k]) for k in kind[picks])
     return [pool[i] for i in picks]
+
+
+def draw_kind(sticky: float) -> str:
+    """How a span draw chose its ops, in words (recorded as a fit network's source)."""
+    return "span draw, independent edges" if not sticky else f"span draw, runs of one op (sticky {sticky:g})"
 
 
 # ---- networks from other searches --------------------------------------------------------------
