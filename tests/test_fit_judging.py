@@ -162,6 +162,41 @@ def test_tilted_random_prefers_the_weighted_ops():
     assert w["cheap"] > w["mid"] > w["dear"]
 
 
+def test_sticky_draws_repeat_the_previous_op_in_runs():
+    ops = ["a", "b", "c", "d"]
+    plain = TiltedRandom(1, {})
+    sticky = TiltedRandom(1, {}, sticky=0.8)
+
+    def repeats(rng):
+        seq = [rng.choice(ops) for _ in range(4000)]
+        return sum(x == y for x, y in zip(seq, seq[1:])) / (len(seq) - 1)
+
+    assert 0.2 < repeats(plain) < 0.3  # 1/4 by chance
+    assert 0.8 < repeats(sticky) < 0.9  # 0.8 + 0.2 · 1/4
+    other = TiltedRandom(2, {}, sticky=0.99)
+    first = other.choice(ops)
+    assert other.choice(["x", "y", "z"]) in ("x", "y", "z")  # other candidates: never the sticky answer
+    assert first in ops
+    with pytest.raises(ValueError):
+        TiltedRandom(0, {}, sticky=1.0)
+
+
+def test_span_design_mixes_collapsed_and_mixed_networks(fake_lut, toy_space):
+    lut = read_lut(fake_lut)
+    costs = op_costs(lut, *RES)
+
+    def price(a):
+        return sum(lut.lookup(p, o, *RES) for p, o in toy_space.architecture_rows(a))
+
+    picked = span_design(toy_space, 12, 0, set(), price, costs)
+    def repeats(archs):  # neighbouring edges with one op (the toy space draws its three edges in order)
+        return sum((a["cell0.e0"] == a["cell0.e1"]) + (a["cell0.e1"] == a["cell1.e0"]) for a in archs)
+
+    uniform = sample_architectures(toy_space, 12, 0)
+    assert repeats(picked) >= repeats(uniform) + 4  # the sticky half: runs of one op
+    assert picked == span_design(toy_space, 12, 0, set(), price, costs)  # reproducible from the seed
+
+
 def test_span_design_covers_light_and_heavy_networks(fake_lut, toy_space):
     lut = read_lut(fake_lut)
     costs = op_costs(lut, *RES)
@@ -258,3 +293,24 @@ def test_learned_peers_are_judged_on_the_same_held_out_sets(fake_lut):
             assert f["n"] == res.figures[s]["model"]["n"] and f["mape"] >= 0 and "ci" in f and "vs_affine" in f
     r = CliRunner().invoke(cli, ["fit", str(fake_lut), *CLI_FAST[:-2], "--fit-networks", "10", "--peers", "lasso"])
     assert r.exit_code == 2 and "unknown peer" in r.output, r.output
+
+
+# ---- a measurement too unsteady to store its model ---------------------------------------------
+def test_unsteady_measurement_refuses_to_store_the_model():
+    from latbench.model.fit_judge import unsteady
+    from latbench.model.fit_request import MAX_REFERENCE_SPREAD, MIN_REFERENCE_WINDOWS
+
+    steady = {"reference_p10_p90_spread": 0.18, "reference_windows": 427}
+    shaky = {"reference_p10_p90_spread": 0.48, "reference_windows": 875}
+    assert unsteady(steady, MAX_REFERENCE_SPREAD) is None
+    why = unsteady(shaky, MAX_REFERENCE_SPREAD)
+    assert why is not None and "48%" in why and "--max-reference-spread" in why and "\n" not in why
+    assert unsteady(shaky, 0.5) is None  # the user raised the bound
+    few = {"reference_p10_p90_spread": 0.9, "reference_windows": MIN_REFERENCE_WINDOWS - 1}
+    assert unsteady(few, MAX_REFERENCE_SPREAD) is None  # too few readings to judge (a tiny fit)
+    assert unsteady({}, MAX_REFERENCE_SPREAD) is None
+
+
+def test_fit_cli_rejects_a_bad_spread_bound(fake_lut):
+    r = CliRunner().invoke(cli, ["fit", str(fake_lut), *CLI_FAST, "--fit-networks", "10", "--max-reference-spread", "0"])
+    assert r.exit_code == 2 and "--max-reference-spread" in r.output and "Traceback" not in r.output, r.output

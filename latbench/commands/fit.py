@@ -7,6 +7,8 @@ import math
 
 import click
 
+from latbench.model.fit_request import MAX_REFERENCE_SPREAD
+
 MECH_LABELS = {
     "raw": "Σ LUT (raw)",
     "affine": "affine a·Σ+b",
@@ -158,6 +160,10 @@ OPTIONS = [
     click.option("--yes", is_flag=True, help="Run even when the plan exceeds the bounds (2000 networks, --max-minutes)."),
     click.option("--max-minutes", default=None, type=float,
                   help="Refuse a fit whose estimated duration exceeds this many minutes. [default: 60]"),
+    click.option("--max-reference-spread", default=MAX_REFERENCE_SPREAD, show_default=True,
+                  type=click.FloatRange(min=0, min_open=True),
+                  help="Store no model when the reference network's readings spread more than this (p10–p90, "
+                       "relative; judged from 100 readings on): the machine was not steady during the fit."),
     click.option("--resolution", default=None, help="Input HxW; required when the LUT holds several."),
     click.option("--device", default=None, help="cpu, cuda or cuda:N. [default: the LUT's device type]"),
     click.option("--rounds", default=15, show_default=True, type=click.IntRange(min=1),
@@ -194,7 +200,7 @@ def _options(fn):
 @click.argument("lut", type=click.Path(dir_okay=False))
 @_options
 def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_search, search_networks, search_fit_networks,
-        seed, test_seed, test_search, test_search_draws, peers, yes, max_minutes, resolution, device, rounds, window,
+        seed, test_seed, test_search, test_search_draws, peers, yes, max_minutes, max_reference_spread, resolution, device, rounds, window,
         statistic, drift_tolerance, no_save, space_name, space_opts, as_json, plot_path, no_progress) -> None:
     """Fit a latency model for LUT: sample and measure whole networks with the LUT's own backend and
     protocol (interleaved rounds, a reference network watching for slow episodes), fit per-row
@@ -229,7 +235,7 @@ def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_sea
                      search_networks=search_networks, from_search=from_search, seed=seed, test_seed=test_seed,
                      test_search=tuple(test_search), test_search_draws=test_search_draws, yes=yes,
                      peers=tuple(p.strip() for p in peers.split(",") if p.strip() and p.strip() != "none"),
-                     max_minutes=max_minutes, resolution=hw,
+                     max_minutes=max_minutes, max_reference_spread=max_reference_spread, resolution=hw,
                      device=device, space_name=space_name, space_options=parse_space_opts(space_opts), rounds=rc,
                      save=not no_save)
     from latbench.progress import PhaseProgress
@@ -250,5 +256,4 @@ def fit(lut, fit_networks, design, uniform_fit_networks, test_networks, from_sea
         if plot_path:
             click.echo(f"wrote {plot_path}")
     if result.refused and not no_save:
-        raise UserError(f"no latency model stored in {lut}: {result.refused}; rebuild the LUT on a quiet machine "
-                        "(build-lut --threads 1) and fit again")
+        raise UserError(f"no latency model stored in {lut}: {result.refused}")

@@ -45,7 +45,8 @@ from latbench.errors import UserError
 from latbench.files import FileLock, Journal, atomic_write_text, check_writable, lock_path, read_journal
 from latbench.lut.table import now_iso, read_lut, write_lut
 from latbench.model.fit_design import _Sampler, d_optimal, sample_networks
-from latbench.model.fit_judge import _Selected, judge, lut_explains, repeatability, select_model, split_halves
+from latbench.model.fit_judge import (_Selected, judge, lut_explains, repeatability, select_model, split_halves,
+                                      unsteady)
 from latbench.model.fit_request import (ARCH_ROWS, DESIGNS, JOURNAL_SUFFIX, MAX_MINUTES, MAX_NETWORKS, MIN_FIT,
                                         PREPARE_S, SETS, FitPlan, FitRequest, Network, check_plan, make_plan)
 from latbench.model.fitting import Row, features, raw_sum
@@ -74,7 +75,8 @@ class FitResult:
     date: str = field(default_factory=now_iso)
     test_seed: int | None = None
     plan: FitPlan | None = None
-    refused: str | None = None      # why the model was not stored (the LUT does not explain the networks)
+    refused: str | None = None      # why the model was not stored (the LUT does not explain the networks, or
+    #                                 the measurement was too unsteady)
     explains: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     statistics: dict[str, Any] = field(default_factory=dict)  # intervals, ceiling, selection (when available)
@@ -329,14 +331,15 @@ def run_fit(request: FitRequest, *, on_event: Callable[[str], None] | None = Non
                    "loadavg_after": [round(v, 2) for v in os.getloadavg()], **res.summary()}
     prov = _provenance(prep, request, sel, figs, measurement, device_info, res)
     model = LatencyModel(**{**sel.model.__dict__, "provenance": {**sel.model.provenance, **prov}})
+    refused = sel.refused or unsteady(measurement, request.max_reference_spread)
     result = FitResult(request, prep.scope, model, prep.networks, measured, overhead, figs, measurement, device_info,
-                       test_seed=prep.test_seed, plan=prep.plan, refused=sel.refused, explains=sel.explains,
+                       test_seed=prep.test_seed, plan=prep.plan, refused=refused, explains=sel.explains,
                        notes=prep.notes, statistics=stats)
     n_other = sum(1 for n in prep.networks if n.set == "other_searches" and n.key in measured)
     if request.test_search and n_other < 3:
         result.notes.append(f"other_searches: {n_other} measured network(s), too few to judge as a set (give more "
                             "--test-search files or --test-search-draws); each is listed with its error")
-    if request.save and sel.refused is None:
+    if request.save and refused is None:
         save_model(request.lut_path, model)
         result.saved = True
     jpath = journal_path(request.lut_path)

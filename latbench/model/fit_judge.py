@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from latbench.errors import UserError
-from latbench.model.fit_request import (ARCH_ROWS, MIN_FIT, MIN_RAW_CORRELATION, MIN_SCALE, SETS, Network)
+from latbench.model.fit_request import (ARCH_ROWS, MIN_FIT, MIN_RAW_CORRELATION, MIN_REFERENCE_WINDOWS, MIN_SCALE,
+                                        SETS, Network)
 from latbench.model.fitting import fit_fixed, fit_model, mechanisms, raw_sum
 from latbench.model.latency_model import COLUMNS, LatencyModel, ModelScope
 from latbench.model.networks import figures
@@ -122,7 +123,25 @@ def select_model(networks: list[Network], scope: ModelScope, measured: dict[str,
         ladder.update(train_peers(fit_nets, fit_y, peers))
     glob = fit_fixed(fit_rows["median_us"], fit_y, scope, overhead, "none", math.inf)
     ok, explains = lut_explains([raw_sum(r) for r in fit_rows["median_us"]], fit_y, glob.default_slope)
-    return _Selected(model, ladder, fit_nets, explains, None if ok else explains["reason"], selection)
+    why = None if ok else (f"{explains['reason']}; rebuild the LUT on a quiet machine (build-lut --threads 1) "
+                           "and fit again")
+    return _Selected(model, ladder, fit_nets, explains, why, selection)
+
+
+def unsteady(summary: Mapping[str, Any], bound: float) -> str | None:
+    """Why a fit's measurement is too unsteady to store its model, or None. The reference network,
+    measured between the others all through the fit, should read the same every time; a p10–p90
+    spread of its readings above ``bound`` (over at least :data:`MIN_REFERENCE_WINDOWS` readings)
+    means the machine changed under the fit (other load, clock or frequency changes) — the drift
+    checks re-time single rounds, but a model fitted across such a stretch carries its level and
+    mispredicts the next run."""
+    spread, n = summary.get("reference_p10_p90_spread"), int(summary.get("reference_windows") or 0)
+    if spread is None or not math.isfinite(float(spread)) or n < MIN_REFERENCE_WINDOWS or float(spread) <= bound:
+        return None
+    return (f"the reference network's readings spread {float(spread):.0%} (p10–p90 of {n} readings; bound "
+            f"{bound:.0%}): the machine was not steady during the fit, and a model fitted on such readings "
+            "mispredicts later runs; rerun on a quieter machine (one thread, nothing else running), or raise "
+            "--max-reference-spread to store it anyway")
 
 
 # ---- 4. judge ------------------------------------------------------------------------------------

@@ -28,6 +28,15 @@ MIN_SCALE = 0.05
 MIN_RAW_CORRELATION = 0.3
 
 
+#: the reference network's p10–p90 spread beyond which a fit stores no model (see
+#: :func:`latbench.model.fit_judge.unsteady`): on this project's CPU, fits measured at a spread of
+#: 0.42 and 0.48 over-predicted networks measured later by 4–7 %, one at 0.18 was within 2 %
+#: (docs/latency_model.md, 2026-12-04) — a default from three runs, not a law
+MAX_REFERENCE_SPREAD = 0.30
+#: a spread estimated from fewer reference readings than this is not judged (a tiny fit)
+MIN_REFERENCE_WINDOWS = 100
+
+
 @dataclass(frozen=True)
 class FitRequest:
     """What ``latbench fit`` was asked to do (every field is recorded in the provenance)."""
@@ -53,6 +62,7 @@ class FitRequest:
     yes: bool = False                # accept a plan beyond the bounds
     peers: tuple[str, ...] = ()      # learned predictors trained on the same fit networks (latbench.model.peers)
     max_minutes: float | None = None  # the bound on the estimated minutes (default MAX_MINUTES)
+    max_reference_spread: float = MAX_REFERENCE_SPREAD  # a steadier measurement than this, or no model stored
 
     def total_networks(self) -> int:
         other = len(self.test_search) * (1 + max(self.test_search_draws, 0))
