@@ -67,6 +67,14 @@ def affine_lut(lut_path: str, fit_json: str, out: Path) -> tuple[Path, dict]:
     return out, {"slope": aff.default_slope, "constant_us": aff.constant_us, "fit_networks": len(nets)}
 
 
+def also_figures(runs: list[dict], key: str) -> dict[str, float]:
+    """MAPE / mean signed / worst error (%) of predictor ``key`` against this run's measurement
+    (not relative to the anchors: they belong to the fit that priced the searches, not to it)."""
+    e = [r["error"][key] for r in runs]
+    return {"mape": 100 * sum(map(abs, e)) / len(e), "signed": 100 * sum(e) / len(e),
+            "worst": 100 * max(map(abs, e))}
+
+
 def final_ce(run_dir: Path) -> float:
     recs = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     return float(recs[-1]["ce"])
@@ -87,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", default="benchmarks/results")
     ap.add_argument("--anchors", type=int, default=6, help="fit networks measured beside the derived ones")
     ap.add_argument("--searches-only", action="store_true", help="run the searches, measure nothing")
+    ap.add_argument("--also-model", metavar="LUT", action="append", default=[],
+                    help="another LUT holding a latency model for the same rows (e.g. an earlier fit's): its "
+                         "predictions of the derived networks are reported beside the others (it prices no search)")
+    ap.add_argument("--tag", default="", help="suffix of the results' file names (several runs on one day)")
     args = ap.parse_args(argv)
     betas = [float(b) for b in args.beta.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -134,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     pred_model = Predictor.for_lut(lut, setup.height, setup.width, setup.batch, latency_model="require", family=fam)
     pred_aff = Predictor.for_lut(read_lut(aff_path), setup.height, setup.width, setup.batch,
                                  latency_model="require", family=fam)
+    also = {f"also{i}": Predictor.for_lut(read_lut(p), setup.height, setup.width, setup.batch,
+                                          latency_model="require", family=fam)
+            for i, p in enumerate(args.also_model)}
     backend = get_backend(setup.backend, device=setup.device, precision=setup.precision,
                           threads=setup.protocol.threads)
     archs = {}
@@ -158,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         r.pop("genotype_data")
         r["measured_us"] = m
         r["pred_us"] = {"raw": pred_model.raw_sum(rows), "affine": pred_aff.model_us(rows),
-                        "model": pred_model.model_us(rows)}
+                        "model": pred_model.model_us(rows), **{k: q.model_us(rows) for k, q in also.items()}}
         r["error"] = {k: v / m - 1.0 for k, v in r["pred_us"].items()}
         # relative to the anchors: the prediction against the measurement rescaled to the fit's day
         r["error_vs_anchors"] = {k: v * drift / m - 1.0 for k, v in r["pred_us"].items()}
@@ -198,11 +213,14 @@ def main(argv: list[str] | None = None) -> int:
          "loadavg_before": load_before, "loadavg_after": [round(v, 2) for v in os.getloadavg()],
          "measure_s": round(time.monotonic() - t0, 1), "measurement": res.summary(), "runs": runs,
          "summary": summary, "paired_vs_raw": pairs,
+         "also_models": {k: {"lut": p, "model": also[k].summary(), **also_figures(runs, k)}
+                         for k, p in zip(also, args.also_model)},
          "anchors": {"drift": drift, "ratios": anchor_ratios,
                      "fit_measured_us": {k: n["measured_us"] for k, n in anchors.items()}}}
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"closed_loop-{setup.device}-{setup.backend}-{setup.resolution}-{date}"
+    tag = f"-{args.tag}" if args.tag else ""
+    stem = out_dir / f"closed_loop-{setup.device}-{setup.backend}-{setup.resolution}-{date}{tag}"
     stem.with_suffix(".json").write_text(json.dumps(d, indent=2, default=str) + "\n")
     lines = [f"# Closed loop — search priced by raw Σ LUT, affine fit, latency model ({setup.backend} "
              f"{setup.resolution} on {setup.device}, {date})", "",
@@ -233,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
               "of raw Σ / affine / model over all derived networks: "
               + " / ".join(f"{np.mean([abs(r['error_vs_anchors'][q]) for r in runs]) * 100:.1f} %" for q in PRICINGS)
               + " ; " + " / ".join(f"{np.mean([r['error_vs_anchors'][q] for r in runs]) * 100:+.1f} %" for q in PRICINGS)]
+    for k, a in d["also_models"].items():
+        lines.append(f"- also predicted by the model of `{a['lut']}` ({a['model']['id']}, prices no search): against "
+                     f"this run's measurement MAPE {a['mape']:.1f} %, mean signed {a['signed']:+.1f} %, "
+                     f"worst {a['worst']:.1f} %")
     lines.append("")
     for p, s in pairs.items():
         lo, hi = s["latency_change_90ci"]

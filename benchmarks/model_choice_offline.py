@@ -71,9 +71,32 @@ def load(results: Path, lut_path: Path) -> dict[str, Any]:
             sys.exit(f"Error: {lut_path} is not the LUT this fit used: network {n['key']} sums to {raw:.3f} µs, "
                      f"the results say {n['raw_sum_us']:.3f} µs")
         nets.append({"key": n["key"], "set": n["set"], "y": float(n["measured_us"]), "rows": rows,
-                     "from_search": bool(n.get("from_search", str(n["key"]).startswith("fits")))})
+                     "from_search": bool(n.get("from_search", str(n["key"]).startswith("fits"))),
+                     "source": n.get("source"), "fingerprint": n.get("fingerprint")})
     return {"fit": fit, "scope": scope, "lut": lut, "setup": setup, "nets": nets,
             "overhead": float(fit["overhead_us"]), "shipped": LatencyModel.from_dict(fit["model"])}
+
+
+def span_kinds(D: dict[str, Any]) -> dict[str, str]:
+    """Fingerprint → kind of span draw of the fit networks, recomputed as ``latbench fit`` draws
+    them (for results written before fit networks recorded their kind as ``source``)."""
+    import random
+
+    from latbench.model.networks import arch_fingerprint, op_costs, span_design
+
+    setup, lut, fit = D["setup"], D["lut"], D["fit"]
+    req = fit.get("request") or {}
+    if req.get("design") != "span":
+        sys.exit("Error: --fit-subset needs a fit with --design span")
+    prices = Predictor(lut, ModelScope.of_lut(lut.meta, setup.height, setup.width, setup.batch))
+    seed = int(req.get("seed", 0))
+    taken = {arch_fingerprint(setup.space, setup.space.sample_architecture(random.Random(f"latbench-fit-reference-{seed}")))}
+    n_search = int(req.get("search_fit_networks") or 0) if req.get("from_search") else 0
+    n_main = int(req["fit_networks"]) - n_search
+    kinds: list[str] = []
+    archs = span_design(setup.space, n_main, seed, taken, lambda a: raw_sum(prices.rows(setup.space.architecture_rows(a))),
+                        op_costs(lut, setup.height, setup.width, setup.batch), kinds=kinds)
+    return {arch_fingerprint(setup.space, a): k for a, k in zip(archs, kinds)}
 
 
 def lottery(rows: dict[str, list], y: np.ndarray, overhead: float, seeds: int) -> dict[str, int]:
@@ -90,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fold-seeds", type=int, default=20, help="seeds of the single-split lottery (default 20)")
     ap.add_argument("--no-peers", action="store_true", help="skip the learned peers (the GCN takes seconds)")
     ap.add_argument("--json", type=Path, help="write everything computed here as JSON")
+    ap.add_argument("--fit-subset", metavar="TEXT",
+                    help="fit on the fit networks whose kind of draw contains TEXT only (e.g. 'independent' or "
+                         "'runs of one op' with --design span): which kind of fit network judges the held-out sets "
+                         "better, on measurements of one run")
     a = ap.parse_args(argv)
     for p in (a.results, a.lut):
         if not p.is_file():
@@ -98,12 +125,22 @@ def main(argv: list[str] | None = None) -> int:
     D = load(a.results, a.lut)
     nets, scope, overhead = D["nets"], D["scope"], D["overhead"]
     fitn = [n for n in nets if n["set"] == "fit"]
+    if a.fit_subset:
+        if any(n["source"] is None for n in fitn):
+            kinds = span_kinds(D)
+            for n in fitn:
+                n["source"] = n["source"] or kinds.get(n["fingerprint"])
+        fitn = [n for n in fitn if a.fit_subset in (n["source"] or "")]
+        if len(fitn) < 8:
+            print(f"Error: {len(fitn)} fit networks match --fit-subset {a.fit_subset!r}; need at least 8", file=sys.stderr)
+            return 2
     y = np.array([n["y"] for n in fitn])
     rows = {c: [n["rows"][c] for n in fitn] for c in COLUMNS}
     groups = ["search" if n["from_search"] else n["key"] for n in fitn]
     out: dict[str, Any] = {"results": str(a.results), "lut": str(a.lut), "fit_networks": len(fitn),
-                           "caveat": "held-out sets reused from the committed run (seed 0): a re-analysis, "
-                                     "not a fresh-seed check"}
+                           "fit_subset": a.fit_subset,
+                           "caveat": (f"held-out sets of the committed run (test seed {D['fit'].get('request', {}).get('test_seed', 0)}), "
+                                      "read again: a re-analysis of one run's measurements, not a fresh-seed check")}
     out["lottery"] = lottery(rows, y, overhead, a.fold_seeds)
     model, sel = select_and_fit(rows, y, scope, overhead, groups=groups)
     out["selection"] = sel.to_dict()
