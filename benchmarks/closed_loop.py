@@ -58,7 +58,7 @@ def affine_lut(lut_path: str, fit_json: str, out: Path) -> tuple[Path, dict]:
     nets = [n for n in report["networks"] if n.get("set") == "fit" and n.get("measured_us")]
     if len(nets) < 8:
         raise SystemExit(f"{fit_json}: {len(nets)} measured fit networks; need at least 8")
-    rows = [predictor.rows(setup.space.architecture_rows(n["arch"]), model.column) for n in nets]
+    rows = [predictor.rows(predictor.network_rows(setup.space, n["arch"]), model.column) for n in nets]
     aff = fit_affine_model(rows, [float(n["measured_us"]) for n in nets], model.scope, model.column)
     aff = LatencyModel(**{**aff.__dict__, "provenance": {**model.provenance, "affine": True,
                                                          "by": "benchmarks/closed_loop.py (affine on the fit networks)"}})
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     anchor_ratios = {k: res.items[k].median_us / float(n["measured_us"]) for k, n in anchors.items()}
     drift = float(np.median(list(anchor_ratios.values())))
     for (key, arch), r in zip(archs.items(), runs):
-        rows = setup.space.architecture_rows(arch)
+        rows = pred_model.network_rows(setup.space, arch)
         m = res.items[key].median_us
         r.pop("genotype_data")
         r["measured_us"] = m

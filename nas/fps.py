@@ -162,7 +162,7 @@ def lut_prediction(predictor: Any, lut_path: str, genotype: Genotype) -> dict[st
     stands in for a model the LUT has)."""
     from nas.space import LGCNetSpace
 
-    p = predictor.predict(LGCNetSpace(genotype.config).architecture_rows(genotype.arch))
+    p = predictor.predict(predictor.network_rows(LGCNetSpace(genotype.config), genotype.arch))
     prov = predictor.provenance(lut_path)
     return {"path": lut_path, "name": prov["name"], "backend": prov["backend"], "precision": prov["precision"],
             "device": prov["device"], "sum_us": p.sum_us, "calibrated_us": p.calibrated_us,

@@ -355,6 +355,14 @@ class LGCNetSpace:
             rows.append((p.name, chosen[p.name] if p.kind == "candidate" else p.candidates[0]))
         return rows
 
+    def folded_positions(self, arch: Mapping[str, Any] | Architecture) -> set[str]:
+        """Positions of ``arch`` a constant-folding backend never runs (:mod:`nas.constant_rows`)."""
+        from nas.constant_rows import folded_positions
+
+        a = arch if isinstance(arch, Architecture) else Architecture.from_dict(arch)
+        a.validate(self.config)
+        return folded_positions(self.config, a, [p.name for p in self.positions()])
+
     def build_architecture(self, arch: Mapping[str, Any] | Architecture) -> nn.Module:
         a = arch if isinstance(arch, Architecture) else Architecture.from_dict(arch)
         return inference_network(self.config, a)

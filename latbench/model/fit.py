@@ -211,7 +211,7 @@ def plan_fit(request: FitRequest, on_event: Callable[[str], None] | None = None)
         predictor = Predictor(lut, scope)  # the LUT's rows at this scope (a fit prices them itself)
 
         def rows_of(arch: dict[str, Any], column: str = "median_us") -> list[Row]:
-            return predictor.rows(setup.space.architecture_rows(arch), column)
+            return predictor.rows(predictor.network_rows(setup.space, arch), column)
 
         def price(arch: dict[str, Any]) -> float:
             try:

@@ -237,6 +237,20 @@ class Predictor:
             self._refuse_missing(bad)
         return out
 
+    def network_rows(self, space: Any, arch: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """The ``(position, op)`` rows of ``arch`` that run on this predictor's backend: all of
+        ``space.architecture_rows(arch)``, less the positions a constant-folding backend never runs
+        (the space's optional ``folded_positions``; :func:`latbench.timing.registry.folds_constants`).
+        Every price of a whole network goes through here."""
+        from latbench.timing.registry import folds_constants
+
+        rows = list(space.architecture_rows(arch))
+        folded = getattr(space, "folded_positions", None)
+        if folded is None or not folds_constants(self.scope.backend):
+            return rows
+        skip = folded(arch)
+        return [r for r in rows if r[0] not in skip]
+
     def raw_sum(self, rows: Sequence[tuple[str, str]]) -> float:
         """Σ LUT median over ``rows``; :class:`UserError` naming the rows that are missing or failed."""
         h, w = self.resolution

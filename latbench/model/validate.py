@@ -227,7 +227,7 @@ def validate_lut(lut_path: str | Path, samples: int, seed: int | None = None, re
         if exclude:
             on_event(f"excluded {excluded} sampled architecture(s) the LUT's latency model was fitted on")
     # Predict everything first: a LUT that cannot price an architecture fails before any timing.
-    all_rows = [setup.space.architecture_rows(a) for a in archs]
+    all_rows = [predictor.network_rows(setup.space, a) for a in archs]
     preds = [predictor.raw_sum(r) for r in all_rows]
     model_preds = [predictor.model_us(r) for r in all_rows]
     keys = {f"net{i:03d}": a for i, a in enumerate(archs)}

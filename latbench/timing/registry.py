@@ -53,6 +53,17 @@ BUILTIN_BACKENDS: dict[str, str] = {
 
 _REGISTRY: dict[str, Factory] = dict(BUILTIN_BACKENDS)
 
+#: backends whose graph optimiser folds constants and removes dead code when it loads a network
+#: (weights are constants there): ops that compute only on constants, or whose result reaches no
+#: output, are never run (:mod:`nas.constant_rows`). Inductor keeps weights as inputs (no
+#: freezing) and eager backends run every op.
+FOLDS_CONSTANTS = frozenset({"ort", "trt"})
+
+
+def folds_constants(backend: str) -> bool:
+    """Does ``backend`` skip ops on constants and dead code at run time (:data:`FOLDS_CONSTANTS`)?"""
+    return str(backend) in FOLDS_CONSTANTS
+
 
 def register_backend(name: str, factory: Factory, *, replace: bool = False) -> None:
     """Make ``factory`` available as ``name`` (``"module:attr"`` strings are imported lazily)."""
