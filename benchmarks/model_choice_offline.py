@@ -82,8 +82,7 @@ def load(results: Path, lut_path: Path) -> dict[str, Any]:
 def span_kinds(D: dict[str, Any]) -> dict[str, str]:
     """Fingerprint → kind of span draw of the fit networks, recomputed as ``latbench fit`` draws
     them (for results written before fit networks recorded their kind as ``source``)."""
-    import random
-
+    from latbench.model.fit_design import reference_architecture
     from latbench.model.networks import arch_fingerprint, op_costs, span_design
 
     setup, lut, fit = D["setup"], D["lut"], D["fit"]
@@ -92,7 +91,7 @@ def span_kinds(D: dict[str, Any]) -> dict[str, str]:
         sys.exit("Error: --fit-subset needs a fit with --design span")
     prices = Predictor(lut, ModelScope.of_lut(lut.meta, setup.height, setup.width, setup.batch))
     seed = int(req.get("seed", 0))
-    taken = {arch_fingerprint(setup.space, setup.space.sample_architecture(random.Random(f"latbench-fit-reference-{seed}")))}
+    taken = {arch_fingerprint(setup.space, reference_architecture(setup.space, seed))}
     n_search = int(req.get("search_fit_networks") or 0) if req.get("from_search") else 0
     n_main = int(req["fit_networks"]) - n_search
     kinds: list[str] = []

@@ -48,6 +48,12 @@ class _Sampler:
     featurize: Callable[[dict[str, Any]], np.ndarray] | None = None
 
 
+def reference_architecture(space: Any, seed: int) -> dict[str, Any]:
+    """The reference network of a fit with fit seed ``seed`` (measured between the others all
+    through the fit; never a fit or held-out network)."""
+    return space.sample_architecture(random.Random(f"latbench-fit-reference-{seed}"))
+
+
 def sample_networks(sampler: _Sampler, request: FitRequest, test_seed: int,
                     notes: list[str] | None = None) -> tuple[list[Network], dict[str, Any]]:
     """The fit networks, then the held-out sets (disjoint from them and from each other by
@@ -75,7 +81,7 @@ def sample_networks(sampler: _Sampler, request: FitRequest, test_seed: int,
             fp = arch_fingerprint(space, a)
             out.append(Network(f"{prefix or name}{start + i:03d}-{fp[:8]}", name, a, {}, from_search, fp, source))
 
-    reference = space.sample_architecture(random.Random(f"latbench-fit-reference-{request.seed}"))
+    reference = reference_architecture(space, request.seed)
     taken.add(arch_fingerprint(space, reference))
     n_search_fit = request.search_fit_networks if request.from_search else 0
     n_main = request.fit_networks - n_search_fit
@@ -90,13 +96,10 @@ def sample_networks(sampler: _Sampler, request: FitRequest, test_seed: int,
         fit = span_design(space, n_main, request.seed, taken, sampler.price, sampler.costs, kinds=kinds)
     else:
         fit = draw_distinct(space, n_main, request.seed, taken)
-    if kinds is None:
-        add(fit, n_main, "fit")
-    else:  # each network's kind of draw as its source, for reading the fit by kind
-        if len(fit) < n_main:
-            add(fit, n_main, "fit")
-        for a, k in zip(fit, kinds):
-            add([a], None, "fit", source=k)
+    if len(fit) < n_main:
+        add(fit, n_main, "fit")  # refused, with one line
+    for a, k in zip(fit, kinds or [None] * len(fit)):  # a span draw's kind as its source
+        add([a], None, "fit", source=k)
     if n_search_fit:
         add(draw_distinct(space, n_search_fit, request.seed + 4_000_003, taken, request.from_search), n_search_fit,
             "fit", prefix="fits", from_search=True)
