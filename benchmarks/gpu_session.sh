@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU measurements of one lent H200 machine, in two short calls whose steps each write their
-# results into $OUT the moment they finish. Run from the repository root:
+# The GPU measurements of one lent H200 machine, in one call (see below) or two short calls whose
+# steps each write their results into $OUT the moment they finish. Run from the repository root:
 #
 #   PLAN_ONLY=1 bash benchmarks/gpu_session.sh           # both calls' plans, the 15-minute arithmetic
 #   CALL=1 OUT=$OUT bash benchmarks/gpu_session.sh        # call 1 (device timeout 360 s)
@@ -16,23 +16,25 @@
 #                with the LUT's prediction beside each figure (needs the LUT)
 #   fps_compile  the same network with the compile backend (Inductor's compile time is its cost)
 #   tests        the GPU / TensorRT tests (pytest -m "gpu or trt"; TensorRT ones skip here)
-#   fit          latbench fit: the latency model on 40 uniform networks, judged on 20 held out
+#   fit          latbench fit: the latency model on 40 networks (--design span), judged on 20 held-out
+#                uniform ones and, with TEST_SEARCH="FILE ...", on other searches' networks (each
+#                file's derived architecture + TEST_SEARCH_DRAWS draws from its α, default 2): the
+#                set other_searches. The files travel in a carried folder, e.g. .gpu-work/inputs/
 #   fidelity     validate-lut (benchmarks/lut_fidelity.py) on 30 fresh networks (seeds 1000+),
 #                in chunks of 10, each chunk written when it finishes; after fit it judges the model too
 #   timer        latbench's timer vs triton.testing.do_bench_cudagraph on 8 ops
 #   extras (in no call; a later session with more time): lut2 (a second LUT + compare-lut),
 #   throughput (search training throughput), backends (whole networks per backend, 2 architectures)
 #
-# Estimates are arithmetic, not measurements (nothing has run on a GPU yet); each step has a
+# The estimates are the seconds each step took on an H200 on 2026-12-04 (two calls; rounded up,
+# benchmarks/results/gpu_session-nvidia-h200-2026-12-04.md): lut 103 (114 timings), fps 13,
+# fps_compile 35, tests 60, fit 125 (78 networks with TEST_SEARCH; 62 without: ~100), fidelity 49,
+# timer 20, throughput 49, setup 13-18; lut2 and backends were not run (arithmetic). Each step has a
 # hard cap (`timeout`), and a step whose estimate no longer fits the call's budget is skipped and
-# said so. The arithmetic, for an H200 at 769x1537 (a process start with CUDA init ~15 s):
-#   lut          111 distinct timings x ~0.85 s (warm-up 0.2 s + sampling >= 0.5 s + capture) + 15 s
-#   fps          2 backends x ~3 s (cuDNN autotuning on the first call, then 0.7 s) + build + 15 s
-#   fps_compile  Dynamo + Inductor + Triton of ~100 kernels on 16 cores, cold cache: ~60 s + 15 s
-#   tests        ~20 GPU tests of ~1-2 s each, one compile, collection: ~50 s
-#   fit          62 networks x ~0.5 s prepare + 10 rounds x 62 x 0.05 s + 15 s: ~80 s, +30 s margin
-#   fidelity     3 chunks x (11 networks x 0.5 s + 10 rounds x 12 x 0.05 s) + 15 s: ~50 s
-#   timer        8 ops x 2 rounds x (~0.8 s latbench + ~0.3 s do_bench_cudagraph) + 15 s: ~35 s
+# said so. A fresh machine answered in about 30 s that day; it stays warm for only 30 s after a
+# call, too short to rely on for chaining calls: that session ran everything in ONE call
+#   STEPS="lut tests fit fps timer fps_compile fidelity" BUDGET_S=480 OUT=$OUT bash benchmarks/gpu_session.sh
+# (device timeout 500 s; 424 s used), which is the way to run it when 15 minutes are lent.
 #
 # Each step appends a row to steps.tsv (step, rc, seconds, estimate, cap) and re-packs everything
 # measured so far (results + logs) into $OUT/gpu-results.tgz atomically, so a call stopped by its
@@ -58,13 +60,13 @@ set -o pipefail
 ALL_STEPS="lut fps fps_compile tests fit fidelity timer lut2 throughput backends"
 CALL1_STEPS="lut fps fps_compile tests"
 CALL2_STEPS="lut fit fidelity timer"
-declare -A EST=([lut]=110 [fps]=25 [fps_compile]=75 [tests]=55 [fit]=110 [fidelity]=60 [timer]=40
-                [lut2]=130 [throughput]=90 [backends]=240)
-declare -A CAP=([lut]=200 [fps]=60 [fps_compile]=150 [tests]=120 [fit]=170 [fidelity]=120 [timer]=80
+declare -A EST=([lut]=110 [fps]=20 [fps_compile]=45 [tests]=65 [fit]=110 [fidelity]=55 [timer]=25
+                [lut2]=110 [throughput]=55 [backends]=240)
+declare -A CAP=([lut]=200 [fps]=60 [fps_compile]=150 [tests]=120 [fit]=240 [fidelity]=120 [timer]=80
                 [lut2]=220 [throughput]=200 [backends]=300)
 SETUP_EST=15
 LUT_RESUME_EST=15   # the lut step when the LUT file already exists (a complete build times nothing)
-MACHINE_START_S=180 # a fresh machine's start-up, outside the script (the device tool: "minutes")
+MACHINE_START_S=60  # a fresh machine's start-up, outside the script (~30 s seen on 2026-12-04)
 SESSION_S=900       # the device time of a session, start-up included
 declare -A CALL_LIMIT=([1]=360 [2]=300)   # the device call's timeout_s
 SPARE_S=60
@@ -272,7 +274,7 @@ lut_width() {  # the width multiplier the LUT was built for (its metadata's spac
 cmd_tests() {
   local files
   files=$(grep -l 'mark\.gpu\|mark\.trt' tests/test_*.py | grep -v 'tests/test_gpu_session\.py' | tr '\n' ' ')
-  echo "$PY -m pytest -q -p no:cacheprovider -m 'gpu or trt' --junitxml=$R/gpu-tests-$CARD.xml $files"
+  echo "$PY -m pytest -v -rfEs --durations=10 -p no:cacheprovider -m 'gpu or trt' --junitxml=$R/gpu-tests-$CARD.xml $files"
 }
 cmd_lut() {
   echo "$PY -m latbench.cli build-lut --gpu $CARD --device $DEVICE --backend $BACKEND --resolution $RES$SPACE_ARGS $LUT_PROTOCOL --output $LUT --no-progress --json > $R/build-$CARD.json && $PY -m latbench.cli show $LUT --json > $R/show-$CARD.json"
@@ -288,7 +290,10 @@ fps_cmd() {  # fps_cmd BACKENDS TAG: the paper's network at the LUT's width, wit
 cmd_fps() { fps_cmd "$FPS_BACKENDS" eager-cudagraph; }
 cmd_fps_compile() { fps_cmd "$COMPILE_BACKENDS" compile; }
 cmd_fit() {
-  echo "$PY -m latbench.cli fit $LUT $FIT_OPTS --device $DEVICE --no-progress --json --plot $R/fit-$CARD.png > $R/fit-$CARD.json"
+  local ts="" f
+  for f in ${TEST_SEARCH:-}; do ts="$ts --test-search $f"; done
+  [ -n "$ts" ] && ts="$ts --test-search-draws ${TEST_SEARCH_DRAWS:-2}"
+  echo "$PY -m latbench.cli fit $LUT $FIT_OPTS$ts --device $DEVICE --no-progress --json --plot $R/fit-$CARD.png > $R/fit-$CARD.json"
 }
 cmd_fidelity() {
   echo "$PY benchmarks/lut_fidelity.py $LUT $FIDELITY_OPTS --device $DEVICE --budget-s $(( ${1:-120} * 2 / 3 )) --out-dir $R"

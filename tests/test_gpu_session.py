@@ -22,7 +22,7 @@ CALL_LIMITS = {"1": 360, "2": 300}
 
 
 def _run(out: Path, work: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
-    e = {k: v for k, v in os.environ.items() if k not in ("CALL", "STEPS", "LUT", "STANDIN", "DRY_RUN", "PLAN_ONLY")}
+    e = {k: v for k, v in os.environ.items() if k not in ("CALL", "STEPS", "LUT", "STANDIN", "DRY_RUN", "PLAN_ONLY", "TEST_SEARCH", "BUDGET_S")}
     e.update(OUT=str(out), WORK=str(work), PYTHON=sys.executable, **env)
     return subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout)
 
@@ -135,7 +135,11 @@ def test_both_calls_run_every_step_with_the_cpu_standing_in(tmp_path):
     carried = tmp_path / "carry" / lut_name
     carried.parent.mkdir()
     carried.write_bytes((out1 / lut_name).read_bytes())
-    r2 = _run(out2, tmp_path / "work2", CALL="2", STANDIN="cpu", LUT=str(carried))
+    # other searches' genotypes (searched at width 4.5: at the stand-in's width 1.0 the fit takes
+    # their derived architectures and says it cannot draw from their α)
+    others = sorted(str(p) for p in (REPO / "benchmarks" / "inputs" / "other_searches-cpu-2026-12-04").glob("*.json"))
+    assert len(others) == 6
+    r2 = _run(out2, tmp_path / "work2", CALL="2", STANDIN="cpu", LUT=str(carried), TEST_SEARCH=" ".join(others))
     log2 = r2.stdout + r2.stderr
     assert r2.returncode == 0, log2
     _rows_ok(out2, ["lut", "fit", "fidelity", "timer"], "2", log2)
@@ -143,6 +147,8 @@ def test_both_calls_run_every_step_with_the_cpu_standing_in(tmp_path):
     res2 = tmp_path / "work2" / "results"
     fit = json.loads((res2 / "fit-cpu.json").read_text())
     assert fit["figures"]["test"]["raw"]["n"] == 3 and (res2 / "fit-cpu.png").stat().st_size > 0
+    assert fit["figures"]["other_searches"]["raw"]["n"] == 6
+    assert sorted(fit["request"]["test_search"]) == others
     fid = json.loads(next(res2.glob("lut_fidelity-cpu-*.json")).read_text())
     assert fid["complete"] is True and fid["measured"] == 6 and fid["chunk_seeds"] == [1000, 1001]
     assert fid["latency_model"] is not None  # the fit step stored its model in the LUT; fidelity judged it
