@@ -148,10 +148,12 @@ class SearchSpace(Protocol):
     #   file's JSON object, cut to the keys of the space's own architectures);
     # - ``network_entries(height, width, batch) -> list[Entry]`` the rows pricing the configured
     #   network needs, where the LUT holds the rows of several variants (else :meth:`enumerate`);
-    # - ``folded_positions(arch) -> set[str]`` the positions of ``arch`` a constant-folding backend
-    #   (:data:`latbench.timing.registry.FOLDS_CONSTANTS`) never runs: their input is a constant
-    #   (downstream of removed edges) or their result reaches no output. Prices on such a backend
-    #   leave them out (:meth:`latbench.model.predictor.Predictor.network_rows`).
+    # - ``folded_positions(arch, weights_are_constants=True) -> set[str]`` the positions of ``arch``
+    #   a constant-folding backend (:data:`latbench.timing.registry.FOLDS_CONSTANTS`) never runs:
+    #   their input is a constant (downstream of removed edges) or their result reaches no output;
+    #   with ``weights_are_constants=False`` (Inductor) an op with weights runs on a constant input
+    #   and its output is no constant. Prices on such a backend leave them out
+    #   (:meth:`latbench.model.predictor.Predictor.network_rows`).
 
 
 def available_spaces() -> list[str]:

@@ -20,9 +20,17 @@ fed by the two cells before it → fusion → head) forward — a state is input
 non-``zero`` edge reaches it from an input-dependent state — and backward — a state is needed when
 the output reads it through non-``zero`` edges; a row runs only when its input is input-dependent
 and its result is needed.
+
+Where weights are not constants — Inductor without freezing passes them to the compiled graph as
+inputs — an op with weights on a constant input still runs, and its output is no constant: only
+ops without weights (pooling, identity, interpolation, the cells' sums and concatenations) fold,
+and the constant stops at the first op with weights (``weighted``; checked on Inductor itself in
+tests/test_constant_rows.py). Dead code is removed either way.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from nas.cell import cell_edges
 from nas.config import SpaceConfig
@@ -31,46 +39,42 @@ from nas.genotype import Architecture
 from nas.ops import ZERO
 
 
-def _cell(config: SpaceConfig, k: int, ops: list[str], d0: bool, d1: bool, const: set[str]) -> bool:
+def _cell(config: SpaceConfig, k: int, ops: list[str], d0: bool, d1: bool, const: set[str],
+          weighted: Callable[[str], bool]) -> bool:
     """Add cell ``k``'s constant positions to ``const``; is its output input-dependent?"""
-    if not d0:
-        const.add(f"cell{k}.pre0")
-    if not d1:
-        const.add(f"cell{k}.pre1")
-    states = [d0, d1]
+    states = [_through(f"cell{k}.pre0", d0, const, weighted), _through(f"cell{k}.pre1", d1, const, weighted)]
     topo = cell_edges(config.steps)
     for node in range(config.steps):
         dep = False
         for e, (src, dst) in enumerate(topo):
             if dst != node or ops[e] == ZERO:
                 continue
-            if not states[src]:
-                const.add(f"cell{k}.e{e}")
-            dep = dep or states[src]
+            dep = _through(f"cell{k}.e{e}", states[src], const, weighted) or dep
         states.append(dep)
-    out = any(states[2:])
-    if not out:
-        const.add(f"cell{k}.merge")
-    return out
+    return _through(f"cell{k}.merge", any(states[2:]), const, weighted)
 
 
-def _fusion_cell(inputs: list[bool], const: set[str]) -> bool:
+def _through(pos: str, dep: bool, const: set[str], weighted: Callable[[str], bool]) -> bool:
+    """The op at ``pos`` on an input that is input-dependent (``dep``) or a constant: a constant
+    input with no weights to apply folds (``pos`` into ``const``); is the op's output input-dependent?"""
+    if dep:
+        return True
+    if weighted(pos):
+        return True  # runs on the constant: its weights are inputs of the compiled graph
+    const.add(pos)
+    return False
+
+
+def _fusion_cell(inputs: list[bool], const: set[str], weighted: Callable[[str], bool]) -> bool:
     """The dense-connected fusion cell (no ``zero`` candidates): constant positions; is its
     output input-dependent?"""
-    for i, dep in enumerate(inputs):
-        if not dep:
-            const.add(f"fusion.reduce{i}")
-    nodes = list(inputs) + [False] * (len(NODES) - len(inputs))
+    nodes = [_through(f"fusion.reduce{i}", dep, const, weighted) for i, dep in enumerate(inputs)]
+    nodes += [False] * (len(NODES) - len(inputs))
     for node in range(len(inputs), len(NODES)):
         for e, (src, dst, _) in enumerate(EDGES):
             if dst == node:
-                if not nodes[src]:
-                    const.add(f"fusion.e{e}")
-                nodes[node] = nodes[node] or nodes[src]
-    out = any(nodes[n] for n in FINAL_NODES)
-    if not out:
-        const.add("fusion.merge")
-    return out
+                nodes[node] = _through(f"fusion.e{e}", nodes[src], const, weighted) or nodes[node]
+    return _through("fusion.merge", any(nodes[n] for n in FINAL_NODES), const, weighted)
 
 
 def _needed_cells(config: SpaceConfig, arch: Architecture, feats_needed: dict[int, bool]) -> dict[int, dict[str, bool]]:
@@ -109,17 +113,21 @@ def _fusion_needed(head_needed: bool) -> tuple[list[bool], list[bool]]:
     return nodes, edges
 
 
-def folded_positions(config: SpaceConfig, arch: Architecture, positions: list[str]) -> set[str]:
+def folded_positions(config: SpaceConfig, arch: Architecture, positions: list[str],
+                     weighted: Callable[[str], bool] | None = None) -> set[str]:
     """The positions (of ``positions``, the space's) a constant-folding backend never runs: their
-    input is a constant, or their result reaches the output by no path."""
+    input is a constant, or their result reaches the output by no path. ``weighted``: where weights
+    are not constants, whether the op at a position has weights (it runs on a constant input, and
+    its output is input-dependent); None: weights are constants (ONNX Runtime, TensorRT)."""
+    w: Callable[[str], bool] = weighted if weighted is not None else (lambda _pos: False)
     const: set[str] = set()
     out: dict[int, bool] = {}
     for k, ops in enumerate(arch.cells):
-        out[k] = _cell(config, k, list(ops), out.get(k - 2, True), out.get(k - 1, True), const)
+        out[k] = _cell(config, k, list(ops), out.get(k - 2, True), out.get(k - 1, True), const, w)
     last = len(arch.cells) - 1
     dead: set[str] = set()
     if config.fusion == "dcfc":
-        feats = _fusion_cell([out[c] for c in config.fusion_inputs], const)
+        feats = _fusion_cell([out[c] for c in config.fusion_inputs], const, w)
         nodes, edges = _fusion_needed(feats)
         dead |= {f"fusion.e{e}" for e, ok in enumerate(edges) if not ok}
         dead |= {f"fusion.reduce{i}" for i in range(len(config.fusion_inputs)) if not nodes[i]}
@@ -128,10 +136,14 @@ def folded_positions(config: SpaceConfig, arch: Architecture, positions: list[st
         ins = list(config.fusion_inputs[1:]) if config.fusion == "mscell" else [last]
         feats = any(out[c] for c in ins)
         if not feats:
-            const.update(p for p in positions if p.startswith(("mscell.", f"fixed.{config.fusion}")))
+            group = [p for p in positions if p.startswith(("mscell.", f"fixed.{config.fusion}"))]
+            const.update(p for p in group if not w(p))
+            feats = any(w(p) for p in group)
         read = {c: feats and out[c] for c in ins}
     if not feats:
-        const.update(p for p in positions if p.startswith("fixed.") and p != "fixed.stem")
+        tail = [p for p in positions if p.startswith("fixed.") and p != "fixed.stem"]
+        if not any(w(p) for p in tail):  # the head has weights: where they are inputs, it runs
+            const.update(tail)
     need = _needed_cells(config, arch, read)
     topo = cell_edges(config.steps)
     for k, ops in enumerate(arch.cells):
@@ -140,6 +152,6 @@ def folded_positions(config: SpaceConfig, arch: Architecture, positions: list[st
             dead |= {f"cell{k}.e{e}" for e in range(len(topo))}
             continue
         dead |= {f"cell{k}.pre{j}" for j in range(2) if not need[k][f"s{j}"]}
-    if not any(need[k]["out"] for k in need) and not feats:
-        dead.add("fixed.stem")  # nothing reads the input: the network is a constant
+    if not any(need[k]["out"] for k in need):
+        dead.add("fixed.stem")  # no cell is read: nothing reads the stem
     return (const | dead) & set(positions)

@@ -355,13 +355,27 @@ class LGCNetSpace:
             rows.append((p.name, chosen[p.name] if p.kind == "candidate" else p.candidates[0]))
         return rows
 
-    def folded_positions(self, arch: Mapping[str, Any] | Architecture) -> set[str]:
-        """Positions of ``arch`` a constant-folding backend never runs (:mod:`nas.constant_rows`)."""
+    def folded_positions(self, arch: Mapping[str, Any] | Architecture, weights_are_constants: bool = True) -> set[str]:
+        """Positions of ``arch`` a constant-folding backend never runs (:mod:`nas.constant_rows`);
+        ``weights_are_constants=False``: a backend that folds only ops without weights (Inductor)."""
         from nas.constant_rows import folded_positions
 
         a = arch if isinstance(arch, Architecture) else Architecture.from_dict(arch)
         a.validate(self.config)
-        return folded_positions(self.config, a, [p.name for p in self.positions()])
+        names = [p.name for p in self.positions()]
+        if weights_are_constants:
+            return folded_positions(self.config, a, names)
+        rows = dict(self.architecture_rows(a))
+        return folded_positions(self.config, a, names, weighted=lambda pos: self._has_weights(pos, rows[pos]))
+
+    def _has_weights(self, position: str, op: str) -> bool:
+        """Does the op at ``position`` apply weights (a parameter of its module)? Built once per
+        (position, op) at a small resolution and cached."""
+        cache = self.__dict__.setdefault("_weights_cache", {})
+        if not cache:
+            for e in self.enumerate(33, 65):
+                cache[(e.position, e.op)] = any(True for _ in self._build(e.spec).parameters())
+        return cache.get((position, op), True)  # unknown: assume it runs
 
     def build_architecture(self, arch: Mapping[str, Any] | Architecture) -> nn.Module:
         a = arch if isinstance(arch, Architecture) else Architecture.from_dict(arch)

@@ -93,3 +93,55 @@ def test_onnx_runtime_runs_no_convolution_of_an_all_zero_network_and_all_of_a_fu
         counts[name] = (_conv_nodes(exported.path), _conv_nodes(tmp_path / f"{name}.opt.onnx"))
     assert counts["zero"][1] == 0, counts
     assert counts["full"][1] > 0 and counts["cell0"][1] < counts["full"][1], counts
+
+
+# ---- where weights are graph inputs (Inductor): only ops without weights fold ------------------
+def test_without_constant_weights_only_weightless_ops_on_constants_fold(space):
+    # e0: in0→n0, e1: in1→n0, e2: in0→n1, e3: in1→n1, e4: n0→n1; fusion reads cells 0, 1, 3
+    cell1 = ["conv_3x3", "conv_3x3", "zero", "zero", "max_pool_3x3"]  # e1 reads the all-zero cell 0
+    cell2 = ["zero", "zero", "conv_3x3", "zero", "max_pool_3x3"]      # node 0 zeros, e4 pools them
+    cell3 = ["zero", "zero", "zero", "conv_3x3", "conv_3x3"]          # node 0 zeros, e4 convolves them
+    arch = _arch([["zero"] * E, cell1, cell2, cell3])
+    got = space.folded_positions(arch, weights_are_constants=False)
+    assert "cell0.merge" in got and {"cell0.pre0", "cell0.pre1"} <= got  # a sum of zeros; dead code
+    assert not {"cell1.pre1", "fusion.reduce0"} & got                    # weights on a constant: they run
+    assert "cell2.e4" in got and "cell2.merge" not in got                 # pooling of zeros folds
+    assert "cell3.e4" not in got                                          # a convolution of zeros runs
+    every = space.folded_positions(arch)  # weights as constants (ONNX Runtime): all of them fold
+    assert {"cell1.pre1", "fusion.reduce0", "cell2.e4", "cell3.e4"} <= every and got < every
+
+
+def test_compile_prices_leave_out_what_inductor_folds(space, tmp_path):
+    from latbench.lut.table import read_lut
+    from latbench.model.predictor import Predictor
+    from search_support import build_tiny_lut
+
+    lut = read_lut(build_tiny_lut(tmp_path / "tiny.parquet"))
+    arch = _arch([["zero"] * E, ["skip_connect"] * E, ["conv_3x3"] * E, ["conv_3x3"] * E])
+    compiled = Predictor.for_lut(lut, *RESOLUTION, backend="compile")
+    run = compiled.network_rows(space, arch)
+    skip = space.folded_positions(arch, weights_are_constants=False)
+    assert skip and set(space.architecture_rows(arch)) - set(run) == {r for r in space.architecture_rows(arch) if r[0] in skip}
+
+
+def test_inductor_folds_pooling_of_a_constant_and_runs_a_convolution_of_it():
+    """The premise, checked on Inductor itself: in a compiled graph whose weights are inputs, a
+    max-pool of zeros leaves no kernel, a convolution of zeros is still called."""
+    import torch
+    from torch import nn
+    from torch._inductor.utils import run_and_get_code
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+
+        def forward(self, x):
+            z = x.new_zeros(x.shape)
+            return x + nn.functional.max_pool2d(z, 3, 1, 1) + self.conv(z).relu()
+
+    with torch.no_grad():
+        _, code = run_and_get_code(torch.compile(Net().eval()), torch.randn(1, 4, 8, 8))
+    src = "\n".join(code)
+    assert "extern_kernels.convolution(" in src  # the convolution of the constant runs
+    assert "max_pool" not in src                  # the pooling of the constant was folded

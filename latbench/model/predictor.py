@@ -242,13 +242,13 @@ class Predictor:
         ``space.architecture_rows(arch)``, less the positions a constant-folding backend never runs
         (the space's optional ``folded_positions``; :func:`latbench.timing.registry.folds_constants`).
         Every price of a whole network goes through here."""
-        from latbench.timing.registry import folds_constants
+        from latbench.timing.registry import folds_constants, weights_are_constants
 
         rows = list(space.architecture_rows(arch))
         folded = getattr(space, "folded_positions", None)
         if folded is None or not folds_constants(self.scope.backend):
             return rows
-        skip = folded(arch)
+        skip = folded(arch) if weights_are_constants(self.scope.backend) else folded(arch, weights_are_constants=False)
         return [r for r in rows if r[0] not in skip]
 
     def raw_sum(self, rows: Sequence[tuple[str, str]]) -> float:

@@ -53,16 +53,23 @@ BUILTIN_BACKENDS: dict[str, str] = {
 
 _REGISTRY: dict[str, Factory] = dict(BUILTIN_BACKENDS)
 
-#: backends whose graph optimiser folds constants and removes dead code when it loads a network
-#: (weights are constants there): ops that compute only on constants, or whose result reaches no
-#: output, are never run (:mod:`nas.constant_rows`). Inductor keeps weights as inputs (no
-#: freezing) and eager backends run every op.
-FOLDS_CONSTANTS = frozenset({"ort", "trt"})
+#: backends whose graph optimiser folds constants and removes dead code when it loads a network,
+#: and whether their weights count as constants there. ONNX Runtime and TensorRT: yes — ops that
+#: compute only on constants, or whose result reaches no output, are never run. Inductor (compile)
+#: keeps weights as graph inputs (no freezing): it folds only ops without weights on constants
+#: (pooling, identity, interpolation, sums) and removes dead code (:mod:`nas.constant_rows`).
+#: Eager backends run every op.
+FOLDS_CONSTANTS: dict[str, bool] = {"ort": True, "trt": True, "compile": False}
 
 
 def folds_constants(backend: str) -> bool:
     """Does ``backend`` skip ops on constants and dead code at run time (:data:`FOLDS_CONSTANTS`)?"""
     return str(backend) in FOLDS_CONSTANTS
+
+
+def weights_are_constants(backend: str) -> bool:
+    """Does ``backend``'s constant folding treat weights as constants (:data:`FOLDS_CONSTANTS`)?"""
+    return bool(FOLDS_CONSTANTS.get(str(backend), False))
 
 
 def register_backend(name: str, factory: Factory, *, replace: bool = False) -> None:
