@@ -139,6 +139,7 @@ def test_fit_networks_drawn_from_the_search(fake_lut, tmp_path):
     keys = [json.dumps(n.arch, sort_keys=True) for n in res.networks]
     assert len(keys) == len(set(keys)) == 12 + 8 + 6  # fit, held-out uniform and held-out searched: disjoint
     assert res.model.provenance["fit_networks_from_search"] == 4
+    assert res.model.provenance["network_rows"] == "every row"  # the fake LUT's backend folds nothing
     # the ablation at no extra measurement: the same fit on the 8 uniform fit networks alone
     assert "model (uniform part of the fit set only)" in res.figures["search"]
     assert res.to_dict()["request"]["search_fit_networks"] == 4

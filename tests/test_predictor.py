@@ -5,6 +5,7 @@ spelled from build-lut's own options."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shlex
 
@@ -139,6 +140,17 @@ def test_a_model_per_fusion_head_and_the_raw_sum_with_a_notice_for_the_others():
     # a statistic asked for explicitly must be the one the model was fitted to
     p = Predictor.for_lut(only, H, W, statistic="median")
     assert p.model is None and "fastest-half statistic, not median" in p.notice
+    # a model fitted when prices on its backend summed other rows (constant folding) prices nothing
+    from latbench.timing.registry import network_rows_rule
+
+    rule = network_rows_rule("cpu")
+    assert rule == "every row" and network_rows_rule("ort") != network_rows_rule("compile") != rule
+    base = _model(lut)
+    same = dataclasses.replace(base, provenance={**base.provenance, "network_rows": rule})
+    assert Predictor.for_lut(_with(lut, same), H, W).model is not None
+    stale = dataclasses.replace(base, provenance={**base.provenance, "network_rows": network_rows_rule("ort")})
+    p = Predictor.for_lut(_with(lut, stale), H, W)
+    assert p.model is None and "while prices on cpu now sum every row" in p.notice and "\n" not in p.notice
     # a model that did not record its networks prices any (models fitted before they were recorded)
     old = _with(lut, LatencyModel(ModelScope.of_lut(lut.meta, H, W, 1), 0.0, 5.0))
     assert Predictor.for_lut(old, H, W, family={"fusion": "ppm"}).model is not None

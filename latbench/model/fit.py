@@ -281,6 +281,7 @@ def save_model(lut_path: str | os.PathLike, model: LatencyModel) -> None:
 def _provenance(prep: _Prepared, request: FitRequest, sel: _Selected, figs: dict[str, Any],
                 measurement: dict[str, Any], device_info: dict[str, Any], res: InterleavedResult) -> dict[str, Any]:
     from latbench.files import file_sha256
+    from latbench.timing.registry import network_rows_rule
 
     fit_nets = sel.fit_nets
     return {
@@ -291,7 +292,7 @@ def _provenance(prep: _Prepared, request: FitRequest, sel: _Selected, figs: dict
         "fit_fingerprints": [n.fingerprint for n in fit_nets],
         "fit_networks_from_search": sum(n.from_search for n in fit_nets),
         "test_search": [{"path": p, "sha256": file_sha256(p)} for p in request.test_search],
-        "statistic": request.rounds.statistic,
+        "statistic": request.rounds.statistic, "network_rows": network_rows_rule(prep.scope.backend),
         "rounds": request.rounds.rounds, "overhead_probe": "latbench.timing.probe (x + 1 on a tiny tensor)",
         "held_out": {s: {"n": f["model"]["n"], "mape": f["model"]["mape"], "worst": f["model"]["worst"],
                          "kendall_tau": f["model"]["kendall_tau"]} for s, f in figs.items() if s != "fit"},

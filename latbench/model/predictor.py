@@ -69,6 +69,13 @@ def family_mismatch(model: LatencyModel, family: Mapping[str, Any] | None, stati
     have_stat = model_statistic(model)
     if statistic is not None and have_stat is not None and have_stat != statistic:
         return f"the {have_stat} statistic, not {statistic}"
+    have_rows = dict(model.provenance).get("network_rows")
+    if have_rows is not None:
+        from latbench.timing.registry import network_rows_rule
+
+        now = network_rows_rule(model.scope.backend)
+        if have_rows != now:
+            return f"sums of {have_rows}, while prices on {model.scope.backend} now sum {now}"
     return None
 
 

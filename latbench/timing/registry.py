@@ -72,6 +72,16 @@ def weights_are_constants(backend: str) -> bool:
     return bool(FOLDS_CONSTANTS.get(str(backend), False))
 
 
+def network_rows_rule(backend: str) -> str:
+    """How a whole network's price on ``backend`` counts its rows, in words: recorded with every
+    fitted latency model, so that a model fitted under another rule is not fed other rows."""
+    if not folds_constants(backend):
+        return "every row"
+    if weights_are_constants(backend):
+        return "the rows that run (constants folded, weights constant)"
+    return "the rows that run (ops without weights on constants folded)"
+
+
 def register_backend(name: str, factory: Factory, *, replace: bool = False) -> None:
     """Make ``factory`` available as ``name`` (``"module:attr"`` strings are imported lazily)."""
     if name in _REGISTRY and not replace and _REGISTRY[name] is not factory:
