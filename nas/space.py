@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Mapping
 
 import torch
@@ -366,16 +367,14 @@ class LGCNetSpace:
         if weights_are_constants:
             return folded_positions(self.config, a, names)
         rows = dict(self.architecture_rows(a))
-        return folded_positions(self.config, a, names, weighted=lambda pos: self._has_weights(pos, rows[pos]))
+        return folded_positions(self.config, a, names,
+                                weighted=lambda pos: self._weighted_rows.get((pos, rows[pos]), True))  # unknown: it runs
 
-    def _has_weights(self, position: str, op: str) -> bool:
-        """Does the op at ``position`` apply weights (a parameter of its module)? Built once per
-        (position, op) at a small resolution and cached."""
-        cache = self.__dict__.setdefault("_weights_cache", {})
-        if not cache:
-            for e in self.enumerate(33, 65):
-                cache[(e.position, e.op)] = any(True for _ in self._build(e.spec).parameters())
-        return cache.get((position, op), True)  # unknown: assume it runs
+    @cached_property
+    def _weighted_rows(self) -> dict[tuple[str, str], bool]:
+        """(position, op) → does its module apply weights (has a parameter)? Built once, at a small
+        resolution (whether an op has weights does not depend on it)."""
+        return {(e.position, e.op): any(True for _ in self._build(e.spec).parameters()) for e in self.enumerate(33, 65)}
 
     def build_architecture(self, arch: Mapping[str, Any] | Architecture) -> nn.Module:
         a = arch if isinstance(arch, Architecture) else Architecture.from_dict(arch)

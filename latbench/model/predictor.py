@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 from latbench.errors import LUTError, UserError
 from latbench.model.latency_model import LatencyModel, ModelScope, model_for, stored_models
 from latbench.space import format_resolution
+from latbench.timing.registry import folds_constants, network_rows_rule, weights_are_constants
 
 Row = tuple[str, str, float, bool]
 MODES = ("auto", "none", "require")
@@ -71,8 +72,6 @@ def family_mismatch(model: LatencyModel, family: Mapping[str, Any] | None, stati
         return f"the {have_stat} statistic, not {statistic}"
     have_rows = dict(model.provenance).get("network_rows")
     if have_rows is not None:
-        from latbench.timing.registry import network_rows_rule
-
         now = network_rows_rule(model.scope.backend)
         if have_rows != now:
             return f"sums of {have_rows}, while prices on {model.scope.backend} now sum {now}"
@@ -249,13 +248,11 @@ class Predictor:
         ``space.architecture_rows(arch)``, less the positions a constant-folding backend never runs
         (the space's optional ``folded_positions``; :func:`latbench.timing.registry.folds_constants`).
         Every price of a whole network goes through here."""
-        from latbench.timing.registry import folds_constants, weights_are_constants
-
         rows = list(space.architecture_rows(arch))
         folded = getattr(space, "folded_positions", None)
         if folded is None or not folds_constants(self.scope.backend):
             return rows
-        skip = folded(arch) if weights_are_constants(self.scope.backend) else folded(arch, weights_are_constants=False)
+        skip = folded(arch, weights_are_constants=weights_are_constants(self.scope.backend))
         return [r for r in rows if r[0] not in skip]
 
     def raw_sum(self, rows: Sequence[tuple[str, str]]) -> float:
