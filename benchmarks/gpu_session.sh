@@ -23,18 +23,29 @@
 #   fidelity     validate-lut (benchmarks/lut_fidelity.py) on 30 fresh networks (seeds 1000+),
 #                in chunks of 10, each chunk written when it finishes; after fit it judges the model too
 #   timer        latbench's timer vs triton.testing.do_bench_cudagraph on 8 ops
-#   extras (in no call; a later session with more time): lut2 (a second LUT + compare-lut),
+#   searches     short nas searches on this GPU (synthetic data, SEARCH_OPTS; β in SEARCH_BETAS x seeds
+#                in SEARCH_SEEDS), priced by SEARCH_LUT (default: the session's LUT): the raw LUT sum,
+#                and every second one by the LUT's latency model when it has one. A later fit step
+#                judges their networks as other searches (with TEST_SEARCH's), so run it before fit
+#   extras (in no call; a later session with more time): searches (above), lut2 (a second LUT + compare-lut),
 #   throughput (search training throughput), backends (whole networks per backend, 2 architectures)
 #
 # The estimates are the seconds each step took on an H200 on 2026-12-04 (two calls; rounded up,
 # benchmarks/results/gpu_session-nvidia-h200-2026-12-04.md): lut 103 (114 timings), fps 13,
-# fps_compile 35, tests 60, fit 125 (78 networks with TEST_SEARCH; 62 without: ~100), fidelity 49,
-# timer 20, throughput 49, setup 13-18; lut2 and backends were not run (arithmetic). Each step has a
+# fps_compile 35, tests 60, fit 125 (78 networks with TEST_SEARCH; 62 without: ~100; the estimate is
+# 10 s + 1.6 s per network it will measure), fidelity 49, timer 20, throughput 49, setup 13-18; lut2,
+# backends and searches were not run (arithmetic; searches: 6 x ~25 s, a guess). Each step has a
 # hard cap (`timeout`), and a step whose estimate no longer fits the call's budget is skipped and
 # said so. A fresh machine answered in about 30 s that day; it stays warm for only 30 s after a
 # call, too short to rely on for chaining calls: that session ran everything in ONE call
 #   STEPS="lut tests fit fps timer fps_compile fidelity" BUDGET_S=480 OUT=$OUT bash benchmarks/gpu_session.sh
 # (device timeout 500 s; 424 s used), which is the way to run it when 15 minutes are lent.
+# What is open on a GPU after that session (docs/latency_model.md, "On a GPU"): the model judged on
+# the GPU's own searches, with more fit networks -- one call of about 9 minutes:
+#   STEPS="lut searches fit" SEARCH_LUT=luts/h200-cudagraph-769x1537-2026-12-04.parquet \
+#   FIT_OPTS="--fit-networks 80 --test-networks 20 --rounds 10 --window 0.05" \
+#   TEST_SEARCH="$(ls .gpu-work/inputs/*.json | tr '\n' ' ')" BUDGET_S=540 OUT=$OUT bash benchmarks/gpu_session.sh
+# (device timeout 580 s; the fit step's estimate scales with the networks it will measure).
 #
 # Each step appends a row to steps.tsv (step, rc, seconds, estimate, cap) and re-packs everything
 # measured so far (results + logs) into $OUT/gpu-results.tgz atomically, so a call stopped by its
@@ -57,13 +68,14 @@
 set -u
 set -o pipefail
 
-ALL_STEPS="lut fps fps_compile tests fit fidelity timer lut2 throughput backends"
+ALL_STEPS="lut fps fps_compile tests fit fidelity timer searches lut2 throughput backends"
 CALL1_STEPS="lut fps fps_compile tests"
 CALL2_STEPS="lut fit fidelity timer"
 declare -A EST=([lut]=110 [fps]=20 [fps_compile]=45 [tests]=65 [fit]=110 [fidelity]=55 [timer]=25
-                [lut2]=110 [throughput]=55 [backends]=240)
+                [searches]=150 [lut2]=110 [throughput]=55 [backends]=240)
 declare -A CAP=([lut]=200 [fps]=60 [fps_compile]=150 [tests]=120 [fit]=240 [fidelity]=120 [timer]=80
-                [lut2]=220 [throughput]=200 [backends]=300)
+                [searches]=300 [lut2]=220 [throughput]=200 [backends]=300)
+FIT_S_PER_NETWORK_X10=16  # the fit step: 125 s for 78 networks on 2026-12-04, ~1.6 s a network
 SETUP_EST=15
 LUT_RESUME_EST=15   # the lut step when the LUT file already exists (a complete build times nothing)
 MACHINE_START_S=60  # a fresh machine's start-up, outside the script (~30 s seen on 2026-12-04)
@@ -103,6 +115,8 @@ if [ "$STANDIN" = cpu ]; then
   LUT_PROTOCOL=${LUT_PROTOCOL:---max-time 0.02 --min-time 0 --warmup 0 --max-noise 0.5 --threads 1 --accept-load}
   FPS_BACKENDS=${FPS_BACKENDS:-cpu}; COMPILE_BACKENDS=${COMPILE_BACKENDS:-cpu}
   FIT_OPTS=${FIT_OPTS:---fit-networks 8 --test-networks 3 --rounds 2 --window 0.01}
+  SEARCH_OPTS=${SEARCH_OPTS:---epochs 1 --length 4 --batch-size 2 --lr-a 0.05}
+  SEARCH_BETAS=${SEARCH_BETAS:-0.5 5}; SEARCH_SEEDS=${SEARCH_SEEDS:-0}
   FIDELITY_OPTS=${FIDELITY_OPTS:---samples 6 --chunk 3 --seed 1000 --rounds 2 --window 0.01}
   TIMER_OPTS=${TIMER_OPTS:---max-ops 2 --rounds 1 --max-time 0.02 --ref-time 0.02 --threads 1}
   THROUGHPUT_OPTS=${THROUGHPUT_OPTS:---device cpu --crop $RES --batch-size 2 --steps 1 --warmup 1 --threads 1}
@@ -112,6 +126,8 @@ else
   LUT_PROTOCOL=${LUT_PROTOCOL:---max-time 1}
   FPS_BACKENDS=${FPS_BACKENDS:-eager,cudagraph}; COMPILE_BACKENDS=${COMPILE_BACKENDS:-compile}
   FIT_OPTS=${FIT_OPTS:---fit-networks 40 --test-networks 20 --rounds 10 --window 0.05}
+  SEARCH_OPTS=${SEARCH_OPTS:---epochs 6 --length 48 --batch-size 8 --lr-a 0.05 --crop 257x513}
+  SEARCH_BETAS=${SEARCH_BETAS:-0.5 2 5}; SEARCH_SEEDS=${SEARCH_SEEDS:-0 1}
   FIDELITY_OPTS=${FIDELITY_OPTS:---samples 30 --chunk 10 --seed 1000 --rounds 10 --window 0.05}
   TIMER_OPTS=${TIMER_OPTS:---max-ops 8 --rounds 2}
   THROUGHPUT_OPTS=${THROUGHPUT_OPTS:---device cuda --variants amp-cl,fp32 --steps 10 --warmup 3}
@@ -119,20 +135,37 @@ else
 fi
 GENOTYPE=${GENOTYPE:-nas/genotypes/lgcnet_paper.json}
 
+opt_of() {  # opt_of OPTION DEFAULT: the value of OPTION in FIT_OPTS
+  local v; v=$(sed -n "s/.*$1[ =]\([0-9][0-9]*\).*/\1/p" <<<"$FIT_OPTS"); echo "${v:-$2}"
+}
+fit_networks() {  # the networks the fit step will measure: fit + held-out + other searches' (1 + draws each)
+  local n_ts n_s=0 f
+  n_ts=$(wc -w <<<"${TEST_SEARCH:-}")
+  case " ${STEPS:-} " in *" searches "*) n_s=$(( $(wc -w <<<"$SEARCH_BETAS") * $(wc -w <<<"$SEARCH_SEEDS") ));;
+    *) for f in "$R"/searches/*/genotype.json; do [ -f "$f" ] && n_s=$((n_s + 1)); done;; esac
+  echo $(( $(opt_of --fit-networks 40) + $(opt_of --test-networks 20) + (n_ts + n_s) * (1 + ${TEST_SEARCH_DRAWS:-2}) ))
+}
 est_of() {  # the estimate of step $1 now (ASSUME_LUT=1: as if call 1's LUT were there)
-  if [ "$1" = lut ] && { [ "${ASSUME_LUT:-0}" = 1 ] || [ -f "${LUT:-/nonexistent}" ]; }; then echo "$LUT_RESUME_EST"; else echo "${EST[$1]}"; fi
+  if [ "$1" = lut ] && { [ "${ASSUME_LUT:-0}" = 1 ] || [ -f "${LUT:-/nonexistent}" ]; }; then echo "$LUT_RESUME_EST"
+  elif [ "$1" = fit ]; then echo $(( 10 + $(fit_networks) * FIT_S_PER_NETWORK_X10 / 10 ))
+  else echo "${EST[$1]}"; fi
+}
+cap_of() {  # the hard cap of step $1: its table's, or 1.5x the estimate for a fit larger than the default
+  local c=${CAP[$1]} e
+  if [ "$1" = fit ]; then e=$(est_of fit); [ $((e * 3 / 2)) -gt "$c" ] && c=$((e * 3 / 2)); fi
+  echo "$c"
 }
 
 plan_call() {  # plan_call TITLE LIMIT STEPS...; prints the table, returns the total estimate in $PLAN_TOTAL
   local title=$1 limit=$2; shift 2
-  local total=$SETUP_EST cap=60 s e
+  local total=$SETUP_EST cap=60 s e c
   printf '%s\n' "$title"
   printf '  %-12s %9s %7s\n' step estimate cap
   printf '  %-12s %8ss %6ss\n' setup "$SETUP_EST" 60
   for s in "$@"; do
-    e=$(est_of "$s")
-    printf '  %-12s %8ss %6ss\n' "$s" "$e" "${CAP[$s]}"
-    total=$((total + e)); cap=$((cap + ${CAP[$s]}))
+    e=$(est_of "$s"); c=$(cap_of "$s")
+    printf '  %-12s %8ss %6ss\n' "$s" "$e" "$c"
+    total=$((total + e)); cap=$((cap + c))
   done
   printf '  %-12s %8ss %6ss  (%d min estimated)\n' total "$total" "$cap" $(((total + 59) / 60))
   if [ "$limit" -gt 0 ]; then
@@ -292,8 +325,22 @@ cmd_fps_compile() { fps_cmd "$COMPILE_BACKENDS" compile; }
 cmd_fit() {
   local ts="" f
   for f in ${TEST_SEARCH:-}; do ts="$ts --test-search $f"; done
+  for f in "$R"/searches/*/genotype.json; do [ -f "$f" ] && ts="$ts --test-search $f"; done  # the searches step's
   [ -n "$ts" ] && ts="$ts --test-search-draws ${TEST_SEARCH_DRAWS:-2}"
   echo "$PY -m latbench.cli fit $LUT $FIT_OPTS$ts --device $DEVICE --no-progress --json --plot $R/fit-$CARD.png > $R/fit-$CARD.json"
+}
+cmd_searches() {  # every second search priced by SEARCH_LUT's latency model, when it has one
+  local slut=${SEARCH_LUT:-$LUT} model=0 i=0 b s p how cmds=""
+  if [ "$DRY_RUN" != 1 ]; then
+    [ -f "$slut" ] || { echo "echo 'no LUT to price the searches: $slut (run the lut step first, or set SEARCH_LUT)'; false"; return; }
+    "$PY" -c 'import sys; from latbench.lut import read_lut; sys.exit(0 if read_lut(sys.argv[1]).meta.get("latency_models") else 1)' "$slut" && model=1
+  fi
+  for b in $SEARCH_BETAS; do for s in $SEARCH_SEEDS; do
+    p=raw; [ "$model" = 1 ] && [ $((i % 2)) = 1 ] && p=model; i=$((i + 1))
+    if [ "$p" = raw ]; then how="--latency-model none --no-calibration"; else how="--latency-model require"; fi
+    cmds="$cmds$PY -m nas.cli search --lut $slut --dataset synthetic $SEARCH_OPTS --beta $b --seed $s --latency-scope network $how --device $DEVICE --out $R/searches/$p-b$b-s$s --no-progress --no-plots --workers 0; echo \"search $p b$b s$s: rc \$?\"; "
+  done; done
+  echo "${cmds}ls $R/searches/*/genotype.json"  # fails when no search finished
 }
 cmd_fidelity() {
   echo "$PY benchmarks/lut_fidelity.py $LUT $FIDELITY_OPTS --device $DEVICE --budget-s $(( ${1:-120} * 2 / 3 )) --out-dir $R"
@@ -324,7 +371,7 @@ for s in $STEPS; do
     printf '%s\tno-lut\t0\t%s\t%s\t%s\t%s\n' "$s" "$est" "${CAP[$s]}" "$(date -u +%H:%M:%S)" "${CALL:--}" >>"$WORK/steps.tsv"
     pack; continue
   fi
-  cap=${CAP[$s]}; [ "$cap" -gt "$left" ] && cap=$left
+  cap=$(cap_of "$s"); [ "$cap" -gt "$left" ] && cap=$left
   cmd=$("cmd_$s" "$cap")
   log "step $s (estimate $est s, timeout $cap s): $cmd"
   started=$(date -u +%H:%M:%S); t=$(date +%s)

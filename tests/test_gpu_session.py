@@ -78,7 +78,7 @@ def test_a_call_prints_its_own_plan_and_budget(tmp_path):
 
 @pytest.mark.parametrize("env, message", [
     ({"CALL": "1", "STEPS": "tests lutt"}, "Error: unknown step 'lutt'; steps: "
-                                           "lut fps fps_compile tests fit fidelity timer lut2 throughput backends"),
+                                           "lut fps fps_compile tests fit fidelity timer searches lut2 throughput backends"),
     ({"CALL": "3"}, "Error: CALL must be 1 or 2, not '3'"),
     ({}, "Error: set CALL=1 or CALL=2 (or STEPS=...); PLAN_ONLY=1 prints the plan"),
     ({"CALL": "1", "STANDIN": "gpu"}, "Error: STANDIN must be cpu or unset, not 'gpu'"),
@@ -155,6 +155,21 @@ def test_both_calls_run_every_step_with_the_cpu_standing_in(tmp_path):
     timer = json.loads(next(res2.glob("timer_agreement-cpu-*.json")).read_text())
     assert timer["ops_measured"] == 2 and timer["complete"] is True
     assert read_lut(out2 / lut_name).meta.get("latency_models")  # the model travels back with the LUT
+
+    # searches on this device, priced by that LUT (raw, then by its model), judged by a second fit
+    out3 = tmp_path / "out3"
+    r3 = _run(out3, tmp_path / "work2", STEPS="searches fit", STANDIN="cpu", LUT=str(out2 / lut_name),
+              BUDGET_S="2000")
+    log3 = r3.stdout + r3.stderr
+    assert r3.returncode == 0, log3
+    _rows_ok(out3, ["searches", "fit"], "-", log3)
+    made = sorted(p.parent.name for p in (res2 / "searches").glob("*/genotype.json"))
+    assert made == ["model-b5-s0", "raw-b0.5-s0"], log3
+    fit3 = json.loads((res2 / "fit-cpu.json").read_text())
+    judged = fit3["request"]["test_search"]
+    assert sorted(Path(f).parent.name for f in judged) == made
+    # each search's derived architecture and two draws from its α
+    assert fit3["figures"]["other_searches"]["raw"]["n"] == 2 * 3
 
 
 @pytest.mark.slow  # ~25 s on 2 cores: the steps in no call (lut2, throughput, backends)
