@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from latbench.lut.table import read_lut
     from latbench.model.fit_design import reference_architecture
-    from latbench.model.networks import resolve_setup
+    from latbench.model.networks import close_prepared, resolve_setup
     from latbench.timing import get_backend
     from latbench.timing.interleave import RoundsConfig, measure_interleaved
 
@@ -102,11 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                                   reference=names[0])
         load_after = os.getloadavg()
     finally:
-        for p in prepared.values():
-            try:
-                p.close()
-            except Exception:
-                pass
+        close_prepared(prepared)
 
     items, by_round = {}, {}
     for k, it in res.items.items():

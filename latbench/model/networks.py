@@ -428,11 +428,16 @@ def measure_networks(setup: Any, backend: Any, archs: dict[str, dict[str, Any]],
             on_event=on_event,
             on_progress=(lambda d, t, w: on_progress("measure", d, t, w)) if on_progress else None)
     finally:
-        for p in prepared.values():
-            try:
-                p.close()
-            except Exception:
-                pass
+        close_prepared(prepared)
+
+
+def close_prepared(prepared: Mapping[str, Any]) -> None:
+    """Close every prepared item (engines, sessions, graphs); one that fails to close is skipped."""
+    for p in prepared.values():
+        try:
+            p.close()
+        except Exception:
+            pass
 
 
 # ---- judging -----------------------------------------------------------------------------------
