@@ -64,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from latbench.lut.table import read_lut
     from latbench.model.fit_design import reference_architecture
-    from latbench.model.networks import close_prepared, resolve_setup
+    from latbench.model.networks import resolve_setup
     from latbench.timing import get_backend
     from latbench.timing.interleave import RoundsConfig, measure_interleaved
+    from latbench.timing.registry import close_prepared
 
     lut = read_lut(a.lut)
     setup = resolve_setup(lut, space_name=a.space)

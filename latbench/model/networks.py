@@ -403,6 +403,7 @@ def measure_networks(setup: Any, backend: Any, archs: dict[str, dict[str, Any]],
 
     from latbench.timing.interleave import measure_interleaved
     from latbench.timing.loop import describe_error
+    from latbench.timing.registry import close_prepared
     from latbench.timing.probe import probe_inputs, probe_module
 
     prepared: dict[str, Any] = {}
@@ -429,15 +430,6 @@ def measure_networks(setup: Any, backend: Any, archs: dict[str, dict[str, Any]],
             on_progress=(lambda d, t, w: on_progress("measure", d, t, w)) if on_progress else None)
     finally:
         close_prepared(prepared)
-
-
-def close_prepared(prepared: Mapping[str, Any]) -> None:
-    """Close every prepared item (engines, sessions, graphs); one that fails to close is skipped."""
-    for p in prepared.values():
-        try:
-            p.close()
-        except Exception:
-            pass
 
 
 # ---- judging -----------------------------------------------------------------------------------

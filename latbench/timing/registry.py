@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
-from typing import Any, Callable, Union
+from typing import Any, Callable, Mapping, Union
 
 from latbench.errors import UserError
 
@@ -116,3 +116,12 @@ def _resolve(name: str) -> Callable[..., Any]:
 def get_backend(name: str, **options: Any) -> Any:
     """An instance of backend ``name`` built with ``options`` (device, precision, threads...)."""
     return _resolve(name)(**options)
+
+
+def close_prepared(prepared: Mapping[str, Any]) -> None:
+    """Close every prepared item (engines, sessions, graphs); one that fails to close is skipped."""
+    for p in prepared.values():
+        try:
+            p.close()
+        except Exception:
+            pass
