@@ -97,11 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             aff = fit_affine(x[fit], y[fit])
             pred = aff.a * x + aff.b
             e = pred / y - 1
-            # leave-one-out on the fit networks (closed form)
-            X = np.column_stack([x[fit], np.ones(fit.sum())])
-            hii = np.einsum("ij,jk,ik->i", X, np.linalg.inv(X.T @ X), X)
-            loo = (y[fit] - X @ np.array([aff.a, aff.b])) / (1 - hii)
-            loo_e = -loo / y[fit]
+            loo_e = np.asarray(aff.loo_predictions) / y[fit] - 1  # leave-one-out on the fit networks
             r = {"a": aff.a, "b": aff.b, "fit_loo_mape": float(100 * np.abs(loo_e).mean()),
                  "fit_loo_median": float(100 * np.median(np.abs(loo_e))), "fit_loo_worst": float(100 * np.abs(loo_e).max())}
             for st in sets:
