@@ -99,6 +99,15 @@ def _needed_cells(config: SpaceConfig, arch: Architecture, feats_needed: dict[in
     return need
 
 
+def _stem_read(need: dict[int, dict[str, bool]]) -> bool:
+    """Is the stem's output read? :class:`nas.network.LGCNet` feeds it to cell 0 as both inputs and to
+    cell 1 as ``s0``; nothing else reads it. Where cells 0 and 1 read it through ``zero`` edges only
+    (or are dead), the network computes from constants and the stem is dead code, even when later cells
+    run weighted ops on those constants (seen on Inductor: a network whose first cells are all ``zero``
+    runs no stem convolution)."""
+    return bool(need.get(0, {}).get("s0") or need.get(0, {}).get("s1") or need.get(1, {}).get("s0"))
+
+
 def _fusion_needed(head_needed: bool) -> tuple[list[bool], list[bool]]:
     """Backward through the fusion cell: (node needed, edge needed) when its output is read."""
     nodes = [False] * len(NODES)
@@ -152,6 +161,6 @@ def folded_positions(config: SpaceConfig, arch: Architecture, positions: list[st
             dead |= {f"cell{k}.e{e}" for e in range(len(topo))}
             continue
         dead |= {f"cell{k}.pre{j}" for j in range(2) if not need[k][f"s{j}"]}
-    if not any(need[k]["out"] for k in need):
-        dead.add("fixed.stem")  # no cell is read: nothing reads the stem
+    if not _stem_read(need):
+        dead.add("fixed.stem")  # no cell reads it through a non-zero edge: its result is dead
     return (const | dead) & set(positions)

@@ -51,6 +51,21 @@ def test_an_all_zero_network_is_a_constant(space):
     assert got == {p for p, _ in space.architecture_rows(arch)}  # the stem too: nothing reads the input
 
 
+@pytest.mark.parametrize("weights_are_constants", [True, False])
+def test_the_stem_is_dead_when_the_first_cells_read_it_through_zero_edges_only(space, weights_are_constants):
+    # cells 0 and 1 are all zero: cell 2 reads constants (s0 = cell 0, s1 = cell 1), nothing reads the stem
+    arch = _arch([["zero"] * E, ["zero"] * E, ["conv_3x3"] * E, ["conv_3x3"] * E])
+    assert "fixed.stem" in space.folded_positions(arch, weights_are_constants=weights_are_constants)
+    # cell 1 reads the stem (its s0) through e0: the stem runs
+    cell1 = ["conv_3x3", "zero", "zero", "zero", "zero"]
+    arch = _arch([["zero"] * E, cell1, ["conv_3x3"] * E, ["conv_3x3"] * E])
+    assert "fixed.stem" not in space.folded_positions(arch, weights_are_constants=weights_are_constants)
+    # cell 1 reads only cell 0 (its s1): the stem is dead again
+    cell1 = ["zero", "conv_3x3", "zero", "zero", "zero"]
+    arch = _arch([["zero"] * E, cell1, ["conv_3x3"] * E, ["conv_3x3"] * E])
+    assert "fixed.stem" in space.folded_positions(arch, weights_are_constants=weights_are_constants)
+
+
 def test_prices_leave_folded_rows_out_on_folding_backends_only(space, tmp_path):
     from latbench.lut.table import read_lut
     from latbench.model.predictor import Predictor
@@ -145,3 +160,23 @@ def test_inductor_folds_pooling_of_a_constant_and_runs_a_convolution_of_it():
     src = "\n".join(code)
     assert "extern_kernels.convolution(" in src  # the convolution of the constant runs
     assert "max_pool" not in src                  # the pooling of the constant was folded
+
+
+def test_inductor_runs_no_stem_when_the_first_cells_are_all_zero(space):
+    """The stem rule, checked on Inductor itself: with cells 0 and 1 all ``zero``, the compiled
+    network runs convolutions (later cells' weights on constants) but none on the image (3 channels:
+    only the stem reads it), and the structural rule says the stem is dead."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    arch = _arch([["zero"] * E, ["zero"] * E, ["conv_3x3"] * E, ["conv_3x3"] * E])
+    assert "fixed.stem" in space.folded_positions(arch, weights_are_constants=False)
+    net = torch.compile(space.build_architecture(arch).eval())
+    x = torch.randn(1, 3, *RESOLUTION)
+    with torch.no_grad():
+        net(x)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            net(x)
+    convs = [e.input_shapes[0] for e in prof.events() if e.name == "aten::convolution" and e.input_shapes]
+    assert convs, "the later cells' convolutions should run"
+    assert not [s for s in convs if len(s) == 4 and s[1] == 3], convs  # nothing convolves the image

@@ -79,7 +79,9 @@ def network_rows_rule(backend: str) -> str:
         return "every row"
     if weights_are_constants(backend):
         return "the rows that run (constants folded, weights constant)"
-    return "the rows that run (ops without weights on constants folded)"
+    # "stem dead when no cell reads it" (2026-12-04, evening): models fitted under the earlier wording
+    # counted the stem of networks whose first cells read it through zero edges only
+    return "the rows that run (ops without weights on constants folded, a stem no cell reads dead)"
 
 
 def register_backend(name: str, factory: Factory, *, replace: bool = False) -> None:
