@@ -6,7 +6,8 @@ the measurements of committed ``latbench fit`` results (no timing).
 For every result (all measured on ``LUT``'s backend and resolution), each network's LUT sum is
 taken three ways — ``every row`` (eager backends), ``weightless folded`` (dead rows and the rows
 without weights on constants left out, the constant stopping at the first op with weights: the
-`compile` rule since 2026-12-04) and ``all folded`` (every row on constants left out: the `ort` /
+`compile` rule since 2026-12-04; since that evening the stem counts as dead when cells 0 and 1 read it
+through ``zero`` edges only) and ``all folded`` (every row on constants left out: the `ort` /
 `trt` rule) — and an affine a·Σ + b is fitted by least squares on the result's fit networks. Reported
 per rule and result: leave-one-out MAPE and worst error on the fit networks (what a decision may use),
 then MAPE, worst and mean signed error on each held-out set (what judges it), with a bootstrap 90 %

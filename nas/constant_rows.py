@@ -25,7 +25,9 @@ Where weights are not constants — Inductor without freezing passes them to the
 inputs — an op with weights on a constant input still runs, and its output is no constant: only
 ops without weights (pooling, identity, interpolation, the cells' sums and concatenations) fold,
 and the constant stops at the first op with weights (``weighted``; checked on Inductor itself in
-tests/test_constant_rows.py). Dead code is removed either way.
+tests/test_constant_rows.py). Dead code is removed either way — the stem too, when cells 0 and 1 (its
+only readers) read it through ``zero`` edges alone: then every later op computes from constants, and
+Inductor runs no stem convolution even though later convolutions still run on those constants.
 """
 
 from __future__ import annotations
