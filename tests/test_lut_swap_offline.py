@@ -1,0 +1,66 @@
+"""benchmarks/lut_swap_offline.py: a result's measurements re-priced with other LUTs. Here the
+'measurements' are an exact affine of one LUT's sums, so that LUT must explain them (held-out error
+≈ 0) and a LUT with some rows changed must not."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LUT = REPO / "luts" / "cpu-epyc-1t-compile-65x129.parquet"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("lut_swap_offline", REPO / "benchmarks" / "lut_swap_offline.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def luts(tmp_path_factory):
+    from latbench.lut.table import read_lut, write_lut
+
+    out = tmp_path_factory.mktemp("luts")
+    lut = read_lut(LUT)
+    changed = read_lut(LUT)
+    for op in ("conv_3x3", "sep_conv_3x3"):  # two candidate ops timed 3× slower in the other LUT
+        m = changed.df["op"] == op
+        changed.df.loc[m, ["median_us", "p10_us"]] *= 3.0
+    write_lut(changed, out / "changed.parquet")
+    return lut, LUT, out / "changed.parquet"
+
+
+def test_the_lut_that_made_the_measurements_explains_them_and_a_changed_one_does_not(tmp_path, luts):
+    from latbench.model.latency_model import ModelScope
+    from latbench.model.networks import resolve_setup
+    from latbench.model.predictor import Predictor
+
+    lut, own, changed = luts
+    s = resolve_setup(lut)
+    prices = Predictor(lut, ModelScope.of_lut(lut.meta, s.height, s.width, s.batch))
+    r = random.Random(5)
+    nets = []
+    for i in range(30):
+        arch = s.space.sample_architecture(r)
+        y = 0.6 * prices.raw_sum(prices.network_rows(s.space, arch)) + 500.0
+        nets.append({"key": f"n{i}", "set": "fit" if i < 20 else "test", "measured_us": y, "arch": arch})
+    res = tmp_path / "result.json"
+    res.write_text(json.dumps({"networks": nets, "overhead_us": 20.0, "lut": str(own), "scope": {"backend": "compile"}}))
+    out = tmp_path / "out"
+    mod = _script()
+    assert mod.main([str(res), "--luts", str(own), str(changed), "--out-dir", str(out), "--name", "t"]) == 0
+    by = json.loads((out / "t.json").read_text())["results"]["result.json"]["by_lut"]
+    assert by[str(own)]["test"]["mape"] < 0.05
+    assert by[str(changed)]["test"]["mape"] > 10 * by[str(own)]["test"]["mape"] + 0.3
+    assert "*" in (out / "t.md").read_text()  # the result's own LUT is marked
+
+
+def test_a_missing_file_is_one_error_line(tmp_path, capsys):
+    assert _script().main([str(tmp_path / "none.json"), "--luts", str(LUT)]) == 2
+    assert capsys.readouterr().err.strip() == f"Error: no such file: {tmp_path / 'none.json'}"
