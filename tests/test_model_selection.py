@@ -86,6 +86,23 @@ def test_one_standard_error_rule_prefers_the_affine_fit_when_it_explains_the_net
     assert d["chosen"] == "affine" and len(d["candidates"]) == len(sel.scores) and d["fold_seeds"] == [0, 1, 2, 3]
 
 
+def test_a_parameter_free_candidate_is_chosen_only_when_it_scores_best():
+    from latbench.model.selection import CVScore
+
+    def score(c, mape, se=0.5):
+        return CVScore(c, mape, se, (mape,))
+
+    over, aff, per_op = Candidate("overhead"), Candidate("affine"), Candidate("fitted", "median_us", "op", 3.0)
+    # the overhead form within one SE of the best: the simplest *fitted* one within it is chosen
+    chosen, best, _ = one_standard_error([score(over, 1.3), score(aff, 1.4), score(per_op, 1.0)])
+    assert best.candidate == per_op and chosen.candidate == aff
+    chosen, _, _ = one_standard_error([score(over, 1.3), score(aff, 2.0), score(per_op, 1.0)])
+    assert chosen.candidate == per_op
+    # scoring best, it is chosen
+    chosen, best, _ = one_standard_error([score(over, 0.9), score(aff, 1.0), score(per_op, 1.0)])
+    assert chosen.candidate == over == best.candidate
+
+
 def test_per_op_corrections_are_chosen_when_they_matter():
     rows = networks(40, 3)
     slope = {"conv": 1.25, "sep": 0.8, "pool": 1.0, "skip": 1.0, "*": 1.0}

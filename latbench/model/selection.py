@@ -20,7 +20,12 @@ what another split moves. This module chooses the model the way the data can sup
 3. **The one-standard-error rule**: each candidate's score is its MAPE over all networks and fold
    seeds; the standard error is that of the best candidate's per-network errors (averaged over
    seeds) over the networks, ``sd / √n``. The *simplest* candidate whose score is within one SE of
-   the best is chosen. How often each candidate wins a single seed is reported (``wins``): it
+   the best is chosen — except that the parameter-free candidates (raw Σ, measured overhead only)
+   are chosen only when they score best: the rule trades variance for bias, they have no variance,
+   and their bias shows only on networks unlike the fit networks (issue 17: on `ort`, the overhead
+   form chosen within one SE over-predicted other searches' networks by 7 %, where a fitted per-op
+   form on the same measurements was 1.9 % off; `benchmarks/results/lut_swap-ort-65x129-2026-12-04.md`).
+   How often each candidate wins a single seed is reported (``wins``): it
    shows how much a one-split choice would have been a lottery.
 4. **Per-group corrections only where a bootstrap supports them** (:func:`group_support`): the
    chosen per-group structure is refitted on :data:`N_BOOT_GROUPS` bootstrap resamples of the fit
@@ -52,6 +57,8 @@ SUPPORT_LEVEL = 0.90
 EFFECT_TOL_US = 1e-6  # an effect interval must clear 0 by more than rounding error
 STRUCTURES = ("raw", "overhead", "affine", "none", "op", "op+stage")  # complexity order
 COLUMN_ORDER = ("median_us", "p10_us")
+#: candidates with nothing fitted: rungs of the ladder, chosen only when they score best
+PARAMETER_FREE = ("raw", "overhead")
 
 
 @dataclass(frozen=True)
@@ -229,10 +236,13 @@ def repeated_cv(rows: RowsByColumn, y: Sequence[float], overhead_us: float, cand
 
 def one_standard_error(scores: Sequence[CVScore]) -> tuple[CVScore, CVScore, float]:
     """(chosen, best, threshold): the simplest candidate whose score is within one standard error
-    of the best score (ties in complexity: the lower score)."""
+    of the best score (ties in complexity: the lower score). A parameter-free candidate
+    (:data:`PARAMETER_FREE`) is chosen only when it scores best: it has no variance for the rule to
+    trade against, and its bias is judged only on networks of the fit networks' kind."""
     best = min(scores, key=lambda s: (s.mape, s.candidate.complexity))
     threshold = best.mape + (best.se if math.isfinite(best.se) else 0.0)
-    ok = [s for s in scores if s.mape <= threshold + 1e-12]
+    ok = [s for s in scores if s.mape <= threshold + 1e-12
+          and (s is best or s.candidate.kind not in PARAMETER_FREE)]
     chosen = min(ok, key=lambda s: (s.candidate.complexity, s.mape))
     return chosen, best, threshold
 
