@@ -9,8 +9,9 @@ LUT's backend decides which rows run), the model is chosen and fitted the way ``
 (:func:`latbench.model.selection.select_and_fit`: repeated grouped CV, one-standard-error rule,
 bootstrap-supported corrections; networks drawn from one search's α share a group) on the result's
 fit networks, and judged on its held-out sets (MAPE, worst, mean signed error). The measurements
-stay the result's own; only the LUT changes. A result's own LUT (the file it names, or one with the same content) is marked ``*``. ``--span-only``
-leaves out fit networks drawn from a search's α (so that runs with and without them compare).
+stay the result's own; only the LUT changes. A result's own LUT (the file it names, or one with the
+same content) is marked ``*``. ``--span-only`` leaves out fit networks drawn from a search's α (so
+that runs with and without them compare). Rows are read by ``model_choice_offline.load``.
 
 The held-out sets of committed results have been read before: the table says which LUT explains
 the same measurements better, not how well a model generalises.
@@ -27,35 +28,25 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # model_choice_offline, a sibling script
+
 N_BOOT = 50  # bootstrap resamples for per-group support (the fit's default is 200; the choice rarely moves)
 
 
-def _nets(result: dict[str, Any], lut: Any, setup: Any) -> list[dict[str, Any]]:
-    from latbench.model.latency_model import COLUMNS, ModelScope
-    from latbench.model.predictor import Predictor
-
-    prices = Predictor(lut, ModelScope.of_lut(lut.meta, setup.height, setup.width, setup.batch))
-    out = []
-    for n in result["networks"]:
-        if n.get("measured_us") is None:
-            continue
-        pr = prices.network_rows(setup.space, n["arch"])
-        out.append({"set": n["set"], "y": float(n["measured_us"]), "rows": {c: prices.rows(pr, c) for c in COLUMNS},
-                    "from_search": bool(n.get("from_search", str(n.get("key", "")).startswith("fits")))})
-    return out
-
-
-def judge(result: dict[str, Any], lut: Any, setup: Any, span_only: bool) -> dict[str, Any]:
-    """The model the fit's way on ``result``'s fit networks priced by ``lut``; figures per held-out set."""
+def judge(result_path: Path, lut_path: Path, span_only: bool) -> dict[str, Any]:
+    """The model the fit's way on the result's fit networks priced by ``lut_path``; figures per
+    held-out set (rows read by :func:`model_choice_offline.load`)."""
     from latbench.model.latency_model import ModelScope
     from latbench.model.selection import select_and_fit
+    from model_choice_offline import load
 
-    nets = _nets(result, lut, setup)
+    D = load(result_path, lut_path, check=False)
+    nets, lut, setup = D["nets"], D["lut"], D["setup"]
     fit = [n for n in nets if n["set"] == "fit" and not (span_only and n["from_search"])]
     groups = ["search" if n["from_search"] else f"u{i}" for i, n in enumerate(fit)]
     rows = {c: [n["rows"][c] for n in fit] for c in fit[0]["rows"]}
     scope = ModelScope.of_lut(lut.meta, setup.height, setup.width, setup.batch)
-    model, sel = select_and_fit(rows, [n["y"] for n in fit], scope, float(result["overhead_us"]),
+    model, sel = select_and_fit(rows, [n["y"] for n in fit], scope, D["overhead"],
                                 groups=groups, n_boot=N_BOOT)
     out: dict[str, Any] = {"chosen": sel.chosen.name, "fit_networks": len(fit)}
     for st in sorted({n["set"] for n in nets} - {"fit"}):
@@ -111,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             same = [p for p in luts if _sha(Path(p)) == _sha(Path(own))]
             own = same[0] if same else own
         report["results"][path.name] = {"own_lut": own,
-                                        "by_lut": {p: judge(d, lut, s, a.span_only) for p, (lut, s) in luts.items()}}
+                                        "by_lut": {p: judge(path, Path(p), a.span_only) for p in luts}}
     text = _markdown(report)
     print(text)
     if a.out_dir is not None:

@@ -51,7 +51,9 @@ from latbench.model.selection import candidates, grouped_folds, repeated_cv, sel
 HELD_OUT = ("test", "search", "other_searches")
 
 
-def load(results: Path, lut_path: Path) -> dict[str, Any]:
+def load(results: Path, lut_path: Path, check: bool = True) -> dict[str, Any]:
+    """The results file's measured networks with their rows from ``lut_path``; ``check``: stop
+    unless it is the LUT the fit used (``benchmarks/lut_swap_offline.py`` prices with others)."""
     from latbench.model.networks import resolve_setup
 
     d = json.loads(results.read_text())
@@ -68,7 +70,7 @@ def load(results: Path, lut_path: Path) -> dict[str, Any]:
         rows = {c: prices.rows(pr, c) for c in COLUMNS}
         raw = raw_sum(rows["median_us"])
         full = prices.raw_sum(setup.space.architecture_rows(n["arch"]))  # results written before folding
-        if n.get("raw_sum_us") is not None and min(abs(raw - n["raw_sum_us"]), abs(full - n["raw_sum_us"])) > \
+        if check and n.get("raw_sum_us") is not None and min(abs(raw - n["raw_sum_us"]), abs(full - n["raw_sum_us"])) > \
                 1e-6 * max(1.0, abs(raw)):
             sys.exit(f"Error: {lut_path} is not the LUT this fit used: network {n['key']} sums to {raw:.3f} µs, "
                      f"the results say {n['raw_sum_us']:.3f} µs")
@@ -76,7 +78,7 @@ def load(results: Path, lut_path: Path) -> dict[str, Any]:
                      "from_search": bool(n.get("from_search", str(n["key"]).startswith("fits"))),
                      "source": n.get("source"), "fingerprint": n.get("fingerprint")})
     return {"fit": fit, "scope": scope, "lut": lut, "setup": setup, "nets": nets,
-            "overhead": float(fit["overhead_us"]), "shipped": LatencyModel.from_dict(fit["model"])}
+            "overhead": float(fit["overhead_us"]), "shipped": LatencyModel.from_dict(fit["model"]) if fit.get("model") else None}
 
 
 def span_kinds(D: dict[str, Any]) -> dict[str, str]:

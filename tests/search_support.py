@@ -39,3 +39,14 @@ def tiny_search_config(lut: Path, **changes):
                 data=DataConfig(dataset="synthetic", length=16), epochs=2, batch_size=4, seed=0)
     base.update(changes)
     return SearchConfig(**base)
+
+
+def benchmark_script(name: str):
+    """The module of ``benchmarks/<name>.py`` (benchmark scripts are not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -16,10 +15,9 @@ LUT = REPO / "luts" / "cpu-epyc-1t-compile-65x129.parquet"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("lut_swap_offline", REPO / "benchmarks" / "lut_swap_offline.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from search_support import benchmark_script
+
+    return benchmark_script("lut_swap_offline")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +49,8 @@ def test_the_lut_that_made_the_measurements_explains_them_and_a_changed_one_does
         y = 0.6 * prices.raw_sum(prices.network_rows(s.space, arch)) + 500.0
         nets.append({"key": f"n{i}", "set": "fit" if i < 20 else "test", "measured_us": y, "arch": arch})
     res = tmp_path / "result.json"
-    res.write_text(json.dumps({"networks": nets, "overhead_us": 20.0, "lut": str(own), "scope": {"backend": "compile"}}))
+    scope = ModelScope.of_lut(lut.meta, s.height, s.width, s.batch).to_dict()
+    res.write_text(json.dumps({"networks": nets, "overhead_us": 20.0, "lut": str(own), "scope": scope}))
     out = tmp_path / "out"
     mod = _script()
     assert mod.main([str(res), "--luts", str(own), str(changed), "--out-dir", str(out), "--name", "t"]) == 0

@@ -4,7 +4,6 @@ weightless-folded sum), so that rule must fit exactly and the others must not.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -16,10 +15,9 @@ LUT = REPO / "luts" / "cpu-epyc-1t-compile-65x129.parquet"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("row_rules_offline", REPO / "benchmarks" / "row_rules_offline.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from search_support import benchmark_script
+
+    return benchmark_script("row_rules_offline")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ twice, the machine against itself), interleaved, on a toy-space LUT; its figures
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,10 +13,9 @@ TOY = "toy_space:ToySpace"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("steadiness", REPO / "benchmarks" / "steadiness.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from search_support import benchmark_script
+
+    return benchmark_script("steadiness")
 
 
 def test_the_reference_is_measured_under_both_backends_round_by_round(tmp_path, toy_space, fast_config):
