@@ -71,18 +71,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     from latbench.errors import UserError
+    from latbench.files import file_sha256
     from latbench.lut.table import read_lut
     from latbench.model.networks import resolve_setup
 
-    luts = {}
+    luts = {}  # path -> (backend, height, width); each cell reads its rows itself (judge)
     for p in a.luts:
-        lut = read_lut(p)
         try:
-            luts[str(p)] = (lut, resolve_setup(lut))
+            s = resolve_setup(read_lut(p))
         except UserError as exc:
             print(f"Error: {p}: {exc}", file=sys.stderr)
             return 2
-    backends = {(s.backend, s.height, s.width) for _, s in luts.values()}
+        luts[str(p)] = (s.backend, s.height, s.width)
+    shas = {p: file_sha256(p) for p in luts}
+    backends = set(luts.values())
     if len(backends) != 1:
         print(f"Error: the LUTs differ in backend or resolution: {sorted(backends)}", file=sys.stderr)
         return 2
@@ -99,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         own = d.get("lut")
         if own and Path(own).is_file():  # the same file under another path counts as the own LUT
-            same = [p for p in luts if _sha(Path(p)) == _sha(Path(own))]
+            mine = file_sha256(own)
+            same = [p for p in luts if shas[p] == mine]
             own = same[0] if same else own
         report["results"][path.name] = {"own_lut": own,
                                         "by_lut": {p: judge(path, Path(p), a.span_only) for p in luts}}
@@ -111,12 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         (a.out_dir / f"{name}.json").write_text(json.dumps(report, indent=1))
         (a.out_dir / f"{name}.md").write_text(text)
     return 0
-
-
-def _sha(path: Path) -> str:
-    from latbench.files import file_sha256
-
-    return file_sha256(path)
 
 
 def _markdown(report: dict[str, Any]) -> str:
