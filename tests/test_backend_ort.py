@@ -166,6 +166,7 @@ def test_build_lut_cli_with_ort_backend(tmp_path):
     assert lut.meta["complete"] is True and lut.meta["backend"] == "ort"
     info = lut.meta["backend_info"]
     assert info["onnxruntime"] == ort.__version__ and info["session_options"]["intra_op_threads"] == 1
+    assert lut.meta["protocol"]["input_sets"] == 8      # the CPU default: rotating input sets
     assert set(lut.df.backend) == {"ort"}
     assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))
 

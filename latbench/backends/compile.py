@@ -176,7 +176,7 @@ class CompileBackend:
                 fn, facts = compile_module(module, inputs, self.settings, GRAD_MODE)
             finally:
                 torch.set_num_threads(prev)
-            prepared = CpuPrepared(fn, inputs, threads)
+            prepared = CpuPrepared(fn, inputs, threads, config.input_sets)
         else:
             from latbench.timing.cuda import GRAD_MODE, CudaGraphPrepared, EagerPrepared, cudnn_benchmark
 

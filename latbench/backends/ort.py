@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import os
 import time
+from itertools import cycle, islice, repeat
 from typing import Any, Sequence
 
 import numpy as np
@@ -61,6 +62,7 @@ from latbench.backends.ort_session import (OrtSessionSettings, _available_thread
                                            cuda_provider_options, installed_ort_distributions, open_session,
                                            probe_provider)
 from latbench.timing.config import TimingConfig
+from latbench.timing.inputs import input_sets as make_input_sets
 from latbench.timing.precision import check_precision, precision_mode, tensor_precision
 
 _NP_DTYPES = {"fp32": np.float32, "tf32": np.float32, "fp16": np.float16}
@@ -70,35 +72,45 @@ NO_SYNC = "disable_synchronize_execution_providers"
 
 
 class OrtCpuPrepared:
-    """Wall-clock timing of ``run_with_iobinding`` with inputs/outputs bound once on the host."""
+    """Wall-clock timing of ``run_with_iobinding`` with inputs/outputs bound once on the host: one
+    binding per input set (:mod:`latbench.timing.inputs`), all writing the same outputs, used in
+    turn call by call."""
 
     granularity = 1
     clock = None
 
-    def __init__(self, session, exported: ExportedModel, inputs: Sequence[torch.Tensor], precision: str) -> None:
+    def __init__(self, session, exported: ExportedModel, inputs: Sequence[torch.Tensor], precision: str,
+                 input_sets: int = 1) -> None:
         ort = _ort()
         self._session = session
-        self._binding = session.io_binding()
         dtype = _NP_DTYPES[precision]
-        self._arrays = [np.ascontiguousarray(t.detach().cpu().numpy().astype(dtype) if t.is_floating_point()
-                                             else t.detach().cpu().numpy()) for t in inputs]
-        for name, arr in zip(exported.input_names, self._arrays):
-            self._binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr))
-        self._outputs = []
-        for name, shape in zip(exported.output_names, exported.output_shapes):
-            out = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, "cpu", 0)
-            self._binding.bind_ortvalue_output(name, out)
-            self._outputs.append(out)
+        self._outputs = [ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, "cpu", 0)
+                         for shape in exported.output_shapes]
+        self._arrays: list[np.ndarray] = []
+        self._bindings = []
+        for one in make_input_sets(inputs, input_sets):
+            binding = session.io_binding()
+            for name, t in zip(exported.input_names, one):
+                arr = np.ascontiguousarray(t.detach().cpu().numpy().astype(dtype) if t.is_floating_point()
+                                           else t.detach().cpu().numpy())
+                self._arrays.append(arr)
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr))
+            for name, out in zip(exported.output_names, self._outputs):
+                binding.bind_ortvalue_output(name, out)
+            self._bindings.append(binding)
+        self._binding = self._bindings[0]
         self._run_options = ort.RunOptions()
-        self.info: dict[str, Any] = {}
+        self.info: dict[str, Any] = {"input_sets": len(self._bindings)}
 
     def run(self) -> None:
         self._session.run_with_iobinding(self._binding, self._run_options)
 
     def time(self, calls: int) -> float:
-        run, binding, opts = self._session.run_with_iobinding, self._binding, self._run_options
+        run, opts = self._session.run_with_iobinding, self._run_options
+        bindings = (islice(cycle(self._bindings), calls) if len(self._bindings) > 1
+                    else repeat(self._binding, calls))
         t0 = time.perf_counter_ns()
-        for _ in range(calls):
+        for binding in bindings:
             run(binding, opts)
         t1 = time.perf_counter_ns()
         return (t1 - t0) * 1e-9
@@ -109,6 +121,7 @@ class OrtCpuPrepared:
 
     def close(self) -> None:
         self._binding = None
+        self._bindings = []
         self._session = None
         self._outputs = []
         self._arrays = []
@@ -260,7 +273,7 @@ class OrtBackend:
         t0 = time.perf_counter()
         if self.device == "cpu":
             session = open_session(exported.path, "cpu", settings)
-            prepared: Any = OrtCpuPrepared(session, exported, inputs, self.precision)
+            prepared: Any = OrtCpuPrepared(session, exported, inputs, self.precision, config.input_sets)
         else:
             prepared = OrtCudaPrepared(exported.path, exported, inputs, self.device, self.precision, settings,
                                        cold_cache=config.cold_cache)

@@ -53,6 +53,11 @@ OPTIONS = [
                   help="CPU threads that time each op on the CPU (cpu, ort, compile backends). [default: the cores this "
                        "process may use less one, and 1 on a machine of 2 cores or fewer: a timing thread that shares "
                        "its core with other work is preempted, and an OpenMP region waits for it]"),
+    click.option("--input-sets", default=None, type=click.IntRange(min=1),
+                  help="Random input sets a CPU timer rotates through, call by call, so that an op whose branches "
+                       "depend on the data (eager max-pool) is not timed on data the branch predictor has "
+                       "memorised (it then runs up to 2.4x faster than inside a network). 1: the same inputs every "
+                       f"call. [default: {DEFAULT_TIMING.input_sets} on the CPU; 1 on a GPU, whose timers replay fixed buffers]"),
     click.option("--space", "space_name", default="lgcnet", show_default=True, help="Registered search space (or module:Class)."),
     click.option("--space-opt", "space_opts", multiple=True, metavar="KEY=VALUE",
                   help="Search-space configuration; values parsed as JSON when possible. Repeatable."),

@@ -28,6 +28,11 @@ class TimingConfig:
     - ``target_sample_s``: how long one sample should last; calls per sample are chosen from a
       first timing so that µs-scale work is not dominated by timer resolution or launch cost.
     - ``threads``: CPU threads (``torch.set_num_threads``) for the ``cpu`` backend; None = leave.
+    - ``input_sets``: the CPU timers (``cpu``, ``ort`` and ``compile`` on the CPU) rotate call by
+      call through this many random input sets, so that a kernel whose branches depend on the data
+      is not timed on data the branch predictor has memorised (:mod:`latbench.timing.inputs`);
+      1 = the same inputs every call (as every LUT built before 2026-12-04 22:30 UTC was timed).
+      CUDA timers ignore it: a CUDA graph replays fixed buffers.
     """
 
     warmup_s: float = 0.2
@@ -40,6 +45,7 @@ class TimingConfig:
     max_throttle_retries: int = 2
     target_sample_s: float = 1e-3
     threads: int | None = None
+    input_sets: int = 8
 
     def __post_init__(self) -> None:
         if self.warmup_s < 0 or self.min_time_s < 0 or self.max_time_s <= 0:
@@ -54,6 +60,8 @@ class TimingConfig:
             raise ValueError("target_sample_s must be > 0")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be >= 1")
+        if self.input_sets < 1:
+            raise ValueError("input_sets must be >= 1")
 
     @property
     def effective_min_time_s(self) -> float:
