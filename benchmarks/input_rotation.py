@@ -2,7 +2,7 @@
 
     python benchmarks/input_rotation.py LUT [--backends cpu,ort] [--sets 8] [--repeats 3]
                                         [--max-time 0.3] [--ops max_pool_3x3,...] [--out-dir benchmarks/results]
-                                        [--space MODULE:CLASS]
+                                        [--sweep 1,2,4,8,32] [--space MODULE:CLASS]
 
 A CPU timer that calls an op back to back on one tensor lets the core's branch predictor memorise
 the op's data-dependent branches. Found on 2026-12-04: PyTorch's eager max-pool ran 270–285 µs per
@@ -16,6 +16,10 @@ on (``--sets``), alternately, ``--repeats`` times each (the LUT's protocol, ``--
 timing, one thread), and reports per op the ratio rotated / same (median over repeats, with the
 range of the per-repeat ratios: the run-to-run spread). Writes
 ``OUT_DIR/input_rotation-<device>-<HxW>-<date>.json`` and ``.md``, with the load before and after.
+
+``--sweep 1,2,4,8,32`` times instead each selected op with each of those numbers of rotating random
+sets and once on zeros (the constant an op downstream of all-``zero`` cells reads), alternately:
+``OUT_DIR/input_rotation-sweep-<device>-<HxW>-<date>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def _ops(setup, only: set[str] | None) -> list:
     return out
 
 
-def _time(backend, space, entry, config):
+def _time(backend, space, entry, config, zeros: bool = False):
     import torch
 
     from latbench.build.builder import make_inputs
@@ -55,7 +59,10 @@ def _time(backend, space, entry, config):
     module = space.build_op(entry.spec)
     if isinstance(module, torch.nn.Module):
         module.eval()
-    prepared = backend.prepare(module, make_inputs(entry.spec), config)
+    inputs = make_inputs(entry.spec)
+    if zeros:  # a constant input, as an op downstream of all-zero cells reads (one set: it never changes)
+        inputs = [torch.zeros_like(t) for t in inputs]
+    prepared = backend.prepare(module, inputs, config)
     try:
         return measure_prepared(prepared, config).median_us
     finally:
@@ -72,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-time", type=float, default=0.3, help="sampling cap per timing, seconds (default 0.3)")
     ap.add_argument("--ops", default="", help="comma-separated op names to time (default: every op)")
     ap.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--sweep", default="", metavar="N,N,...",
+                    help="instead: time each op with each of these numbers of rotating random sets and on "
+                         "zeros, alternately (e.g. 1,2,4,8,32 with --ops max_pool_3x3)")
     ap.add_argument("--space", default=None, metavar="MODULE:CLASS",
                     help="load the LUT's space from here instead of its registered entry point")
     a = ap.parse_args(argv)
@@ -91,6 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     only = {o.strip() for o in a.ops.split(",") if o.strip()} or None
     entries = _ops(setup, only)
     backends = [b.strip() for b in a.backends.split(",") if b.strip()]
+    if a.sweep:
+        try:
+            counts = [int(x) for x in a.sweep.split(",") if x.strip()]
+        except ValueError:
+            counts = []
+        if not counts or min(counts) < 1:
+            print("Error: --sweep takes positive integers, e.g. 1,2,4,8,32", file=sys.stderr)
+            return 2
+        return _sweep(a, setup, base, entries, backends, counts)
     rows, load_before, t0 = [], os.getloadavg(), time.time()
     for name in backends:
         backend = get_backend(name, device="cpu", precision=setup.precision, threads=1)
@@ -138,6 +157,45 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"- **{name}**: {len(s['shifted'])} of {s['ops']} ops moved by ≥ {SHIFT - 1:.0%}: "
                      f"{', '.join(s['shifted']) or 'none'}; the others' geometric-mean ratio "
                      f"{'n/a' if g is None else f'{g:.3f}'}.")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {stem}.json and .md")
+    return 0
+
+
+def _sweep(a, setup, base, entries, backends, counts) -> int:
+    """Median µs per (op, backend) for each count of rotating random sets and for zeros."""
+    from latbench.timing import get_backend
+
+    conds = [(f"random×{n}", n, False) for n in counts] + [("zeros", 1, True)]
+    rows, load_before, t0 = [], os.getloadavg(), time.time()
+    for name in backends:
+        backend = get_backend(name, device="cpu", precision=setup.precision, threads=1)
+        for e in entries:
+            got: dict[str, list[float]] = {c[0]: [] for c in conds}
+            for _ in range(a.repeats):
+                for label, n, zeros in conds:
+                    got[label].append(_time(backend, setup.space, e, replace(base, input_sets=n), zeros))
+            med = {k: float(np.median(v)) for k, v in got.items()}
+            rows.append({"backend": name, "op": e.op, "position": e.position, "key": e.spec.key, "median_us": med,
+                         "range_us": {k: [float(min(v)), float(max(v))] for k, v in got.items()}})
+            print(f"{name} {e.op} {e.position}: " + ", ".join(f"{k} {v:.1f}" for k, v in med.items()), flush=True)
+    load_after = os.getloadavg()
+    date = datetime.now(timezone.utc)
+    res = f"{setup.height}x{setup.width}"
+    out = {"lut": str(a.lut), "date": date.isoformat(timespec="seconds"), "command": " ".join(["python", *sys.argv]),
+           "repeats": a.repeats, "max_time_s": a.max_time, "threads": 1, "loadavg_before": load_before,
+           "loadavg_after": load_after, "elapsed_s": round(time.time() - t0, 1), "rows": rows}
+    a.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = a.out_dir / f"input_rotation-sweep-cpu-{res}-{date:%Y-%m-%d}"
+    stem.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
+    labels = [c[0] for c in conds]
+    lines = [f"# Rotating input sets and constant inputs ({res}, {date:%Y-%m-%d %H:%M} UTC)", "",
+             f"`{out['command']}` — one thread; median µs of {a.repeats} alternations (min–max in the JSON); "
+             f"load {load_before[0]:.2f} before, {load_after[0]:.2f} after; {out['elapsed_s']:.0f} s.", "",
+             "| backend | op | position | " + " | ".join(labels) + " |", "|---|---|---|" + "---|" * len(labels)]
+    for r in rows:
+        lines.append(f"| {r['backend']} | {r['op']} | {r['position']} | "
+                     + " | ".join(f"{r['median_us'][k]:.1f}" for k in labels) + " |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {stem}.json and .md")
     return 0

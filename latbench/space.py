@@ -153,7 +153,10 @@ class SearchSpace(Protocol):
     #   their input is a constant (downstream of removed edges) or their result reaches no output;
     #   with ``weights_are_constants=False`` (Inductor) an op with weights runs on a constant input
     #   and its output is no constant. Prices on such a backend leave them out
-    #   (:meth:`latbench.model.predictor.Predictor.network_rows`).
+    #   (:meth:`latbench.model.predictor.Predictor.network_rows`);
+    # - ``constant_input_positions(arch) -> set[str]`` the positions of ``arch`` whose input is a
+    #   constant: a backend that runs them (eager) is priced there from the LUT's ``const_us``,
+    #   the op timed on a constant input, where the LUT has it.
 
 
 def available_spaces() -> list[str]:

@@ -124,6 +124,40 @@ def _fusion_needed(head_needed: bool) -> tuple[list[bool], list[bool]]:
     return nodes, edges
 
 
+def constant_input_positions(config: SpaceConfig, arch: Architecture, positions: list[str]) -> set[str]:
+    """The positions (of ``positions``) whose input is a constant — computed from ``zero`` nodes
+    alone, weights being constants — whether or not their result is read. An eager backend runs
+    them on every call, and an op whose branches depend on the data runs faster on a constant than
+    on data (PyTorch's eager max-pool: 112 µs against 250–330 µs at 72×9×17; docs/latency_model.md)."""
+    const: set[str] = set()
+    _forward(config, arch, positions, lambda _pos: False, const)
+    return const & set(positions)
+
+
+def _forward(config: SpaceConfig, arch: Architecture, positions: list[str], w: Callable[[str], bool],
+             const: set[str]) -> tuple[bool, dict[int, bool]]:
+    """The forward walk: fills ``const``; returns (whether the features the head reads are
+    input-dependent, whether each cell's output is)."""
+    out: dict[int, bool] = {}
+    for k, ops in enumerate(arch.cells):
+        out[k] = _cell(config, k, list(ops), out.get(k - 2, True), out.get(k - 1, True), const, w)
+    last = len(arch.cells) - 1
+    if config.fusion == "dcfc":
+        feats = _fusion_cell([out[c] for c in config.fusion_inputs], const, w)
+    else:  # MSCell / ASPP / PPM / none: constant only when every input of it is
+        ins = list(config.fusion_inputs[1:]) if config.fusion == "mscell" else [last]
+        feats = any(out[c] for c in ins)
+        if not feats:
+            group = [p for p in positions if p.startswith(("mscell.", f"fixed.{config.fusion}"))]
+            const.update(p for p in group if not w(p))
+            feats = any(w(p) for p in group)
+    if not feats:
+        tail = [p for p in positions if p.startswith("fixed.") and p != "fixed.stem"]
+        if not any(w(p) for p in tail):  # the head has weights: where they are inputs, it runs
+            const.update(tail)
+    return feats, out
+
+
 def folded_positions(config: SpaceConfig, arch: Architecture, positions: list[str],
                      weighted: Callable[[str], bool] | None = None) -> set[str]:
     """The positions (of ``positions``, the space's) a constant-folding backend never runs: their
@@ -132,29 +166,16 @@ def folded_positions(config: SpaceConfig, arch: Architecture, positions: list[st
     its output is input-dependent); None: weights are constants (ONNX Runtime, TensorRT)."""
     w: Callable[[str], bool] = weighted if weighted is not None else (lambda _pos: False)
     const: set[str] = set()
-    out: dict[int, bool] = {}
-    for k, ops in enumerate(arch.cells):
-        out[k] = _cell(config, k, list(ops), out.get(k - 2, True), out.get(k - 1, True), const, w)
-    last = len(arch.cells) - 1
+    feats, out = _forward(config, arch, positions, w, const)
     dead: set[str] = set()
     if config.fusion == "dcfc":
-        feats = _fusion_cell([out[c] for c in config.fusion_inputs], const, w)
         nodes, edges = _fusion_needed(feats)
         dead |= {f"fusion.e{e}" for e, ok in enumerate(edges) if not ok}
         dead |= {f"fusion.reduce{i}" for i in range(len(config.fusion_inputs)) if not nodes[i]}
         read = {c: nodes[i] and out[c] for i, c in enumerate(config.fusion_inputs)}
-    else:  # MSCell / ASPP / PPM / none: constant only when every input of it is
-        ins = list(config.fusion_inputs[1:]) if config.fusion == "mscell" else [last]
-        feats = any(out[c] for c in ins)
-        if not feats:
-            group = [p for p in positions if p.startswith(("mscell.", f"fixed.{config.fusion}"))]
-            const.update(p for p in group if not w(p))
-            feats = any(w(p) for p in group)
+    else:
+        ins = list(config.fusion_inputs[1:]) if config.fusion == "mscell" else [len(arch.cells) - 1]
         read = {c: feats and out[c] for c in ins}
-    if not feats:
-        tail = [p for p in positions if p.startswith("fixed.") and p != "fixed.stem"]
-        if not any(w(p) for p in tail):  # the head has weights: where they are inputs, it runs
-            const.update(tail)
     need = _needed_cells(config, arch, read)
     topo = cell_edges(config.steps)
     for k, ops in enumerate(arch.cells):

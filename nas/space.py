@@ -370,6 +370,15 @@ class LGCNetSpace:
         return folded_positions(self.config, a, names,
                                 weighted=lambda pos: self._weighted_rows.get((pos, rows[pos]), True))  # unknown: it runs
 
+    def constant_input_positions(self, arch: Mapping[str, Any] | Architecture) -> set[str]:
+        """Positions of ``arch`` whose input is a constant (:mod:`nas.constant_rows`): an eager
+        backend runs them, at the cost of the op on a constant input."""
+        from nas.constant_rows import constant_input_positions
+
+        a = arch if isinstance(arch, Architecture) else Architecture.from_dict(arch)
+        a.validate(self.config)
+        return constant_input_positions(self.config, a, [p.name for p in self.positions()])
+
     @cached_property
     def _weighted_rows(self) -> dict[tuple[str, str], bool]:
         """(position, op) → does its module apply weights (has a parameter)? Built once, at a small

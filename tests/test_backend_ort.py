@@ -167,6 +167,8 @@ def test_build_lut_cli_with_ort_backend(tmp_path):
     info = lut.meta["backend_info"]
     assert info["onnxruntime"] == ort.__version__ and info["session_options"]["intra_op_threads"] == 1
     assert lut.meta["protocol"]["input_sets"] == 8      # the CPU default: rotating input sets
+    assert lut.meta["protocol"]["const_inputs"] is True  # ... and each op timed on zeros too
+    assert lut.df[lut.df.status == "ok"]["const_us"].notna().all()
     assert set(lut.df.backend) == {"ort"}
     assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))
 

@@ -36,6 +36,20 @@ def test_each_distinct_op_is_timed_both_ways(tmp_path, toy_space, fast_config):
     assert md.count("\n| cpu |") == len(keys) and "## Summary" in md
 
 
+def test_the_sweep_times_each_count_and_zeros(tmp_path, toy_space, fast_config):
+    lut = tmp_path / "cpu.parquet"
+    build_lut(toy_space, [(16, 24)], "cpu", fast_config, lut, "cpu", progress=False)
+    out = tmp_path / "res"
+    rc = _script().main([str(lut), "--space", TOY, "--backends", "cpu", "--repeats", "1", "--max-time", "0.01",
+                         "--sweep", "1,3", "--out-dir", str(out)])
+    assert rc == 0
+    (js,) = out.glob("input_rotation-sweep-cpu-16x24-*.json")
+    d = json.loads(js.read_text())
+    assert d["rows"] and all(set(r["median_us"]) == {"random×1", "random×3", "zeros"} for r in d["rows"])
+    assert all(v > 0 for r in d["rows"] for v in r["median_us"].values())
+    assert "| random×1 | random×3 | zeros |" in js.with_suffix(".md").read_text()
+
+
 def test_bad_inputs_are_one_error_line(tmp_path, capsys):
     mod = _script()
     assert mod.main([str(tmp_path / "none.parquet")]) == 2

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Collection, Sequence
 
@@ -32,7 +32,7 @@ from latbench.lut.table import LUT, ROW_ID, SCHEMA_VERSION, concat_rows, dedupe_
 from latbench.memory import check_entries_fit
 from latbench.progress import PhaseProgress
 from latbench.space import Entry, OpSpec, format_resolution
-from latbench.timing import Measurement, TimingConfig, get_backend, measure_prepared
+from latbench.timing import Measurement, TimingConfig, get_backend, measure, measure_prepared
 from latbench.timing.loop import describe_error
 from latbench.timing.passthrough import is_passthrough
 from latbench.timing.plausibility import FLAG_COLUMN, EntryChecker, PlausibilityConfig
@@ -75,15 +75,27 @@ def time_spec(space: Any, spec: OpSpec, backend: Any, config: TimingConfig, watc
         return Measurement.failed(describe_error(exc), stage="prepare")
     try:
         if watch is None:
-            return measure_prepared(prepared, config)
-        with watch:
-            return measure_prepared(prepared, config)
+            m = measure_prepared(prepared, config)
+        else:
+            with watch:
+                m = measure_prepared(prepared, config)
+        if m.ok and config.const_inputs:
+            m.const_us = _time_on_zeros(module, spec, backend, config)
+        return m
     finally:
         try:
             prepared.close()
         except Exception:
             pass
         del prepared
+
+
+def _time_on_zeros(module: Any, spec: OpSpec, backend: Any, config: TimingConfig) -> float | None:
+    """Median µs of ``module`` on all-zero inputs, one set (it never changes, as a constant in a
+    network does not); None if that fails."""
+    m = measure(module, [torch.zeros_like(t) for t in make_inputs(spec)], replace(config, input_sets=1),
+                backend=backend)
+    return float(m.median_us) if m.ok else None
 
 
 def request_metadata(space: Any, backend_obj: Any, config: TimingConfig, name: str, batch: int, precision: str,

@@ -20,7 +20,7 @@ from latbench.timing.plausibility import ROW_FIELDS
 
 MEASUREMENT_FIELDS = ("median_us", "p10_us", "p90_us", "iqr_us", "mean_us", "samples", "noise",
                       "calls_per_sample", "sm_clock_mhz", "throttled", "host_bound", "enqueue_us",
-                      "status", "error") + ROW_FIELDS  # + the load around the timing and its flag (§5.11)
+                      "status", "error", "const_us") + ROW_FIELDS  # + the load around the timing and its flag (§5.11)
 
 
 def jsonable(x: Any) -> Any:

@@ -45,7 +45,7 @@ def _load_space(name: str, cfg: dict[str, Any]):
 @click.command("build-lut")
 @build_lut_options
 def build_lut(name, device, backend, resolutions, batch, precision, output, max_noise, max_time, min_time,
-              warmup, cold_cache, threads, input_sets, space_name, space_opts, backend_opts, retry_failed, retry_flagged, accept_load,
+              warmup, cold_cache, threads, input_sets, const_inputs, space_name, space_opts, backend_opts, retry_failed, retry_flagged, accept_load,
               shard, canary_every, canary_tolerance, force, no_progress, as_json) -> None:
     """Time every candidate op at every position (and every fixed part) of a search space and
     write a LUT. Resumable: rerun the same command after a crash to time only what is missing.
@@ -80,10 +80,13 @@ def build_lut(name, device, backend, resolutions, batch, precision, output, max_
         from latbench.timing.load import default_cpu_threads
 
         threads = default_cpu_threads()
+    on_gpu = str(dev).startswith("cuda")
     if input_sets is None:
-        input_sets = 1 if str(dev).startswith("cuda") else TimingConfig.input_sets
+        input_sets = 1 if on_gpu else TimingConfig.input_sets
+    if const_inputs is None:
+        const_inputs = not on_gpu
     config = TimingConfig(warmup_s=warmup, min_time_s=min_time, max_time_s=max_time, max_noise=max_noise,
-                          cold_cache=cold_cache, threads=threads, input_sets=input_sets)
+                          cold_cache=cold_cache, threads=threads, input_sets=input_sets, const_inputs=const_inputs)
     extra = parse_space_opts(backend_opts, "--backend-opt", "mode=max-autotune")
     warn = lambda msg: click.echo(f"warning: {msg}", err=True)  # noqa: E731
     if shard:

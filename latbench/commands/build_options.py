@@ -58,6 +58,11 @@ OPTIONS = [
                        "depend on the data (eager max-pool) is not timed on data the branch predictor has "
                        "memorised (it then runs up to 2.4x faster than inside a network). 1: the same inputs every "
                        f"call. [default: {DEFAULT_TIMING.input_sets} on the CPU; 1 on a GPU, whose timers replay fixed buffers]"),
+    click.option("--const-inputs/--no-const-inputs", default=None,
+                  help="Also time each op on an all-zero input (LUT column const_us): an eager backend runs the ops "
+                       "downstream of all-zero cells on a constant, and an op whose branches depend on the data "
+                       "(eager max-pool) runs faster there; prices of such networks use it. [default: on on the CPU, "
+                       "off on a GPU]"),
     click.option("--space", "space_name", default="lgcnet", show_default=True, help="Registered search space (or module:Class)."),
     click.option("--space-opt", "space_opts", multiple=True, metavar="KEY=VALUE",
                   help="Search-space configuration; values parsed as JSON when possible. Repeatable."),

@@ -33,7 +33,8 @@ SHOW_MISSING = 12
 
 #: ``build-lut`` option (click parameter name) -> the protocol field it sets (TimingConfig).
 PROTOCOL_OPTIONS = {"max_noise": "max_noise", "max_time": "max_time_s", "min_time": "min_time_s",
-                    "warmup": "warmup_s", "cold_cache": "cold_cache", "threads": "threads"}
+                    "warmup": "warmup_s", "cold_cache": "cold_cache", "threads": "threads",
+                    "input_sets": "input_sets", "const_inputs": "const_inputs"}
 
 
 # ---- what a LUT is -------------------------------------------------------------------------------
@@ -205,6 +206,8 @@ def _option_argv(param: Any, value: Any, ctx: Any) -> list[str]:
     """``param``'s command-line spelling of ``value`` ([] where it is the option's default)."""
     flag = param.opts[0]
     default = param.get_default(ctx, call=True)
+    if getattr(param, "is_flag", False) and param.secondary_opts:  # --x/--no-x: always said (its default
+        return [flag if value else param.secondary_opts[0]]       # may depend on the device)
     if getattr(param, "is_flag", False):
         return [flag] if value and not default else []
     if param.multiple:

@@ -70,6 +70,9 @@ COLUMNS: dict[str, pa.DataType] = {
     "competing": pa.float64(),  # a count, as float: nullable through pandas round trips
     "runq_wait": pa.float64(),
     "flag": pa.string(),
+    # optional: the op timed on an all-zero input (CPU builds), what an eager backend pays where the
+    # network feeds the op a constant (latbench.model.predictor.Predictor.network_rows)
+    "const_us": pa.float64(),
 }
 # What a reader insists on (later optional columns may be added without a schema bump).
 REQUIRED_COLUMNS = (
@@ -144,11 +147,16 @@ class LUT:
         failed; 0 for an analytic entry (e.g. ``zero``)."""
         return self._lookup_index().get((position, op, int(height), int(width), int(batch)))
 
+    @property
+    def has_const_timings(self) -> bool:  # its ops timed on a constant input too (``const_us``)?
+        return "const_us" in self.df.columns and bool(self.df["const_us"].notna().any())
+
     def row_info(self, position: str, op: str, height: int, width: int, batch: int = 1,
-                 column: str = "median_us") -> tuple[str, str, float, bool] | None:
+                 column: str = "median_us", constant: bool = False) -> tuple[str, str, float, bool] | None:
         """``(op, stage, value, analytic)`` of a usable row, ``value`` read from ``column``
         (``median_us`` or ``p10_us``; 0 for an analytic row): what a latency model needs to
-        correct it (:mod:`latbench.model.latency_model`). None if the row is missing or failed."""
+        correct it (:mod:`latbench.model.latency_model`); ``constant``: the op reads a constant in the
+        network — scaled by the row's ``const_us / median_us`` where it has one. None if unusable."""
         if self.lookup(position, op, height, width, batch) is None:
             return None
         if self._rows is None:
@@ -160,6 +168,10 @@ class LUT:
         v = 0.0 if analytic else float(self.df[column].iat[i])
         if not math.isfinite(v):  # e.g. no p10 recorded: the median stands in
             v = float(self.df["median_us"].iat[i])
+        if constant and not analytic and "const_us" in self.df.columns:
+            c, med = self.df["const_us"].iat[i], float(self.df["median_us"].iat[i])
+            if c is not None and not pd.isna(c) and med > 0:
+                v *= float(c) / med
         return op, stage, v, analytic
 
     def resolutions(self) -> list[tuple[int, int]]:

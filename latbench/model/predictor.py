@@ -40,6 +40,15 @@ from latbench.space import format_resolution
 from latbench.timing.registry import folds_constants, network_rows_rule, weights_are_constants
 
 Row = tuple[str, str, float, bool]
+
+
+class NetworkRows(list):
+    """The ``(position, op)`` rows of one network (:meth:`Predictor.network_rows`), with the
+    positions among them whose input is a constant in that network (``constant_input``)."""
+
+    def __init__(self, rows: Sequence[tuple[str, str]] = (), constant_input: frozenset[str] = frozenset()) -> None:
+        super().__init__(rows)
+        self.constant_input = frozenset(constant_input)
 MODES = ("auto", "none", "require")
 #: What a model's statistic is compared with in one ``measure()`` (``nas fps``): like with like.
 MEASURED_FOR_STATISTIC = {"median": "median_us", "fastest-half": "p10_us"}
@@ -230,11 +239,14 @@ class Predictor:
     # ---- one architecture ---------------------------------------------------------------------------
     def rows(self, rows: Sequence[tuple[str, str]], column: str | None = None) -> list[Row]:
         """``(op, stage, value, analytic)`` of each ``(position, op)`` row, ``value`` from ``column``
-        (the model's by default); :class:`UserError` naming the rows that are missing or failed."""
+        (the model's by default; at the positions ``rows.constant_input`` names — :class:`NetworkRows`
+        — from the op's timing on a constant input where the LUT has it); :class:`UserError` naming
+        the rows that are missing or failed."""
         h, w = self.resolution
+        const = getattr(rows, "constant_input", frozenset())
         out, bad = [], []
         for pos, op in rows:
-            r = self.lut.row_info(pos, op, h, w, self.scope.batch, column or self.column)
+            r = self.lut.row_info(pos, op, h, w, self.scope.batch, column or self.column, constant=pos in const)
             if r is None:
                 bad.append(f"{pos}:{op}")
             else:
@@ -243,32 +255,27 @@ class Predictor:
             self._refuse_missing(bad)
         return out
 
-    def network_rows(self, space: Any, arch: Mapping[str, Any]) -> list[tuple[str, str]]:
+    def network_rows(self, space: Any, arch: Mapping[str, Any]) -> "NetworkRows":
         """The ``(position, op)`` rows of ``arch`` that run on this predictor's backend: all of
         ``space.architecture_rows(arch)``, less the positions a constant-folding backend never runs
-        (the space's optional ``folded_positions``; :func:`latbench.timing.registry.folds_constants`).
-        Every price of a whole network goes through here."""
+        (the space's optional ``folded_positions``; :func:`latbench.timing.registry.folds_constants`);
+        those of them that read a constant (the space's optional ``constant_input_positions``) are
+        priced from the LUT's timings on a constant input where it has them. Every price of a whole
+        network goes through here."""
         rows = list(space.architecture_rows(arch))
         folded = getattr(space, "folded_positions", None)
-        if folded is None or not folds_constants(self.scope.backend):
-            return rows
-        skip = folded(arch, weights_are_constants=weights_are_constants(self.scope.backend))
-        return [r for r in rows if r[0] not in skip]
+        if folded is not None and folds_constants(self.scope.backend):
+            skip = folded(arch, weights_are_constants=weights_are_constants(self.scope.backend))
+            rows = [r for r in rows if r[0] not in skip]
+        const = getattr(space, "constant_input_positions", None)
+        if const is None or not self.lut.has_const_timings:
+            return NetworkRows(rows)
+        return NetworkRows(rows, frozenset(const(arch)) & {p for p, _ in rows})
 
     def raw_sum(self, rows: Sequence[tuple[str, str]]) -> float:
-        """Σ LUT median over ``rows``; :class:`UserError` naming the rows that are missing or failed."""
-        h, w = self.resolution
-        total = 0.0
-        bad = []
-        for pos, op in rows:
-            v = self.lut.lookup(pos, op, h, w, self.scope.batch)
-            if v is None:
-                bad.append(f"{pos}:{op}")
-            else:
-                total += v
-        if bad:
-            self._refuse_missing(bad)
-        return total
+        """Σ LUT median over ``rows`` (constant-input timings as :meth:`rows`); :class:`UserError`
+        naming the rows that are missing or failed."""
+        return float(sum(r[2] for r in self.rows(rows, "median_us")))
 
     def _refuse_missing(self, bad: Sequence[str]) -> None:
         more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""

@@ -31,8 +31,11 @@ class TimingConfig:
     - ``input_sets``: the CPU timers (``cpu``, ``ort`` and ``compile`` on the CPU) rotate call by
       call through this many random input sets, so that a kernel whose branches depend on the data
       is not timed on data the branch predictor has memorised (:mod:`latbench.timing.inputs`);
-      1 = the same inputs every call (as every LUT built before 2026-12-04 22:30 UTC was timed).
+      1 = the same inputs every call (as every LUT built before 2026-12-04 21:58 UTC was timed).
       CUDA timers ignore it: a CUDA graph replays fixed buffers.
+    - ``const_inputs``: a LUT build also times each op on an all-zero input (one set), the cost an
+      eager backend pays where a network feeds the op a constant (downstream of all-``zero`` cells):
+      the LUT's ``const_us``. ``build-lut`` on a CPU turns it on.
     """
 
     warmup_s: float = 0.2
@@ -46,6 +49,7 @@ class TimingConfig:
     target_sample_s: float = 1e-3
     threads: int | None = None
     input_sets: int = 8
+    const_inputs: bool = False
 
     def __post_init__(self) -> None:
         if self.warmup_s < 0 or self.min_time_s < 0 or self.max_time_s <= 0:
@@ -102,6 +106,8 @@ class Measurement:
     enqueue_us: float | None = None
     status: str = "ok"
     error: str | None = None
+    #: median µs of the op on an all-zero input (LUT builds with ``const_inputs``), else None
+    const_us: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
