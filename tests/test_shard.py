@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS_DIR = Path(__file__).resolve().parent
 RES = [(16, 32), (32, 32)]
 # the protocol the CLI flags below give (the in-process builds must match it to be resumed)
-PROTOCOL = dict(warmup_s=0.0, min_time_s=0.0, max_time_s=0.02, max_noise=0.5, threads=1)
+PROTOCOL = dict(warmup_s=0.0, min_time_s=0.0, max_time_s=0.02, max_noise=0.5, threads=1, const_inputs=True)  # build-lut's CPU defaults
 CLI = ["build-lut", "--shard", "--gpu", "cpu", "--device", "cpu", "--space", "toy_space:ToySpace",
        "--resolution", "16x32", "--resolution", "32x32", "--no-progress", "--json", "--warmup", "0",
        "--min-time", "0", "--max-time", "0.02", "--max-noise", "0.5", "--threads", "1"]
