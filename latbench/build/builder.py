@@ -79,15 +79,15 @@ def time_spec(space: Any, spec: OpSpec, backend: Any, config: TimingConfig, watc
         else:
             with watch:
                 m = measure_prepared(prepared, config)
-        if m.ok and config.const_inputs:
-            m.const_us = _time_on_zeros(module, spec, backend, config)
-        return m
     finally:
         try:
             prepared.close()
         except Exception:
             pass
         del prepared
+    if m.ok and config.const_inputs:
+        m.const_us = _time_on_zeros(module, spec, backend, config)
+    return m
 
 
 def _time_on_zeros(module: Any, spec: OpSpec, backend: Any, config: TimingConfig) -> float | None:

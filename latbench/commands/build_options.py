@@ -56,7 +56,7 @@ OPTIONS = [
     click.option("--input-sets", default=None, type=click.IntRange(min=1),
                   help="Random input sets a CPU timer rotates through, call by call, so that an op whose branches "
                        "depend on the data (eager max-pool) is not timed on data the branch predictor has "
-                       "memorised (it then runs up to 2.4x faster than inside a network). 1: the same inputs every "
+                       "memorised (it then runs 2.3-3.0x faster than inside a network). 1: the same inputs every "
                        f"call. [default: {DEFAULT_TIMING.input_sets} on the CPU; 1 on a GPU, whose timers replay fixed buffers]"),
     click.option("--const-inputs/--no-const-inputs", default=None,
                   help="Also time each op on an all-zero input (LUT column const_us): an eager backend runs the ops "

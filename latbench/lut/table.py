@@ -16,6 +16,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -70,9 +71,7 @@ COLUMNS: dict[str, pa.DataType] = {
     "competing": pa.float64(),  # a count, as float: nullable through pandas round trips
     "runq_wait": pa.float64(),
     "flag": pa.string(),
-    # optional: the op timed on an all-zero input (CPU builds), what an eager backend pays where the
-    # network feeds the op a constant (latbench.model.predictor.Predictor.network_rows)
-    "const_us": pa.float64(),
+    "const_us": pa.float64(),  # optional: the op on an all-zero input (CPU builds; Predictor.network_rows)
 }
 # What a reader insists on (later optional columns may be added without a schema bump).
 REQUIRED_COLUMNS = (
@@ -147,8 +146,8 @@ class LUT:
         failed; 0 for an analytic entry (e.g. ``zero``)."""
         return self._lookup_index().get((position, op, int(height), int(width), int(batch)))
 
-    @property
-    def has_const_timings(self) -> bool:  # its ops timed on a constant input too (``const_us``)?
+    @cached_property
+    def has_const_timings(self) -> bool:  # its ops timed on a constant input too (``const_us``)? (cached)
         return "const_us" in self.df.columns and bool(self.df["const_us"].notna().any())
 
     def row_info(self, position: str, op: str, height: int, width: int, batch: int = 1,

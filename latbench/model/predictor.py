@@ -49,6 +49,8 @@ class NetworkRows(list):
     def __init__(self, rows: Sequence[tuple[str, str]] = (), constant_input: frozenset[str] = frozenset()) -> None:
         super().__init__(rows)
         self.constant_input = frozenset(constant_input)
+
+
 MODES = ("auto", "none", "require")
 #: What a model's statistic is compared with in one ``measure()`` (``nas fps``): like with like.
 MEASURED_FOR_STATISTIC = {"median": "median_us", "fastest-half": "p10_us"}
@@ -255,7 +257,7 @@ class Predictor:
             self._refuse_missing(bad)
         return out
 
-    def network_rows(self, space: Any, arch: Mapping[str, Any]) -> "NetworkRows":
+    def network_rows(self, space: Any, arch: Mapping[str, Any]) -> NetworkRows:
         """The ``(position, op)`` rows of ``arch`` that run on this predictor's backend: all of
         ``space.architecture_rows(arch)``, less the positions a constant-folding backend never runs
         (the space's optional ``folded_positions``; :func:`latbench.timing.registry.folds_constants`);

@@ -32,7 +32,8 @@ class TimingConfig:
       call through this many random input sets, so that a kernel whose branches depend on the data
       is not timed on data the branch predictor has memorised (:mod:`latbench.timing.inputs`);
       1 = the same inputs every call (as every LUT built before 2026-12-04 21:58 UTC was timed).
-      CUDA timers ignore it: a CUDA graph replays fixed buffers.
+      CUDA timers ignore it: a CUDA graph replays fixed buffers. 8 timed within 2 % of 32 at every
+      size measured (``benchmarks/results/input_rotation-sweep-*``).
     - ``const_inputs``: a LUT build also times each op on an all-zero input (one set), the cost an
       eager backend pays where a network feeds the op a constant (downstream of all-``zero`` cells):
       the LUT's ``const_us``. ``build-lut`` on a CPU turns it on.

@@ -1,8 +1,9 @@
-"""Rotating input sets for the CPU timers (DESIGN §5; docs/timing.md, "Inputs").
+"""Rotating input sets for the CPU timers (DESIGN §5; docs/latency_model.md, "Eager max-pool and the
+branch predictor").
 
 A CPU timer that calls an op back to back on *the same* tensor lets the core's branch predictor
 memorise the op's data-dependent branches: PyTorch's eager max-pool (a compare-and-branch loop)
-then runs 2.4× faster at 72×9×17 than it does inside a network, where every call sees data the
+then runs 2.3–3.0× faster than it does inside a network, where every call sees data the
 predictor has not learned (measured: ``benchmarks/input_rotation.py``; results under
 ``benchmarks/results/input_rotation-*``). Convolutions, interpolation and ONNX Runtime's or
 Inductor's pooling have no such branches and time the same either way.
@@ -20,8 +21,6 @@ from typing import Sequence
 
 import torch
 
-#: Input sets a CPU timer rotates through by default (8: within 2 % of 32 at every size measured).
-DEFAULT_INPUT_SETS = 8
 #: Bound on the bytes of all input sets together.
 BUDGET_BYTES = 256 * 2**20
 #: Seed of the first extra set (set ``i`` uses ``SEED + i``).
@@ -53,8 +52,7 @@ def _format(t: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def input_sets(inputs: Sequence[torch.Tensor], n: int = DEFAULT_INPUT_SETS,
-               budget_bytes: int = BUDGET_BYTES) -> list[tuple[torch.Tensor, ...]]:
+def input_sets(inputs: Sequence[torch.Tensor], n: int, budget_bytes: int = BUDGET_BYTES) -> list[tuple[torch.Tensor, ...]]:
     """``inputs`` first, then further random sets of the same shapes, dtypes, devices and memory
     formats: :func:`sets_for` of them in all."""
     base = tuple(inputs)
