@@ -184,7 +184,7 @@ def test_distinct_ops_collapsing_on_one_value_are_retimed_then_flagged(tmp_path)
     assert _flags(lut) == {}
 
 
-def test_collapse_needs_many_ops_of_different_work_well_above_the_call_floor():
+def test_collapse_needs_many_ops_of_different_work_far_above_their_bound():
     costs = {f"sep_conv_3x3|k{i}": OpCost(flops=1e6 * (i + 1), bytes=1e5 * (i + 1), kernels=8) for i in range(6)}
     cfg = PlausibilityConfig()
     values = {k: 39_900.0 + 20 * i for i, k in enumerate(costs)}  # 39.9-40.0 ms, as seen under contention
@@ -196,6 +196,12 @@ def test_collapse_needs_many_ops_of_different_work_well_above_the_call_floor():
     assert collapsed(floor, costs, FAKE_TP, cfg) == {}
     spread = {k: 100.0 * 1.5 ** i for i, k in enumerate(costs)}
     assert collapsed(spread, costs, FAKE_TP, cfg) == {}
+    # dispatch-bound small convolutions (CI's 33x65 stand-in LUT, 2026-12-04: sep/dil_sep convs on 8-16
+    # channels, 3 kernels, 2.3-3.2 µs of roofline, all at 78.6-79.3 µs): ~8x their bound, rightly equal
+    small = {f"dil_sep_conv_3x3|c{i}": OpCost(flops=2e5 * (1 + i / 5), bytes=1e3, kernels=3) for i in range(6)}
+    dispatch = {k: 78.6 + 0.05 * i for i, k in enumerate(small)}
+    assert collapsed(dispatch, small, FAKE_TP, cfg) == {}
+    assert set(collapsed({k: 100 * v for k, v in dispatch.items()}, small, FAKE_TP, cfg)) == set(small)
 
 
 def test_judge_leaves_plausible_timings_alone_and_skips_what_it_cannot_know():

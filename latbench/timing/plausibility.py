@@ -59,8 +59,13 @@ class PlausibilityConfig:
     - ``collapse_min`` / ``collapse_tol`` / ``collapse_spread`` / ``collapse_floor``: at least
       ``collapse_min`` distinct ops whose medians lie within ``collapse_tol`` (relative) of each
       other, whose work (roofline time; bytes without a probe) differs by at least
-      ``collapse_spread`` ×, and each at least ``collapse_floor`` × its kernels' call floors (work,
-      not launch overhead, should then set its time; ``collapse_min_us`` without a probe) -> collapsed.
+      ``collapse_spread`` ×, and each at least ``collapse_floor`` × the machine's bound for its work
+      (roofline plus one call floor per kernel; ``collapse_min_us`` without a probe) -> collapsed.
+      The floor is far above the bound because small ops on a CPU are dispatch-bound: a 3-kernel
+      separable convolution on 8 channels at 9×17 takes ~9× its bound (a convolution's dispatch costs
+      more than the trivial op that sets the call floor), and its variants of other dilations and
+      strides take the same time to 0.5 %, rightly; the collapse this check exists for put six
+      separable convolutions at ~400× their bound (a contended 2-thread build).
     - ``probe_s``: time budget of each of the three throughput probes.
     - ``accept_load``: record the load but never flag contention (``build-lut --accept-load``: demos
       and functional tests on a busy machine); the physical checks still apply.
@@ -74,7 +79,7 @@ class PlausibilityConfig:
     collapse_min: int = 5
     collapse_tol: float = 0.005
     collapse_spread: float = 1.5
-    collapse_floor: float = 10.0
+    collapse_floor: float = 30.0
     collapse_min_us: float = 100.0
     probe_s: float = 0.15
     accept_load: bool = False
@@ -299,8 +304,8 @@ def judge(median_us: float, cost: OpCost | None, tp: Throughput | None, load: Lo
 def collapsed(timings: Mapping[str, float], costs: Mapping[str, OpCost | None], tp: Throughput | None,
               config: PlausibilityConfig) -> dict[str, str]:
     """Keys whose medians collapse on one value: at least ``collapse_min`` distinct ops within
-    ``collapse_tol`` of each other, of work differing by ``collapse_spread`` × or more, well above
-    the per-call floor. ``{key: reason}``."""
+    ``collapse_tol`` of each other, of work differing by ``collapse_spread`` × or more, each far
+    above the machine's bound for its work. ``{key: reason}``."""
     usable = tp is not None and tp.usable
 
     def work(key: str) -> float | None:
@@ -310,8 +315,8 @@ def collapsed(timings: Mapping[str, float], costs: Mapping[str, OpCost | None], 
         return (c.roofline_us(tp) if usable else c.bytes) or None
 
     def floor(key: str) -> float:
-        c = costs[key]
-        return config.collapse_floor * max(1, c.kernels) * float(tp.call_us) if usable else config.collapse_min_us
+        bound = costs[key].bound_us(tp) if usable else None
+        return config.collapse_floor * bound if bound else config.collapse_min_us
 
     items = sorted((v, k) for k, v in timings.items()
                    if v is not None and math.isfinite(v) and work(k) and v >= floor(k))
