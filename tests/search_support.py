@@ -50,3 +50,30 @@ def benchmark_script(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def affine_result(path: Path, lut_path: Path, n: int, sets, seed: int = 5, source=None) -> Path:
+    """A ``latbench fit`` results file whose 'measurements' are an exact affine of ``lut_path``'s
+    sums (0.6 Σ + 500 µs) over ``n`` sampled architectures, for the offline benchmark scripts:
+    ``sets(i)`` names network ``i``'s set, ``source(i)`` (optional) its recorded kind."""
+    import json
+    import random
+
+    from latbench.lut.table import read_lut
+    from latbench.model.latency_model import ModelScope
+    from latbench.model.networks import resolve_setup
+    from latbench.model.predictor import Predictor
+
+    lut = read_lut(lut_path)
+    s = resolve_setup(lut)
+    scope = ModelScope.of_lut(lut.meta, s.height, s.width, s.batch)
+    prices = Predictor(lut, scope)
+    r = random.Random(seed)
+    nets = []
+    for i in range(n):
+        arch = s.space.sample_architecture(r)
+        y = 0.6 * prices.raw_sum(prices.network_rows(s.space, arch)) + 500.0
+        nets.append({"key": f"n{i}", "set": sets(i), "measured_us": y, "arch": arch,
+                     **({"source": source(i)} if source else {})})
+    path.write_text(json.dumps({"networks": nets, "overhead_us": 20.0, "lut": str(lut_path), "scope": scope.to_dict()}))
+    return path

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -35,22 +34,10 @@ def luts(tmp_path_factory):
 
 
 def test_the_lut_that_made_the_measurements_explains_them_and_a_changed_one_does_not(tmp_path, luts):
-    from latbench.model.latency_model import ModelScope
-    from latbench.model.networks import resolve_setup
-    from latbench.model.predictor import Predictor
+    from search_support import affine_result
 
     lut, own, changed = luts
-    s = resolve_setup(lut)
-    prices = Predictor(lut, ModelScope.of_lut(lut.meta, s.height, s.width, s.batch))
-    r = random.Random(5)
-    nets = []
-    for i in range(30):
-        arch = s.space.sample_architecture(r)
-        y = 0.6 * prices.raw_sum(prices.network_rows(s.space, arch)) + 500.0
-        nets.append({"key": f"n{i}", "set": "fit" if i < 20 else "test", "measured_us": y, "arch": arch})
-    res = tmp_path / "result.json"
-    scope = ModelScope.of_lut(lut.meta, s.height, s.width, s.batch).to_dict()
-    res.write_text(json.dumps({"networks": nets, "overhead_us": 20.0, "lut": str(own), "scope": scope}))
+    res = affine_result(tmp_path / "result.json", own, 30, lambda i: "fit" if i < 20 else "test")
     out = tmp_path / "out"
     mod = _script()
     assert mod.main([str(res), "--luts", str(own), str(changed), "--out-dir", str(out), "--name", "t"]) == 0
