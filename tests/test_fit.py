@@ -302,7 +302,10 @@ def test_fit_is_generic_over_search_spaces(tmp_path):
                              rounds=FAST))
     t = res.figures["test"]
     assert t["raw"]["mape"] > 5.0
-    assert t["model"]["mape"] < 0.2 and t["model"]["kendall_tau"] > 0.99
+    # τ against the measurement: two of the 10 networks may lie within the timer's noise of each other
+    # (one swapped pair of 45 reads 0.956; a fresh clone's suite read 0.989 at MAPE 0.009 %, 2026-12-05);
+    # the exact check is per network, against the truth, below
+    assert t["model"]["mape"] < 0.2 and t["model"]["kendall_tau"] > 0.95
     for n in res.networks:
         net = space.build_architecture(n.arch)
         truth = OVERHEAD_US + sum(_leaf_cost_us(m, True) for m in net.modules())
