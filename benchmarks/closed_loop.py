@@ -94,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="benchmarks/work/closed_loop")
     ap.add_argument("--out-dir", default="benchmarks/results")
     ap.add_argument("--anchors", type=int, default=6, help="fit networks measured beside the derived ones")
-    ap.add_argument("--searches-only", action="store_true", help="run the searches, measure nothing")
+    ap.add_argument("--searches-only", action="store_true",
+                    help="run the searches, measure nothing (to run seeds in parallel, one process per seed with "
+                         "OMP_NUM_THREADS=1 each: two searches of PyTorch's default threads on two cores took 7x "
+                         "longer here, 36 min against 5 min for 18 searches, 2026-12-05)")
     ap.add_argument("--also-model", metavar="LUT", action="append", default=[],
                     help="another LUT holding a latency model for the same rows (e.g. an earlier fit's): its "
                          "predictions of the derived networks are reported beside the others (it prices no search)")
