@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import os
 import time
-from itertools import cycle, islice, repeat
 from typing import Any, Sequence
 
 import numpy as np
@@ -62,7 +61,7 @@ from latbench.backends.ort_session import (OrtSessionSettings, _available_thread
                                            cuda_provider_options, installed_ort_distributions, open_session,
                                            probe_provider)
 from latbench.timing.config import TimingConfig
-from latbench.timing.inputs import input_sets as make_input_sets
+from latbench.timing.inputs import input_sets as make_input_sets, rotation
 from latbench.timing.precision import check_precision, precision_mode, tensor_precision
 
 _NP_DTYPES = {"fp32": np.float32, "tf32": np.float32, "fp16": np.float16}
@@ -107,8 +106,7 @@ class OrtCpuPrepared:
 
     def time(self, calls: int) -> float:
         run, opts = self._session.run_with_iobinding, self._run_options
-        bindings = (islice(cycle(self._bindings), calls) if len(self._bindings) > 1
-                    else repeat(self._binding, calls))
+        bindings = rotation(self._bindings, calls)
         t0 = time.perf_counter_ns()
         for binding in bindings:
             run(binding, opts)

@@ -5,14 +5,13 @@
 from __future__ import annotations
 
 import time
-from itertools import cycle, islice, repeat
 from typing import Any, Sequence
 
 import torch
 
 from latbench.errors import UserError
 from latbench.timing.config import TimingConfig
-from latbench.timing.inputs import input_sets as make_input_sets
+from latbench.timing.inputs import input_sets as make_input_sets, rotation
 from latbench.timing.precision import check_precision, convert, precision_mode
 
 #: The grad mode of every call the CPU timer makes (``compile`` on the CPU compiles under it too).
@@ -34,7 +33,7 @@ class CpuPrepared:
 
     def time(self, calls: int) -> float:
         fn = self._fn
-        sets = islice(cycle(self._sets), calls) if len(self._sets) > 1 else repeat(self._sets[0], calls)
+        sets = rotation(self._sets, calls)
         with GRAD_MODE():
             t0 = time.perf_counter_ns()
             for args in sets:

@@ -17,9 +17,12 @@ one), and at the sizes where that happens the predictor cannot memorise the data
 
 from __future__ import annotations
 
-from typing import Sequence
+from itertools import cycle, islice, repeat
+from typing import Iterator, Sequence, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 #: Bound on the bytes of all input sets together.
 BUDGET_BYTES = 256 * 2**20
@@ -61,3 +64,8 @@ def input_sets(inputs: Sequence[torch.Tensor], n: int, budget_bytes: int = BUDGE
         g = torch.Generator().manual_seed(SEED + i)
         out.append(tuple(_like(t, g) for t in base))
     return out
+
+
+def rotation(sets: Sequence[T], calls: int) -> Iterator[T]:
+    """The set each of ``calls`` back-to-back calls uses: the sets in turn (one set: that one)."""
+    return islice(cycle(sets), calls) if len(sets) > 1 else repeat(sets[0], calls)
